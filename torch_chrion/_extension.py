@@ -1,0 +1,89 @@
+"""Loads the C++ extensions: the one prebuilt at install time when it matches the sources and
+the installed torch, else a build made on first use and cached on disk, never once per process.
+
+The cache lives in ``$TORCH_CHRION_CACHE`` (default ``~/.cache/torch_chrion``)/extensions, one
+folder per (extension, source hash, torch version), so a new torch or an edited source gets a
+build of its own and an unchanged one is only loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from . import _sources
+from .errors import BuildError
+
+
+def cache_root() -> Path:
+    root = os.environ.get("TORCH_CHRION_CACHE") or Path.home() / ".cache" / "torch_chrion"
+    return Path(root)
+
+
+def _prebuilt(name: str, wanted_hash: str | None) -> types.ModuleType | None:
+    try:
+        module = importlib.import_module(f"torch_chrion._{name}")
+    except ImportError:  # absent, or built against another torch (undefined symbols)
+        return None
+    info = module.build_info()
+    if info["torch_version"] != _sources.build_tag(torch.__version__):
+        return None
+    if wanted_hash is not None and info["source_hash"] != _sources.build_tag(wanted_hash):
+        return None  # an editable install whose csrc/ changed since the install
+    return module
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise BuildError(
+            f"torch_chrion must compile its C++ extension once, but no C++ compiler ({compiler!r}) "
+            "is on PATH. Install one (Debian/Ubuntu: `apt-get install g++`), or install "
+            "torch_chrion with `pip install --no-build-isolation .` on a machine that has one."
+        )
+    return compiler
+
+
+@functools.cache
+def load(name: str) -> types.ModuleType:
+    """The extension ``torch_chrion._<name>`` ("kernels" or "executor"), built if need be."""
+    have_sources = _sources.CSRC.is_dir()
+    wanted = _sources.source_hash(name) if have_sources else None
+    module = _prebuilt(name, wanted)
+    if module is not None:
+        return module
+    if not have_sources:
+        raise BuildError(
+            f"torch_chrion._{name} was not built for torch {torch.__version__} and its C++ sources "
+            "are not installed; reinstall torch_chrion with `pip install --no-build-isolation .`"
+        )
+    _compiler()
+    from torch.utils import cpp_extension
+
+    tag = f"{wanted}-torch{torch.__version__}".replace("+", "_").replace(".", "_")
+    build_dir = cache_root() / "extensions" / f"{name}-{tag}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    sources = [str(p) for p in _sources.source_files(name) if p.suffix == ".cpp"]
+    try:
+        module = cpp_extension.load(
+            name=f"torch_chrion_{name}",
+            sources=sources,
+            build_directory=str(build_dir),
+            extra_cflags=_sources.compile_flags(name, torch.__version__),
+            with_cuda=False,
+            verbose=os.environ.get("TORCH_CHRION_VERBOSE_BUILD") == "1",
+        )
+    except (RuntimeError, OSError, ImportError) as exc:
+        raise BuildError(
+            f"building torch_chrion._{name} in {build_dir} failed: {exc}. "
+            "Set TORCH_CHRION_VERBOSE_BUILD=1 to see the compiler's output."
+        ) from exc
+    sys.modules[f"torch_chrion._{name}"] = module
+    return module

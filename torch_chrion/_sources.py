@@ -1,0 +1,45 @@
+"""Where the C++ sources of each extension live, and the hash that names a build of them.
+
+Shared by setup.py (prebuild at install time) and _extension.py (build on first use), so both
+agree on what a build of an extension is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+# extension name -> folder under csrc/ holding its .cpp/.h files
+EXTENSIONS = {"kernels": "kernels", "executor": "executor"}
+
+
+def source_files(name: str) -> list[Path]:
+    """The extension's own files plus the headers at the top of csrc/ shared by all."""
+    own = (CSRC / EXTENSIONS[name]).rglob("*")
+    shared = CSRC.glob("*.h")
+    return sorted(p for p in [*own, *shared] if p.suffix in {".cpp", ".h"})
+
+
+def build_tag(text: str) -> str:
+    """``text`` as a C identifier: compile flags pass through shells and ninja, which eat quotes,
+    so build_info.h stringizes identifiers instead."""
+    return "t_" + re.sub(r"[^0-9A-Za-z]", "_", text)
+
+
+def compile_flags(name: str, torch_version: str) -> list[str]:
+    return [
+        "-O3",
+        f"-DCHRION_SOURCE_HASH={build_tag(source_hash(name))}",
+        f"-DCHRION_TORCH_VERSION={build_tag(torch_version)}",
+    ]
+
+
+def source_hash(name: str) -> str:
+    digest = hashlib.sha256()
+    for path in source_files(name):
+        digest.update(path.relative_to(CSRC).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,91 @@
+"""Fake (shape-only) kernels of chrion::lstm / gru / rnn; the real kernels are in
+csrc/kernels/recurrent.cpp.
+
+Schemas (mirroring aten.lstm/gru/rnn_* with dropout and train removed, plus ``reverse``):
+
+    lstm(input, h0, c0, params, has_biases, num_layers, bidirectional, batch_first, reverse)
+        -> (output, h_n, c_n)
+    gru(input, h0, params, has_biases, num_layers, bidirectional, batch_first, reverse)
+        -> (output, h_n)
+    rnn(input, h0, params, has_biases, num_layers, bidirectional, batch_first, reverse,
+        nonlinearity) -> (output, h_n)
+
+``params`` is PyTorch's flat weight list (w_ih, w_hh[, b_ih, b_hh] per layer and direction) and
+``h0`` / ``c0`` have shape (num_layers * num_directions, batch, hidden). ``reverse`` runs a single
+direction backwards in time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .._extension import load
+
+
+def _output(
+    input: torch.Tensor, h0: torch.Tensor, bidirectional: bool, batch_first: bool
+) -> torch.Tensor:
+    hidden = h0.shape[-1] * (2 if bidirectional else 1)
+    if input.dim() == 2:  # unbatched
+        return input.new_empty((input.shape[0], hidden))
+    lead = input.shape[:2]
+    return input.new_empty((*lead, hidden))
+
+
+Tensor = torch.Tensor
+
+
+def _lstm_fake(
+    input: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    params: list[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool,
+    batch_first: bool,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return (
+        _output(input, h0, bidirectional, batch_first),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+    )
+
+
+def _gru_fake(
+    input: Tensor,
+    h0: Tensor,
+    params: list[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool,
+    batch_first: bool,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
+
+
+def _rnn_fake(
+    input: Tensor,
+    h0: Tensor,
+    params: list[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool,
+    batch_first: bool,
+    reverse: bool,
+    nonlinearity: str,
+) -> tuple[Tensor, Tensor]:
+    return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
+
+
+@functools.cache
+def ensure_loaded() -> None:
+    """Load the chrion:: kernels and register their fake kernels (once per process)."""
+    load("kernels")
+    torch.library.register_fake("chrion::lstm", _lstm_fake)
+    torch.library.register_fake("chrion::gru", _gru_fake)
+    torch.library.register_fake("chrion::rnn", _rnn_fake)
