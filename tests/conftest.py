@@ -1,5 +1,11 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# tests in sub-folders import the shared models as `from models import StackedLSTM`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HAS_CUDA = torch.cuda.is_available()
 
