@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_onnx": "torch_chrion.api",
     "compile_graph": "torch_chrion.api",
-    "ChrionModule": "torch_chrion.runtime",
+    "ChrionModule": "torch_chrion.module",
     "ChrionSettings": "torch_chrion.settings",
     "Plan": "torch_chrion.schedule",
 }

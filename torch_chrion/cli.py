@@ -1,41 +1,241 @@
-"""The ``chrion`` command line."""
+"""The ``chrion`` command line: profile, plan, run, bench, show, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from .errors import ChrionError
+from .errors import ChrionError, OptionError
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _shapes(values: list[str] | None) -> dict[str, list[int]]:
+    shapes = {}
+    for value in values or []:
+        name, _, dims = value.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise OptionError(f"--shape wants NAME=D0,D1,... (integers), got {value!r}") from None
+    return shapes
+
+
+def _example_inputs(proto: Any, shapes: dict[str, list[int]]) -> tuple:
+    """Inputs for the model: declared shapes, with --shape filling or overriding dimensions."""
+    import torch
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from .api import example_inputs_for
+
+    if not shapes:
+        return example_inputs_for(proto)
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [v.name for v in proto.graph.input if v.name not in initializers]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise OptionError(f"--shape names unknown inputs {unknown}; the model's inputs are {names}")
+    inputs = []
+    generator = torch.Generator().manual_seed(0)
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = shapes.get(value.name) or [d.dim_value for d in tensor_type.shape.dim]
+        if 0 in dims:
+            raise OptionError(
+                f"input {value.name!r} has symbolic dimensions: give --shape {value.name}=..."
+            )
+        np_dtype = tensor_type.elem_type and tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        dtype = torch.from_numpy(np_dtype(0).reshape(1)).dtype
+        if dtype.is_floating_point:
+            inputs.append(torch.randn(dims, generator=generator).to(dtype))
+        else:
+            inputs.append(torch.zeros(dims, dtype=dtype))
+    return tuple(inputs)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .settings import ChrionSettings
+
+    return ChrionSettings.from_options(
+        {},
+        objective=getattr(args, "objective", None),
+        slo_ms=getattr(args, "slo_ms", None),
+        devices=tuple(args.devices) if getattr(args, "devices", None) else None,
+        granularity=getattr(args, "granularity", None),
+        seq_chunks=getattr(args, "seq_chunks", None),
+        cache_dir=getattr(args, "cache_dir", None),
+        strict=getattr(args, "strict", None) or None,
+    )
+
+
+def _load(args: argparse.Namespace, **extra: Any) -> Any:
+    from . import onnx as chrion_onnx
+    from .api import load_onnx
+
+    proto = chrion_onnx.load_model(args.model)
+    inputs = _example_inputs(proto, _shapes(args.shape))
+    settings = _settings(args)
+    module = load_onnx(
+        proto,
+        example_inputs=inputs,
+        objective=settings.objective,
+        slo_ms=settings.slo_ms,
+        devices=settings.devices,
+        cache_dir=settings.cache_dir,
+        recorded_profile=getattr(args, "profile", None),
+        granularity=settings.granularity,
+        seq_chunks=settings.seq_chunks,
+        strict=settings.strict,
+        **extra,
+    )
+    return module, inputs
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from . import graph
+    from . import onnx as chrion_onnx
+    from .module import default_devices
+    from .profile import profile_graph
+
+    proto = chrion_onnx.load_model(args.model)
+    inputs = _example_inputs(proto, _shapes(args.shape))
+    settings = _settings(args)
+    gm = graph.capture(
+        chrion_onnx.to_fx(proto),
+        inputs,
+        granularity=settings.granularity,
+        seq_chunks=settings.seq_chunks,
+    )
+    profile = profile_graph(
+        gm,
+        inputs,
+        list(settings.devices or default_devices()),
+        settings=settings,
+        cache_dir=settings.cache_dir,
+    )
+    profile.save(args.output)
+    print(
+        f"profile of {len(profile.node_ms)} nodes on {', '.join(profile.devices)} -> {args.output}"
+    )
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    module, _ = _load(args)
+    module.plan.save(args.output)
+    print(module.plan.table())
+    print(f"plan -> {args.output}")
+    return 0
+
+
+def _time_ms(fn: Any, inputs: tuple, repeats: int) -> float:
+    import statistics
+
     import torch
 
-    from .ops import ensure_loaded
-
-    ensure_loaded()
-    torch.manual_seed(0)
-    lstm = torch.nn.LSTM(64, 128, num_layers=2, bidirectional=True).eval()
-    x = torch.randn(32, 1, 64)
-    h0 = torch.zeros(4, 1, 128)
     with torch.no_grad():
-        start = time.perf_counter()
-        ref, (ref_h, _) = lstm(x, (h0, h0))
-        eager_ms = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        out, h, _ = torch.ops.chrion.lstm(
-            x, h0, h0, lstm._flat_weights, True, 2, True, False, False
+        fn(*inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(*inputs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    module, inputs = _load(args, plan=args.plan)
+    module.enable_trace(bool(args.trace))
+    with torch.no_grad():
+        outputs = module(*inputs)
+    flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    for i, out in enumerate(flat):
+        print(
+            f"output {i}: shape {tuple(out.shape)} {out.dtype}, mean {out.float().mean().item():.6g}"
         )
-        chrion_ms = (time.perf_counter() - start) * 1e3
-    err = max((out - ref).abs().max().item(), (h - ref_h).abs().max().item())
-    print("chrion demo: 2-layer bidirectional LSTM (64 -> 128), sequence 32, batch 1")
-    print(
-        f"  chrion::lstm through the dispatcher: {chrion_ms:.2f} ms, eager nn.LSTM: {eager_ms:.2f} ms"
+    print(f"latency: {_time_ms(module, inputs, args.repeats):.3f} ms (median of {args.repeats})")
+    if args.trace:
+        module.save_trace(args.trace)
+        print(f"trace -> {args.trace}")
+    if args.output:
+        np.savez(args.output, *[o.detach().cpu().numpy() for o in flat])
+        print(f"outputs -> {args.output}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench_peers import run_peers
+
+    rows = run_peers(args.model, _shapes(args.shape), _settings(args), repeats=args.repeats)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'engine':<{width}}  latency (ms)  vs chrion")
+    chrion_ms = rows[0][1]
+    for name, ms, note in rows:
+        ratio = (
+            f"{ms / chrion_ms:6.2f}x"
+            if isinstance(ms, float) and isinstance(chrion_ms, float)
+            else ""
+        )
+        value = f"{ms:12.3f}" if isinstance(ms, float) else f"{'-':>12}"
+        print(f"{name:<{width}}  {value}  {ratio} {note}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .schedule import Plan
+
+    plan = Plan.load(args.plan)
+    print(plan.table())
+    if args.gantt:
+        plan.gantt(args.gantt)
+        print(f"gantt -> {args.gantt}")
+    if args.trace:
+        Path(args.trace).write_text(json.dumps(plan.chrome_trace()))
+        print(f"trace -> {args.trace}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(frames=args.frames)
+
+
+def _model_options(parser: argparse.ArgumentParser, planning: bool = True) -> None:
+    parser.add_argument("model", help="path of the ONNX model")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        metavar="NAME=D0,D1,...",
+        help="shape of an input (needed for symbolic dimensions); repeatable",
     )
-    print(f"  max |difference| against eager: {err:.2e}")
-    print("  (placeholder: planning and the CPU/GPU executor join this demo as they land)")
-    return 0 if err < 1e-5 else 1
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="LANE",
+        help="lanes such as cpu cuda:0 or cpu:0 cpu:1 (default: cpu and cuda:0 if present)",
+    )
+    parser.add_argument(
+        "--granularity", choices=("op", "layer"), help="split recurrent layers (default layer)"
+    )
+    parser.add_argument("--seq-chunks", type=int, help="also split sequences into this many chunks")
+    parser.add_argument("--cache-dir", help="where profiles are cached")
+    if planning:
+        parser.add_argument("--objective", choices=("latency", "memory"), help="default latency")
+        parser.add_argument("--slo-ms", type=float, help="latency SLO in milliseconds")
+        parser.add_argument("--strict", action="store_true", help="fail when no plan meets the SLO")
+        parser.add_argument(
+            "--profile", help="a profile recorded with `chrion profile` on the target machine"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +243,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chrion", description="Serve recurrent models on the host CPU and the GPU at once."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run a bundled recurrent model end to end")
-    demo.set_defaults(run=_demo)
+
+    p = commands.add_parser(
+        "profile", help="measure every operator on every lane; save the profile"
+    )
+    _model_options(p, planning=False)
+    p.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    p.set_defaults(run=_cmd_profile)
+
+    p = commands.add_parser("plan", help="place the model's operators; save the plan")
+    _model_options(p)
+    p.add_argument("-o", "--output", required=True, help="plan JSON to write")
+    p.set_defaults(run=_cmd_plan)
+
+    p = commands.add_parser("run", help="run the model once on example inputs and time it")
+    _model_options(p)
+    p.add_argument("--plan", help="a saved plan: skips profiling and scheduling")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument("--trace", help="write a Chrome/Perfetto trace of one run here")
+    p.add_argument("--output", help="write the outputs here (.npz)")
+    p.set_defaults(run=_cmd_run)
+
+    p = commands.add_parser("bench", help="chrion against eager CPU/GPU, inductor and onnxruntime")
+    _model_options(p)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per engine (default 20)")
+    p.set_defaults(run=_cmd_bench)
+
+    p = commands.add_parser("show", help="print a saved plan; draw its timeline")
+    p.add_argument("plan", help="plan JSON")
+    p.add_argument("--gantt", help="write the CPU/GPU timeline as a PNG here")
+    p.add_argument("--trace", help="write the predicted timeline as Chrome/Perfetto JSON here")
+    p.set_defaults(run=_cmd_show)
+
+    p = commands.add_parser(
+        "demo", help="a bundled speech model end to end: load, plan, run, compare"
+    )
+    p.add_argument("--frames", type=int, default=64, help="input length in frames (default 64)")
+    p.set_defaults(run=_cmd_demo)
     return parser
 
 
@@ -53,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ChrionError as exc:
+        print(f"chrion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, FileNotFoundError) as exc:
         print(f"chrion {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,7 @@ bidirectional LSTM layers, per-frame logits), shipped as ONNX in torch_chrion/da
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -37,8 +38,13 @@ def export_demo_model(path: Path = DEMO_ONNX) -> Path:
     model = DemoSpeechLSTM().eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        model, example_inputs(), str(path), dynamo=False, opset_version=17,
-        input_names=["features"], output_names=["log_probs"],
+        model,
+        example_inputs(),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["features"],
+        output_names=["log_probs"],
         dynamic_axes={"features": {0: "frames"}, "log_probs": {0: "frames"}},
     )
     return path
@@ -46,3 +52,44 @@ def export_demo_model(path: Path = DEMO_ONNX) -> Path:
 
 if __name__ == "__main__":
     print(export_demo_model())
+
+
+def run_demo(frames: int = FRAMES) -> int:
+    """Load the bundled model, plan it, run it, and compare it with eager PyTorch (the same ONNX
+    through onnx2torch) and onnxruntime when installed. Returns the process exit code."""
+    from . import onnx as chrion_onnx
+    from .api import load_onnx
+    from .bench_peers import time_ms
+
+    inputs = example_inputs(frames)
+    print(
+        f"chrion demo: {DEMO_ONNX.name} (conv + 2-layer bidirectional LSTM, {frames} frames, batch 1)"
+    )
+    start = time.perf_counter()
+    model = load_onnx(DEMO_ONNX, example_inputs=inputs)
+    print(f"loaded, profiled and planned in {time.perf_counter() - start:.1f} s\n")
+    print(model.plan.table())
+    with torch.no_grad():
+        out = model(*inputs)
+        eager = chrion_onnx.to_fx(chrion_onnx.load_model(DEMO_ONNX)).eval()
+        ref = eager(*inputs)
+    err = (out - ref).abs().max().item()
+    print(f"\nmax |chrion - eager| = {err:.2e}")
+    chrion_ms, eager_ms = time_ms(model, inputs, 20), time_ms(eager, inputs, 20)
+    print(
+        f"latency: chrion {chrion_ms:.2f} ms, eager PyTorch {eager_ms:.2f} ms "
+        f"({eager_ms / chrion_ms:.2f}x)"
+    )
+    try:
+        import onnxruntime
+    except ImportError:
+        print("(install onnxruntime to compare with it too)")
+    else:
+        session = onnxruntime.InferenceSession(str(DEMO_ONNX), providers=["CPUExecutionProvider"])
+        ort_out = torch.from_numpy(session.run(None, {"features": inputs[0].numpy()})[0])
+        ort_ms = time_ms(lambda x: session.run(None, {"features": x}), (inputs[0].numpy(),), 20)
+        print(
+            f"onnxruntime: {ort_ms:.2f} ms, max |chrion - onnxruntime| = "
+            f"{(out - ort_out).abs().max().item():.2e}"
+        )
+    return 0 if err < 1e-4 else 1

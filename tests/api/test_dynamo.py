@@ -1,0 +1,90 @@
+"""torch.compile(model, backend="chrion"): found without importing torch_chrion, recurrent
+layers inside one chrion graph, outputs equal to eager."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch._dynamo
+from models import BiGRUWithState, StackedLSTM
+
+from torch_chrion.errors import OptionError
+
+
+def test_backend_is_listed_without_importing_torch_chrion():
+    code = (
+        "import sys, torch._dynamo\n"
+        "print('chrion' in torch._dynamo.list_backends(), 'torch_chrion' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
+def _compile_and_count(model, inputs, options=None):
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = torch.compile(model, backend="chrion", options=options or {"devices": ["cpu"]})
+    with torch.no_grad():
+        out = compiled(*inputs)
+    breaks = sum(counters["graph_break"].values())
+    return out, counters["stats"]["unique_graphs"], breaks
+
+
+def test_lstm_model_compiles_to_one_chrion_graph_that_matches_eager():
+    import torch_chrion.dynamo as chrion_dynamo
+
+    torch.manual_seed(0)
+    model = StackedLSTM().eval()
+    inputs = model.example_inputs()
+    out, graphs, breaks = _compile_and_count(model, inputs)
+    assert graphs == 1 and breaks == 0
+    module = chrion_dynamo.compiled_modules()[-1]
+    targets = {str(n.target) for n in module.captured_graph().graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("chrion.lstm") for t in targets), targets
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(*inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_gru_with_state_over_two_cpu_lanes():
+    torch.manual_seed(0)
+    model = BiGRUWithState().eval()
+    inputs = model.example_inputs()
+    out, graphs, breaks = _compile_and_count(model, inputs, {"devices": ["cpu:0", "cpu:1"]})
+    assert graphs == 1 and breaks == 0
+    with torch.no_grad():
+        ref = model(*inputs)
+    for got, want in zip(out, ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_new_shape_recompiles_and_reuses_the_bucket_plan():
+    import torch_chrion.dynamo as chrion_dynamo
+
+    torch.manual_seed(0)
+    model = StackedLSTM().eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="chrion", dynamic=False, options={"devices": ["cpu"]})
+    with torch.no_grad():
+        for seq in (9, 12, 16):
+            x = model.example_inputs(seq=seq)[0]
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    modules = chrion_dynamo.compiled_modules()
+    # lengths 9..16 share a bucket: one profile (possibly from the on-disk cache) for all three
+    assert [m.profiles_made for m in modules[-3:]] == [1, 0, 0]
+    assert all(m.plan is not None for m in modules[-3:])
+
+
+def test_unknown_option_is_an_error_naming_the_closest():
+    torch._dynamo.reset()
+    model = StackedLSTM().eval()
+    compiled = torch.compile(model, backend="chrion", options={"objectiv": "latency"})
+    with pytest.raises(Exception) as info:
+        compiled(*model.example_inputs())
+    cause = info.value
+    while cause is not None and not isinstance(cause, OptionError):
+        cause = cause.__cause__ or cause.__context__
+    assert isinstance(cause, OptionError) and "objective" in str(cause)

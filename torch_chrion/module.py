@@ -1,0 +1,201 @@
+"""ChrionModule: a model compiled by torch_chrion, ready to serve.
+
+One pipeline for both front ends (ONNX and torch.compile): capture an aten graph for the
+input shapes (graph/), measure each node on each lane (profile/), place it (schedule/), and run
+it in the C++ executor (runtime/).
+
+Shapes: the aten graph is specific to the input shapes, so each new shape is captured again
+(cheap). Plans are kept per shape bucket (every dimension rounded up to a power of two): a new
+shape in a known bucket reuses that bucket's plan when its graph has the same nodes, so a new
+sequence length is neither profiled nor scheduled again.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ModelError, PlanError
+from .settings import ChrionSettings
+
+# Compiled executables kept per exact input shape; the oldest is dropped past this many.
+_MAX_SHAPES = 32
+
+# Plans made in this process, by (graph structure, shape bucket, plan settings): Dynamo compiles
+# every new shape into a new module, and those must reuse the plan of their bucket too.
+_PLANS: dict[tuple, Any] = {}
+
+
+def default_devices() -> tuple[str, ...]:
+    return ("cpu", "cuda:0") if torch.cuda.is_available() else ("cpu",)
+
+
+def _signature(inputs: Sequence[Any]) -> tuple:
+    return tuple(
+        (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else (type(x), x) for x in inputs
+    )
+
+
+def _bucket(signature: tuple) -> tuple:
+    def up(d: int) -> int:
+        return 1 << max(d - 1, 0).bit_length()
+
+    return tuple(
+        (tuple(up(d) for d in shape), dtype) if isinstance(shape, tuple) else (shape, dtype)
+        for shape, dtype in signature
+    )
+
+
+def _structure(gm: torch.fx.GraphModule) -> tuple:
+    """What a plan depends on besides shapes: the operators and the shapes of the weights."""
+    key = []
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            key.append(("get_attr", tuple(getattr(gm, node.target).shape)))
+        else:
+            key.append((node.op, str(node.target)))
+    return tuple(key)
+
+
+class ChrionModule(torch.nn.Module):
+    """A model placed over CPU and GPU lanes; call it like the original model.
+
+    Attributes:
+        plan: the Plan of the example inputs' shape bucket (save it with ``plan.save(path)``).
+        plans: every Plan made so far, by shape bucket.
+        settings: the ChrionSettings it was compiled with.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        example_inputs: Sequence[Any],
+        settings: ChrionSettings,
+        *,
+        plan: Any | None = None,
+        recorded_profile: Any | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.devices = settings.devices or default_devices()
+        self.recorded_profile = recorded_profile
+        self.plans: dict[tuple, Any] = {}
+        self.profiles_made = 0
+        self._given_plan = plan
+        self._executables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._graphs: dict[tuple, torch.fx.GraphModule] = {}
+        self._lock = threading.Lock()
+        self._last: Any | None = None
+        self._trace = False
+        example_inputs = tuple(example_inputs)
+        signature = _signature(example_inputs)
+        self._primary = _bucket(signature)
+        self._primary_signature = signature
+        self._compile(signature, example_inputs)
+
+    @property
+    def plan(self) -> Any:
+        return self.plans[self._primary]
+
+    def captured_graph(self) -> torch.fx.GraphModule:
+        """The aten graph captured for the example inputs (what the plan places)."""
+        return self._graphs[self._primary_signature]
+
+    def forward(self, *inputs: Any) -> Any:
+        signature = _signature(inputs)
+        executable = self._executables.get(signature)
+        if executable is None:
+            with self._lock:
+                executable = self._executables.get(signature) or self._compile(signature, inputs)
+        self._last = executable
+        return executable(*inputs)
+
+    def _compile(self, signature: tuple, inputs: Sequence[Any]) -> Any:
+        from . import graph, profile, runtime, schedule
+
+        settings = self.settings
+        try:
+            gm = graph.capture(
+                self.model,
+                tuple(inputs),
+                granularity=settings.granularity,
+                seq_chunks=settings.seq_chunks,
+            )
+        except (RuntimeError, TypeError, ValueError) as exc:
+            if isinstance(exc, ModelError) or type(exc).__module__.startswith("torch_chrion"):
+                raise
+            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
+            raise ModelError(
+                f"could not capture the model for inputs of shapes {shapes}: {exc}"
+            ) from exc
+        bucket = _bucket(signature)
+        shared_key = (_structure(gm), bucket, tuple(sorted(settings.plan_key().items())), self.devices)
+        plan = self._reusable_plan(bucket, gm, _PLANS.get(shared_key))
+        if plan is None:
+            prof = profile.profile_graph(
+                gm,
+                tuple(inputs),
+                list(self.devices),
+                settings=settings,
+                cache_dir=settings.cache_dir,
+                recorded=self.recorded_profile,
+            )
+            self.profiles_made += 1
+            plan = schedule.make_plan(gm, prof, settings)
+            _PLANS[shared_key] = plan
+        self.plans.setdefault(bucket, plan)
+        self._graphs[signature] = gm
+        executable = runtime.ChrionModule(
+            gm, plan.placement, plan.order, cpu_threads=settings.cpu_threads, plan=plan
+        )
+        executable.enable_trace(self._trace)
+        self._executables[signature] = executable
+        if len(self._executables) > _MAX_SHAPES:
+            dropped, _ = self._executables.popitem(last=False)
+            if dropped != self._primary_signature:
+                self._graphs.pop(dropped, None)
+        return executable
+
+    def _reusable_plan(self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None) -> Any | None:
+        candidates = [self._given_plan] if self._given_plan is not None else []
+        candidates += [self.plans[bucket]] if bucket in self.plans else []
+        candidates += [shared] if shared is not None else []
+        for plan in candidates:
+            try:
+                plan.validate(gm)
+            except PlanError:
+                if plan is self._given_plan and not self.plans:
+                    raise  # the user's plan does not fit the model they gave with it
+                continue
+            return plan
+        return None
+
+    # tracing: delegated to the executable that ran last
+    def enable_trace(self, enabled: bool = True) -> None:
+        self._trace = enabled
+        for executable in self._executables.values():
+            executable.enable_trace(enabled)
+
+    def save_trace(self, path: str) -> None:
+        if self._last is None:
+            raise PlanError("no call has run yet: call the module with tracing enabled first")
+        self._last.save_trace(path)
+
+
+def compile_graph(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    settings: ChrionSettings,
+    *,
+    plan: Any | None = None,
+    recorded_profile: Any | None = None,
+) -> ChrionModule:
+    """Capture, profile, place and build ``model`` for CPU and GPU lanes (both front ends)."""
+    return ChrionModule(
+        model, example_inputs, settings, plan=plan, recorded_profile=recorded_profile
+    )
