@@ -1,0 +1,21 @@
+"""torch_chrion's converters, registered in onnx2torch's registry when imported.
+
+rnn: LSTM / GRU / RNN. control_flow: If / Loop / Scan. shape_ops: shape-taking operators
+that read constant inputs at conversion time. newer_opsets: schema versions onnx2torch
+lacks (ReduceX-18/20, Cast-19+, and every version bump that only adds types); it goes last
+because it fills the versions nothing else registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import control_flow, shape_ops  # noqa: F401
+
+try:
+    rnn = importlib.import_module(f"{__name__}.rnn")
+except ModuleNotFoundError as exc:  # only while the recurrent converters are not written yet
+    if exc.name != f"{__name__}.rnn":
+        raise
+
+from . import newer_opsets  # noqa: E402,F401

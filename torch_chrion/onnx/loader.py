@@ -1,0 +1,98 @@
+"""Read an ONNX model from a path, bytes or ModelProto, check it and normalise its opsets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import onnx.checker
+import onnx.external_data_helper
+from google.protobuf.message import DecodeError
+
+from ..errors import ModelError
+from .opsets import normalise_opsets
+
+# onnx.checker.check_model refuses in-memory protos above protobuf's 2 GiB limit
+_CHECK_IN_MEMORY_LIMIT = 2**31 - 1
+
+
+def _read(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The ModelProto with external data loaded, and a name for messages."""
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)  # never mutate the caller's proto
+        if _uses_external_data(proto):
+            raise ModelError(
+                "the ModelProto references external data files that were not loaded; "
+                "pass the model's path instead so they are read from its folder"
+            )
+        return proto, "<ModelProto>"
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(bytes(model))
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"the bytes given are not a valid ONNX model: {exc}") from exc
+        if _uses_external_data(proto):
+            raise ModelError(
+                "the model bytes reference external data files; pass the model's path instead"
+            )
+        return proto, "<bytes>"
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such ONNX file")
+        try:
+            proto = onnx.load_model(str(path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"{path}: not a readable ONNX model: {exc}") from exc
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(
+                f"{path}: cannot read its external data (looked in {path.parent}): {exc}"
+            ) from exc
+        return proto, str(path)
+    raise ModelError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(
+        onnx.external_data_helper.uses_external_data(t)
+        for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
+
+
+def check_model(proto: onnx.ModelProto, name: str) -> None:
+    """onnx.checker with shape inference (full_check) where the model fits in memory.
+
+    Raises:
+        ModelError: the checker's message, prefixed by the model's name.
+    """
+    full_check = proto.ByteSize() < _CHECK_IN_MEMORY_LIMIT
+    try:
+        onnx.checker.check_model(proto, full_check=full_check)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelError(f"{name}: onnx.checker rejected the model: {exc}") from exc
+
+
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Read, check and opset-normalise an ONNX model.
+
+    Args:
+        model: a path to an ``.onnx`` file (external data files are read relative to its
+            folder), the serialised bytes, or a ModelProto (left unchanged; a copy is returned).
+
+    Returns:
+        A checked ModelProto whose default-domain opset torch_chrion can convert, brought
+        down with ``onnx.version_converter`` where a converter for the model's own opset is
+        missing.
+
+    Raises:
+        ModelError: the model cannot be read or fails onnx.checker.
+        UnsupportedOperatorError: see :func:`torch_chrion.onnx.opsets.normalise_opsets`.
+    """
+    proto, name = _read(model)
+    check_model(proto, name)
+    return normalise_opsets(proto, name)
