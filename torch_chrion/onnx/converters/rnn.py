@@ -232,9 +232,22 @@ class _OnnxRecurrent(nn.Module, OnnxToTorchModule):
                     f"{spec.num_directions} direction(s), got shape {tuple(consts[slot].shape)}"
                 )
         self.hidden_size = hidden
+        self.runtime_slots = tuple(
+            slot for slot in INPUT_SLOTS[spec.op] if slot in spec.present and slot not in consts
+        )
         for slot in ("sequence_lens", "initial_h", "initial_c"):
             if slot in consts:
                 self.register_buffer(f"const_{slot}", consts[slot])
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor | None, ...]:
+        """Run the node on its runtime inputs, given in ONNX input order (constants and omitted
+        inputs left out; ``runtime_slots`` says which is which).
+
+        Returns:
+            One tensor when the node declares one output, else a tuple with one entry per
+            declared output (None where the output is omitted).
+        """
+        return self._run(**dict(zip(self.runtime_slots, inputs, strict=True)))
 
     def _slot(self, slot: str, runtime: Tensor | None) -> Tensor | None:
         """An input's runtime value, else its constant, else None (omitted)."""
@@ -289,7 +302,7 @@ class OnnxRecurrentKernel(_OnnxRecurrent):
                     self.register_buffer(f"const_{slot}", consts[slot])
         self.nonlinearity = spec.activations[0][0].name.lower()
 
-    def forward(  # noqa: D102 - documented by the class
+    def _run(
         self,
         x: Tensor,
         w: Tensor | None = None,
@@ -367,7 +380,7 @@ class OnnxRecurrentLoop(_OnnxRecurrent):
             )
         return self.static_steps
 
-    def forward(  # noqa: D102 - documented by the class
+    def _run(
         self,
         x: Tensor,
         w: Tensor | None = None,
@@ -446,10 +459,10 @@ def convert_recurrent(node: OnnxNode, graph: OnnxGraph, opset: int) -> Operation
     steps = static_steps(node, graph, spec.layout)
     kind = OnnxRecurrentKernel if fits_torch_kernels(spec, consts, steps) else OnnxRecurrentLoop
     module = kind(spec, consts, steps)
+    # Only runtime inputs travel: onnx2torch mistakes an empty input name for the node's own
+    # omitted output ('' is registered as a node output), so no '' may appear here.
     slots = INPUT_SLOTS[op]
-    inputs = [("" if slots[k] in consts else name) for k, name in enumerate(names)]
-    while inputs and not inputs[-1]:
-        inputs.pop()
+    inputs = [name for k, name in enumerate(names) if name and slots[k] in module.runtime_slots]
     return OperationConverterResult(
         torch_module=module,
         onnx_mapping=OnnxMapping(inputs=tuple(inputs), outputs=node.output_values),
