@@ -1,0 +1,127 @@
+"""capture: any PyTorch module (an onnx2torch or dynamo GraphModule included) to the aten graph.
+
+The aten graph (the contract shared by graph/, profile/, schedule/ and runtime/): placeholders are
+the user's inputs in order, get_attr nodes the weights and constants, call_function nodes call an
+``OpOverload`` (``aten::*`` or ``chrion::*``) or ``operator.getitem``, and one output node. Every
+node carries ``meta["val"]``, ``meta["chrion_out_bytes"]`` and ``meta["chrion_weight_bytes"]``.
+
+The steps, each a pass of its own:
+1. trace with ``make_fx(tracing_mode="real")`` under ``torch.no_grad()``, recurrent functions
+   redirected to ``torch.ops.chrion.*`` (recurrent_calls.py) so each stays one node, and small
+   constant tensors propagated (onnx2torch modules compute shapes from tensor values; with
+   ``CONSTANT_NUMEL_LIMIT`` raised the shape chain folds while tracing);
+2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
+3. dead-code elimination, then ``check_portable``: no backend-only kernel is left;
+4. ``split_recurrent`` to the requested granularity, then ``annotate`` (fake-tensor propagation).
+
+The graph is specialised to the example inputs' shapes: one capture per input-shape bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.fx.experimental.proxy_tensor as proxy_tensor
+from torch import fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..errors import ModelError, UnsupportedOperatorError
+from ..ops import ensure_loaded
+from .annotate import annotate
+from .passes import check_portable, fold_input_free, split_recurrent, unpin_copies
+from .recurrent_calls import RecurrentToChrion
+
+# Constants up to this many elements are computed while tracing instead of recorded: enough for
+# any shape tensor, small enough that no weight-sized tensor is duplicated.
+_CONSTANT_NUMEL_LIMIT = 1 << 16
+
+
+@contextlib.contextmanager
+def _constant_propagation(limit: int) -> Iterator[None]:
+    saved = proxy_tensor.CONSTANT_NUMEL_LIMIT
+    proxy_tensor.CONSTANT_NUMEL_LIMIT = limit
+    try:
+        yield
+    finally:
+        proxy_tensor.CONSTANT_NUMEL_LIMIT = saved
+
+
+def _traced_device(example_inputs: tuple) -> torch.device:
+    devices = {x.device for x in example_inputs if isinstance(x, torch.Tensor)}
+    if len(devices) > 1:
+        raise ModelError(f"example inputs are on several devices: {sorted(map(str, devices))}")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def _trace(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    def forward(*args: torch.Tensor) -> object:
+        with RecurrentToChrion():
+            return module(*args)
+
+    name = type(module).__name__
+    try:
+        with torch.no_grad(), _constant_propagation(_CONSTANT_NUMEL_LIMIT):
+            return make_fx(forward, tracing_mode="real")(*example_inputs)
+    except UnsupportedOperatorError:
+        raise
+    except RuntimeError as exc:
+        if "_local_scalar_dense" in str(exc) or "data-dependent" in str(exc):
+            raise UnsupportedOperatorError(
+                f"{name} has data-dependent control flow or reads tensor values as Python "
+                "numbers (e.g. `if x.mean() > 0`): one aten graph cannot hold it. Use "
+                "torch.compile(backend='chrion'), which breaks the graph there.",
+                ops=["_local_scalar_dense"],
+            ) from exc
+        raise ModelError(f"tracing {name} to an aten graph failed: {exc}") from exc
+
+
+def capture(
+    module: torch.nn.Module,
+    example_inputs: tuple,
+    *,
+    granularity: str = "layer",
+    seq_chunks: int = 1,
+) -> fx.GraphModule:
+    """Lower ``module`` to a device-portable aten graph for inputs shaped like ``example_inputs``.
+
+    Args:
+        module: an ``nn.Module`` or ``fx.GraphModule`` (onnx2torch's or dynamo's) in eval mode.
+        example_inputs: tensors, in the order ``module`` takes them; real values (onnx2torch
+            modules read shape tensors while tracing).
+        granularity: "op" keeps each recurrent operator whole; "layer" splits multi-layer and
+            bidirectional ones into one node per layer and direction.
+        seq_chunks: with "layer", also cut the sequence into this many chunks (state handed from
+            chunk to chunk).
+
+    Returns:
+        The annotated aten graph; it runs on CPU, and on CUDA once its constants are moved there.
+
+    Raises:
+        ModelError: the module cannot be traced with these inputs.
+        UnsupportedOperatorError: the module uses what a portable aten graph cannot hold
+            (data-dependent control flow, packed sequences, LSTM projections, training dropout,
+            backend-only kernels).
+        OptionError: a bad ``granularity`` / ``seq_chunks``.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise ModelError(f"capture needs a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(example_inputs, (tuple, list)):
+        raise ModelError(
+            f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}"
+        )
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise ModelError(f"example_inputs[{i}] is a {type(x).__name__}, not a tensor")
+    example_inputs = tuple(example_inputs)
+    ensure_loaded()
+    device = _traced_device(example_inputs)
+    gm = _trace(module, example_inputs)
+    unpin_copies(gm, device)
+    fold_input_free(gm)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    check_portable(gm)
+    annotate(gm, example_inputs)
+    return split_recurrent(gm, granularity=granularity, seq_chunks=seq_chunks)

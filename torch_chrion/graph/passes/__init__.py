@@ -1,0 +1,8 @@
+"""Graph-to-graph passes over the aten graph, one per file, each ``(gm, ...) -> gm``."""
+
+from .check_portable import check_portable
+from .fold_input_free import fold_input_free
+from .split_recurrent import split_recurrent
+from .unpin_copies import unpin_copies
+
+__all__ = ["check_portable", "fold_input_free", "split_recurrent", "unpin_copies"]
