@@ -55,6 +55,10 @@ def make_case(
     peepholes: str = "none",  # none | const | zeros | input (LSTM)
     bias: bool = True,
     weights_as_inputs: bool = False,
+    runtime: tuple[str, ...] = (),  # slots fed at run time even though constant by default
+    constant_nodes: bool = False,  # constants as Constant nodes instead of initializers
+    hidden_attr: bool = True,
+    dtype: type = np.float32,
     outputs: tuple[str, ...] | None = None,
     opset: int = 14,
     seed: int = 0,
@@ -92,11 +96,13 @@ def make_case(
         if peepholes in ("const", "zeros"):
             constant.add("P")
 
+    _finish_values(values, constant, runtime, dtype)
+    elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[dtype]
     inputs = [slot if slot in values else "" for slot in SLOTS[op]]
     while not inputs[-1]:
         inputs.pop()
     outputs = OUTPUTS[op] if outputs is None else outputs
-    node_attrs = dict(attrs, hidden_size=hidden)
+    node_attrs = dict(attrs, hidden_size=hidden) if hidden_attr else dict(attrs)
     if direction != "forward":
         node_attrs["direction"] = direction
     if layout:
@@ -104,20 +110,30 @@ def make_case(
     node = helper.make_node(op, inputs, list(outputs), name=f"{op.lower()}_node", **node_attrs)
     graph_inputs = [
         helper.make_tensor_value_info(
-            name, TensorProto.INT32 if name == "sequence_lens" else TensorProto.FLOAT, v.shape
+            name, TensorProto.INT32 if name == "sequence_lens" else elem, v.shape
         )
         for name, v in values.items()
         if name not in constant
     ]
-    graph_outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs if name
-    ]
-    initializers = [numpy_helper.from_array(values[name], name) for name in sorted(constant)]
-    graph = helper.make_graph([node], "g", graph_inputs, graph_outputs, initializers)
+    graph_outputs = [helper.make_tensor_value_info(name, elem, None) for name in outputs if name]
+    tensors = [numpy_helper.from_array(values[name], name) for name in sorted(constant)]
+    if constant_nodes:
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in tensors] + [node]
+        graph = helper.make_graph(nodes, "g", graph_inputs, graph_outputs)
+    else:
+        graph = helper.make_graph([node], "g", graph_inputs, graph_outputs, tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     feeds = {name: v for name, v in values.items() if name not in constant}
     return model, feeds
+
+
+def _finish_values(values, constant, runtime, dtype):
+    """Cast the float inputs to ``dtype`` and move the ``runtime`` slots out of the constants."""
+    for name, v in values.items():
+        if name != "sequence_lens":
+            values[name] = v.astype(dtype)
+    constant -= set(runtime)
 
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +145,7 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, n
 def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """onnxruntime's outputs; batch-major and opset-1 nodes go through an equivalent model."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    node = model.graph.node[0]
+    node = model.graph.node[-1]
     opset = model.opset_import[0]
     if opset.version < 7:
         opset.version = 7
@@ -141,8 +157,7 @@ def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str,
             attr.i = 0
     batch_major = {"X", "initial_h", "initial_c"}
     swapped = {
-        name: np.swapaxes(v, 0, 1).copy() if name in batch_major else v
-        for name, v in feeds.items()
+        name: np.swapaxes(v, 0, 1).copy() if name in batch_major else v for name, v in feeds.items()
     }
     for vi in model.graph.input:  # shapes of X / initial states are swapped too
         dims = vi.type.tensor_type.shape.dim
@@ -164,7 +179,7 @@ def node_outputs(module: torch.nn.Module, model: onnx.ModelProto, feeds: dict) -
     args = [torch.from_numpy(feeds[vi.name]) for vi in model.graph.input]
     with torch.no_grad():
         result = module(*args)
-    declared = list(model.graph.node[0].output)
+    declared = list(model.graph.node[-1].output)
     if len(declared) == 1:
         return {declared[0]: result.numpy()}
     assert isinstance(result, tuple) and len(result) == len(declared)
@@ -433,6 +448,77 @@ def test_path_choice(op, kwargs, fast):
     assert uses_chrion_kernel(converted, model, feeds) == fast
 
 
+KERNEL_ATTRS = {"LSTM": {}, "GRU": {"linear_before_reset": 1}, "RNN": {}}
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_float64(op, fast):
+    """Double precision runs in double on both paths; onnxruntime has no double recurrent
+    kernels, so the reference is onnxruntime on the same values in float32."""
+    kwargs = dict(KERNEL_ATTRS[op], direction="bidirectional", initial=True)
+    if not fast:
+        kwargs["lens"] = "varying_input"
+    model, feeds = make_case(op, dtype=np.float64, **kwargs)
+    converted = onnx2torch.convert(model)
+    got = node_outputs(converted, model, feeds)
+    want = reference(*make_case(op, **kwargs))
+    for name in want:
+        assert got[name].dtype == np.float64
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    kind = rnn_converters.OnnxRecurrentKernel if fast else rnn_converters.OnnxRecurrentLoop
+    assert isinstance(recurrent_module(converted), kind)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("runtime", [("B",), ("R", "B"), ("W",)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_mixed_constant_and_runtime_weights(op, runtime, fast):
+    kwargs = dict(KERNEL_ATTRS[op]) if fast else {"clip": 2.0}
+    model, feeds = make_case(op, runtime=runtime, direction="bidirectional", **kwargs)
+    converted = check_against_ort(model, feeds)
+    kind = rnn_converters.OnnxRecurrentKernel if fast else rnn_converters.OnnxRecurrentLoop
+    assert isinstance(recurrent_module(converted), kind)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("lens", ["none", "full_const", "varying_const"])
+def test_constant_node_inputs(op, lens):
+    """Weights, peepholes and lengths from Constant nodes count as constants, as initializers do."""
+    extra = {"peepholes": "zeros"} if op == "LSTM" else {}
+    model, feeds = make_case(
+        op, constant_nodes=True, lens=lens, initial=True, **KERNEL_ATTRS[op], **extra
+    )
+    converted = check_against_ort(model, feeds)
+    module = recurrent_module(converted)
+    fast = lens != "varying_const"
+    kind = rnn_converters.OnnxRecurrentKernel if fast else rnn_converters.OnnxRecurrentLoop
+    assert isinstance(module, kind)
+    assert module.runtime_slots == ("x", "initial_h", "initial_c")[: 3 if op == "LSTM" else 2]
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("weights_as_inputs", [False, True])
+@pytest.mark.parametrize("clip", [None, 1.5])
+def test_hidden_size_attribute_omitted(op, weights_as_inputs, clip):
+    """hidden_size is optional in the spec: R's shape gives it."""
+    kwargs = dict(direction="bidirectional", weights_as_inputs=weights_as_inputs, initial=False)
+    if clip is not None:
+        kwargs["clip"] = clip
+    model, feeds = make_case(op, hidden_attr=False, **kwargs)
+    got = node_outputs(onnx2torch.convert(model), model, feeds)
+    want = reference(*make_case(op, **kwargs))  # onnxruntime insists on the attribute
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def test_hidden_size_contradicting_r_is_a_model_error():
+    model, _ = make_case("RNN")
+    model.graph.node[-1].attribute[0].i = 7  # hidden_size; R says 5
+    with pytest.raises(ModelError, match="hidden_size=7"):
+        onnx2torch.convert(model)
+
+
 def test_fast_path_is_one_chrion_call_on_constant_weights():
     model, feeds = make_case("LSTM", direction="bidirectional", initial=True)
     converted = onnx2torch.convert(model)
@@ -482,7 +568,7 @@ def test_loop_path_traces_with_runtime_lengths():
 def test_unsupported_attribute_values(attrs, text):
     model, _ = make_case("LSTM", **attrs) if "layout" not in attrs else make_case("LSTM")
     if "layout" in attrs:
-        model.graph.node[0].attribute.append(helper.make_attribute("layout", 2))
+        model.graph.node[-1].attribute.append(helper.make_attribute("layout", 2))
     with pytest.raises(UnsupportedOperatorError) as info:
         onnx2torch.convert(model)
     message = str(info.value)
@@ -510,7 +596,7 @@ def _onnx_recurrent_cases():
     return [
         case
         for case in node_cases._NodeTestCases
-        if case.model.graph.node[0].op_type in ("LSTM", "GRU", "RNN")
+        if case.model.graph.node[-1].op_type in ("LSTM", "GRU", "RNN")
     ]
 
 
