@@ -577,10 +577,37 @@ def test_unsupported_attribute_values(attrs, text):
     assert info.value.ops == ["LSTM"]
 
 
-def test_wrong_activation_count_is_a_model_error():
-    model, _ = make_case("GRU", activations=["Sigmoid", "Tanh", "Tanh"])
-    with pytest.raises(ModelError, match="needs 2"):
+@pytest.mark.parametrize(
+    "direction,activations,needed",
+    [
+        ("forward", ["Sigmoid", "Tanh", "Tanh"], 2),
+        ("bidirectional", ["Sigmoid", "Tanh"], 4),  # the spec wants both directions' functions
+    ],
+)
+def test_wrong_activation_count_is_a_model_error(direction, activations, needed):
+    model, _ = make_case("GRU", direction=direction, activations=activations)
+    with pytest.raises(ModelError, match=f"needs {needed}"):
         onnx2torch.convert(model)
+
+
+@pytest.mark.parametrize(
+    "op,kwargs",
+    [
+        ("LSTM", {"direction": "bidirectional", "initial": True}),
+        ("GRU", {"lens": "varying_input", "direction": "reverse", "clip": 1.0}),
+    ],
+)
+def test_torch_export(op, kwargs):
+    """torch.export keeps the chrion kernel whole on the fast path and runs the loop path."""
+    model, feeds = make_case(op, **kwargs)
+    converted = onnx2torch.convert(model)
+    args = tuple(torch.from_numpy(feeds[vi.name]) for vi in model.graph.input)
+    exported = torch.export.export(converted, args)
+    for got, want in zip(exported.module()(*args), converted(*args), strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want)
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert ("chrion.lstm.default" in targets) == (op == "LSTM")
 
 
 # --------------------------------------------------------------------------------------------

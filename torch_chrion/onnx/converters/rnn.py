@@ -125,8 +125,6 @@ def parse_spec(node: OnnxNode, opset: int) -> RecurrentSpec:
     resolved = resolve_activations(
         canonical, attrs.get("activation_alpha", []), attrs.get("activation_beta", [])
     )
-    if len(resolved) == per_direction and num_directions == 2:
-        resolved = resolved * 2  # one set given for both directions
     if len(resolved) != per_direction * num_directions:
         raise ModelError(
             f"{where}: activations lists {len(names)} functions; {op} with direction="
