@@ -33,6 +33,7 @@ from onnx2torch.utils.common import (
 from torch import nn
 
 from ...errors import ModelError, UnsupportedOperatorError
+from ...ops import ensure_loaded
 from .rnn_cells import (
     Activation,
     CellConfig,
@@ -233,7 +234,7 @@ class _OnnxRecurrent(nn.Module, OnnxToTorchModule):
         self.runtime_slots = tuple(
             slot for slot in INPUT_SLOTS[spec.op] if slot in spec.present and slot not in consts
         )
-        for slot in ("sequence_lens", "initial_h", "initial_c"):
+        for slot in ("initial_h", "initial_c"):
             if slot in consts:
                 self.register_buffer(f"const_{slot}", consts[slot])
 
@@ -282,9 +283,7 @@ class OnnxRecurrentKernel(_OnnxRecurrent):
 
     def __init__(self, spec: RecurrentSpec, consts: dict[str, Tensor], steps: int | None) -> None:
         super().__init__(spec, consts, steps)
-        from ...ops import ensure_loaded
-
-        ensure_loaded()
+        ensure_loaded()  # the chrion:: kernels, built once per machine
         self.has_biases = "b" in spec.present
         self.n_params = 0
         if "w" in consts and "r" in consts and ("b" in consts or not self.has_biases):
@@ -348,6 +347,8 @@ class OnnxRecurrentLoop(_OnnxRecurrent):
 
     def __init__(self, spec: RecurrentSpec, consts: dict[str, Tensor], steps: int | None) -> None:
         super().__init__(spec, consts, steps)
+        if "sequence_lens" in consts:
+            self.register_buffer("const_sequence_lens", consts["sequence_lens"])
         self.peepholes = "p" in spec.present
         self.cells = [spec.cell(d, self.peepholes) for d in range(spec.num_directions)]
         weight_slots = [slot for slot in WEIGHT_SLOTS if slot in spec.present]
