@@ -1,6 +1,7 @@
 """torch_chrion's converters, registered in onnx2torch's registry when imported.
 
-rnn: LSTM / GRU / RNN. control_flow: If / Loop / Scan. shape_ops: shape-taking operators
+rnn: LSTM / GRU / RNN. control_flow: If / Loop / Scan. sequences: Sequence* and Optional*
+(what If and Loop carry). unsigned: Add/Sub/Mul/Div on wide unsigned types. shape_ops: shape-taking operators
 that read constant inputs at conversion time. newer_opsets: schema versions onnx2torch
 lacks (ReduceX-18/20, Cast-19+, and every version bump that only adds types); it goes last
 because it fills the versions nothing else registered.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import control_flow, shape_ops  # noqa: F401
+from . import control_flow, sequences, shape_ops, unsigned  # noqa: F401
 
 try:
     rnn = importlib.import_module(f"{__name__}.rnn")

@@ -78,6 +78,14 @@ def convert_if(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     )
 
 
+def _device_of(values: list) -> torch.device:
+    """The device of the first tensor among values (sequences and None skipped)."""
+    for value in values:
+        if isinstance(value, Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
 # --- Loop ------------------------------------------------------------------------------------
 
 
@@ -108,7 +116,7 @@ class OnnxLoop(nn.Module):
         if limit is None and not self.has_cond:
             raise ExecutionError("ONNX Loop with neither a trip count nor a condition never ends")
         keep_going = bool(cond) if self.has_cond else True
-        device = values[0].device if values else torch.device("cpu")
+        device = _device_of([trip_count, cond, *values])
         scans: list[list[Tensor]] | None = None
         iteration = 0
         while (limit is None or iteration < limit) and keep_going:
