@@ -1,0 +1,210 @@
+"""profile_graph and Profile: every node measured on every lane, cached on disk, recorded
+profiles standing in for absent devices, and JSON that round-trips or fails clearly."""
+
+import json
+import math
+
+import pytest
+import torch
+from models import BiGRUWithState, StackedLSTM
+
+from torch_chrion.errors import ChrionError, OptionError, PlanError
+from torch_chrion.graph import capture, graph_hash
+from torch_chrion.profile import Profile, profile_graph, timing
+from torch_chrion.profile import profiler as profiler_module
+from torch_chrion.profile.profiler import schedulable_nodes
+from torch_chrion.profile.transfer import fit_line
+from torch_chrion.settings import ChrionSettings
+
+FAST = ChrionSettings(profile_warmup=1, profile_repeats=3)
+
+
+@pytest.fixture(scope="module")
+def captured():
+    torch.manual_seed(0)
+    model = StackedLSTM().eval()
+    inputs = model.example_inputs()
+    return capture(model, inputs), inputs
+
+
+@pytest.fixture
+def count_timed_calls(monkeypatch):
+    """Counts the nodes timed on CPU (every measurement goes through timing.time_cpu)."""
+    calls = []
+    real = timing.time_cpu
+
+    def counting(call, warmup, repeats):
+        calls.append(repeats)
+        return real(call, warmup, repeats)
+
+    monkeypatch.setattr(timing, "time_cpu", counting)
+    return calls
+
+
+def test_every_schedulable_node_has_a_cost_on_every_lane(captured, tmp_path):
+    gm, inputs = captured
+    profile = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    names = {n.name for n in schedulable_nodes(gm)}
+    assert set(profile.node_ms) == names
+    assert all(math.isfinite(c["cpu"]) and c["cpu"] > 0 for c in profile.node_ms.values())
+    assert profile.graph_hash == graph_hash(gm)
+    assert profile.input_shapes == [[8, 2, 16]]
+    assert profile.torch_version == torch.__version__
+    # a whole LSTM layer over 8 steps does far more work than reshaping a tensor
+    lstm = profile.node_ms["lstm_l0_c0"]["cpu"]
+    assert lstm > 3 * profile.node_ms["view"]["cpu"]
+
+
+def test_second_profile_of_same_graph_and_shapes_measures_nothing(
+    captured, tmp_path, count_timed_calls
+):
+    gm, inputs = captured
+    first = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    measured = len(count_timed_calls)
+    assert measured >= len(schedulable_nodes(gm))
+    # the same model captured again (another GraphModule, same structure and shapes)
+    model = StackedLSTM().eval()
+    again = profile_graph(
+        capture(model, inputs), inputs, ["cpu"], settings=FAST, cache_dir=tmp_path
+    )
+    assert len(count_timed_calls) == measured  # nothing timed the second time
+    assert again == first
+    # other input shapes are another profile
+    longer = model.example_inputs(seq=12)
+    profile_graph(capture(model, longer), longer, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert len(count_timed_calls) > measured
+
+
+def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
+    gm, inputs = captured
+    profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
+    # a first call (to size the budget) and the timed repeats, once per node, not per lane
+    assert len(count_timed_calls) == 2 * len(schedulable_nodes(gm))
+    for costs in profile.node_ms.values():
+        assert costs["cpu:0"] == costs["cpu:1"]
+    assert profile.transfer == {}
+    assert profile.transfer_ms("cpu:0", "cpu:1", 10**9) == 0.0
+    assert any("thread" in note for note in profile.notes)
+
+
+def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_calls):
+    gm, inputs = captured
+    settings = ChrionSettings(profile_warmup=2, profile_repeats=50, profile_budget_s=1e-4)
+    profile = profile_graph(gm, inputs, ["cpu"], settings=settings, cache_dir=tmp_path)
+    timed = count_timed_calls[1::2]  # every other call is the sizing call
+    assert min(timed) == 3 and max(timed) < 50
+    assert any("budget" in note for note in profile.notes)
+
+
+def test_absent_device_without_recorded_profile_is_a_clear_error(captured, tmp_path, monkeypatch):
+    gm, inputs = captured
+    monkeypatch.setattr(profiler_module, "cuda_present", lambda index: False)
+    with pytest.raises(ChrionError, match="no cuda:0 device here.*chrion profile"):
+        profile_graph(gm, inputs, ["cpu", "cuda:0"], settings=FAST, cache_dir=tmp_path)
+
+
+def recorded_gpu_profile(gm, inputs, cpu_profile):
+    """A profile as a GPU machine would record it: every node 10x faster on cuda:0."""
+    return Profile(
+        devices=["cpu", "cuda:0"],
+        device_names={"cpu": "some CPU", "cuda:0": "NVIDIA H100 80GB HBM3"},
+        node_ms={
+            n: {"cpu": min(c.values()), "cuda:0": min(c.values()) / 10}
+            for n, c in cpu_profile.node_ms.items()
+        },
+        transfer={"cpu->cuda:0": [0.01, 2.0e7], "cuda:0->cpu": [0.012, 1.8e7]},
+        graph_hash=graph_hash(gm),
+        input_shapes=[list(x.shape) for x in inputs],
+        torch_version="2.99",
+    )
+
+
+def test_recorded_profile_plans_for_an_absent_gpu(captured, tmp_path, monkeypatch):
+    gm, inputs = captured
+    monkeypatch.setattr(profiler_module, "cuda_present", lambda index: False)
+    cpu = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
+    path = tmp_path / "gpu_machine.json"
+    recorded_gpu_profile(gm, inputs, cpu).save(path)
+    profile = profile_graph(
+        gm, inputs, ["cpu:0", "cpu:1", "cuda:0"], settings=FAST, cache_dir=tmp_path, recorded=path
+    )
+    for name, costs in profile.node_ms.items():
+        assert costs["cuda:0"] == pytest.approx(cpu.node_ms[name]["cpu:0"] / 10)
+        assert costs["cpu:0"] == cpu.node_ms[name]["cpu:0"]  # this machine's CPU, not the record's
+    assert profile.device_names["cuda:0"] == "NVIDIA H100 80GB HBM3"
+    assert profile.transfer["cpu:1->cuda:0"] == [0.01, 2.0e7]
+    assert profile.transfer["cuda:0->cpu:0"] == [0.012, 1.8e7]
+    assert profile.transfer_ms("cpu:0", "cuda:0", 2 * 10**7) == pytest.approx(1.01)
+
+
+def test_recorded_profile_of_another_graph_is_refused(captured, tmp_path, monkeypatch):
+    gm, inputs = captured
+    monkeypatch.setattr(profiler_module, "cuda_present", lambda index: False)
+    cpu = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    recorded = recorded_gpu_profile(gm, inputs, cpu)
+    model = BiGRUWithState().eval()
+    other_inputs = model.example_inputs()
+    other = capture(model, other_inputs)
+    with pytest.raises(PlanError, match="made for graph"):
+        profile_graph(other, other_inputs, ["cpu", "cuda:0"], cache_dir=tmp_path, recorded=recorded)
+
+
+def test_profile_json_round_trip(captured, tmp_path):
+    gm, inputs = captured
+    profile = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    profile.node_ms["view"]["cuda:0"] = math.inf  # a lane that cannot run a node
+    profile.devices.append("cuda:0")
+    profile.device_names["cuda:0"] = "gpu"
+    profile.transfer["cpu->cuda:0"] = [0.01, 1e7]
+    path = tmp_path / "p.json"
+    profile.save(path)
+    loaded = Profile.load(path)
+    assert loaded == profile
+    assert loaded.cost_ms("view", "cuda:0") == math.inf
+    assert not list(tmp_path.glob(".p.json*"))  # the atomic save left no temporary file
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda d: "not json {", "not a JSON profile"),
+        (lambda d: json.dumps({**d, "schema_version": 99}), "schema_version"),
+        (lambda d: json.dumps({k: v for k, v in d.items() if k != "node_ms"}), "missing"),
+        (lambda d: json.dumps({**d, "node_ms": {"x": {"cpu": -1}}}), "costs -1"),
+        (lambda d: json.dumps({**d, "node_ms": {"x": {"tpu": 1}}}), "unknown lane"),
+        (lambda d: json.dumps({**d, "transfer": {"cpu->cuda:7": [0, 1]}}), "transfer"),
+    ],
+)
+def test_bad_profile_files_raise_plan_errors(captured, tmp_path, corrupt, match):
+    gm, inputs = captured
+    profile = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    path = tmp_path / "bad.json"
+    path.write_text(corrupt(json.loads(profile.to_json())))
+    with pytest.raises(PlanError, match=match):
+        Profile.load(path)
+    with pytest.raises(PlanError, match="cannot read"):
+        Profile.load(tmp_path / "missing.json")
+
+
+def test_corrupt_cache_entry_is_measured_again(captured, tmp_path, count_timed_calls):
+    gm, inputs = captured
+    profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    for entry in tmp_path.glob("*.json"):
+        entry.write_text("{ truncated")
+    before = len(count_timed_calls)
+    profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert len(count_timed_calls) > before
+
+
+def test_bad_lane_is_an_option_error(captured, tmp_path):
+    gm, inputs = captured
+    with pytest.raises(OptionError, match="tpu"):
+        profile_graph(gm, inputs, ["cpu", "tpu:0"], cache_dir=tmp_path)
+
+
+def test_transfer_line_fit_recovers_latency_and_bandwidth():
+    sizes = [4096, 65536, 1 << 20, 1 << 24]
+    latency, bytes_per_ms = 0.008, 2.5e7
+    ms = [latency + s / bytes_per_ms for s in sizes]
+    fitted = fit_line(sizes, ms)
+    assert fitted == pytest.approx([latency, bytes_per_ms], rel=1e-6)

@@ -1,0 +1,55 @@
+"""What the lanes are: which physical device each names, whether it is here, and its name."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+
+import torch
+
+from ..errors import OptionError
+
+_LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def parse_lane(lane: str) -> tuple[str, int]:
+    """("cpu" | "cuda", index) of a lane string; an OptionError for anything else."""
+    match = _LANE.match(lane) if isinstance(lane, str) else None
+    if match is None:
+        raise OptionError(f"a lane looks like 'cpu', 'cpu:1' or 'cuda:0'; got {lane!r}")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def cuda_present(index: int) -> bool:
+    """Whether CUDA device ``index`` exists on this machine."""
+    return torch.cuda.is_available() and index < torch.cuda.device_count()
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC 7B13"; what a CPU profile is keyed by."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def lane_device_name(kind: str, index: int, threads: int | None = None) -> str:
+    """The hardware name of a lane: the CPU model and its thread count, or the GPU's name."""
+    if kind == "cpu":
+        return f"{cpu_name()} x{threads} threads"
+    return torch.cuda.get_device_name(index)

@@ -1,0 +1,356 @@
+"""profile_graph: the cost of every schedulable node of an aten graph on every lane.
+
+How: the graph runs once with an ``fx.Interpreter`` that keeps every value, so each node can then
+be called alone on its real inputs. Each physical device is measured once: all CPU lanes of one
+intra-op thread count share one CPU measurement (wall clock), each CUDA lane gets its own (CUDA
+events, inputs and weights on the device) plus the pinned host<->device copy costs. Each device's
+measurement is cached on disk (cache.py). A lane whose device is not on this machine comes from a
+profile recorded where it is; with none, profiling refuses rather than invent a number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import fx
+from tqdm.auto import tqdm
+
+from .._extension import cache_root
+from ..errors import ChrionError, PlanError
+from ..graph import graph_hash
+from ..settings import ChrionSettings
+from . import timing
+from .cache import ProfileCache, cache_key
+from .devices import cpu_cores, cuda_present, lane_device_name, parse_lane
+from .profile import Profile
+from .transfer import measure_transfers
+
+log = logging.getLogger(__name__)
+
+# fewer repeats than this and the median is no longer worth the name
+_MIN_REPEATS = 3
+# at least this many nodes to measure before a progress bar is worth drawing
+_PROGRESS_MIN_NODES = 8
+
+
+def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The call_function nodes other than getitem, in graph order (what gets a lane)."""
+    return [
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem
+    ]
+
+
+class _KeepValues(fx.Interpreter):
+    """Runs the graph and keeps every node's value (no freeing after last use)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+
+
+def _node_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[fx.Node, object]:
+    interpreter = _KeepValues(gm)
+    with torch.no_grad():
+        interpreter.run(*inputs)
+    return interpreter.env
+
+
+class _Budget:
+    """Splits the time budget over the measurements still to make, cutting repeats to fit."""
+
+    def __init__(self, seconds: float, measurements: int, warmup: int, repeats: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.left = max(measurements, 1)
+        self.warmup, self.repeats = warmup, repeats
+        self.fewest = repeats
+
+    def plan(self, first_ms: float) -> tuple[int, int]:
+        """(warm-up runs, repeats) for a node whose first call took ``first_ms``."""
+        share_ms = max(self.deadline - time.monotonic(), 0.0) * 1e3 / self.left
+        self.left = max(self.left - 1, 1)
+        runs = self.warmup + self.repeats
+        if first_ms * runs <= share_ms:
+            return self.warmup, self.repeats
+        affordable = int(share_ms / max(first_ms, 1e-6))
+        warmup = min(self.warmup, max(affordable - self.repeats, 1 if self.warmup else 0))
+        repeats = max(_MIN_REPEATS, min(self.repeats, affordable - warmup))
+        self.fewest = min(self.fewest, repeats)
+        return warmup, repeats
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    quiet = os.environ.get("TORCH_CHRION_NO_PROGRESS") == "1" or total < _PROGRESS_MIN_NODES
+    # disable=None: tqdm's own test, off when stderr is not a terminal; delay: only when slow
+    return tqdm(total=total, desc=desc, unit="node", delay=1.0, disable=True if quiet else None)
+
+
+def _to_device(value: object, device: torch.device) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _measure(
+    gm: fx.GraphModule,
+    values: dict[fx.Node, object],
+    nodes: list[fx.Node],
+    device: torch.device,
+    settings: ChrionSettings,
+    budget: _Budget,
+    desc: str,
+) -> tuple[dict[str, float], list[str]]:
+    """Median ms of each node on ``device``; a node that fails there costs ``inf``."""
+    on_device = values
+    if device.type != "cpu":
+        on_device = {node: _to_device(value, device) for node, value in values.items()}
+    costs: dict[str, float] = {}
+    notes: list[str] = []
+    with _progress(len(nodes), desc) as bar:
+        for node in nodes:
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), on_device.__getitem__)
+            if getattr(node.target, "_schema", None) is not None and node.target._schema.is_mutable:
+                args, kwargs = _to_device((args, kwargs), device)  # keep the shared values intact
+
+            def call(
+                args: object = args, kwargs: object = kwargs, target: object = node.target
+            ) -> object:
+                return target(*args, **kwargs)
+
+            try:
+                with torch.no_grad():
+                    costs[node.name] = _time_node(call, device, settings, budget)
+            except (RuntimeError, NotImplementedError) as exc:
+                costs[node.name] = math.inf
+                notes.append(f"{node.name} cannot run on {device}: {str(exc).splitlines()[0]}")
+            bar.update()
+    return costs, notes
+
+
+def _time_node(
+    call: object, device: torch.device, settings: ChrionSettings, budget: _Budget
+) -> float:
+    if device.type == "cpu":
+        (first,) = timing.time_cpu(call, 0, 1)
+        warmup, repeats = budget.plan(first)
+        return statistics.median(timing.time_cpu(call, max(warmup - 1, 0), repeats))
+    (first,) = timing.time_cuda(call, 0, 1, device)
+    warmup, repeats = budget.plan(first)
+    return statistics.median(timing.time_cuda(call, max(warmup - 1, 0), repeats, device))
+
+
+def _recorded_profile(recorded: Profile | str | os.PathLike | None) -> Profile | None:
+    if recorded is None or isinstance(recorded, Profile):
+        return recorded
+    return Profile.load(recorded)
+
+
+def _from_recorded(
+    recorded: Profile | None,
+    lane: str,
+    ghash: str,
+    shapes: list[list[int]],
+    nodes: list[str],
+) -> Profile:
+    """The measurements of an absent lane, taken from a profile recorded where it exists."""
+    if recorded is None or lane not in recorded.devices:
+        raise ChrionError(
+            f"no {lane} device here and no recorded profile for {lane}; record one with "
+            f"`chrion profile` on the target machine and pass it as the recorded profile"
+        )
+    if recorded.graph_hash != ghash or recorded.input_shapes != shapes:
+        raise PlanError(
+            f"the recorded profile for {lane} was made for graph {recorded.graph_hash} with "
+            f"inputs {recorded.input_shapes}, not this graph ({ghash}, inputs {shapes}); "
+            "record it again for this model, granularity and input shapes"
+        )
+    missing = [n for n in nodes if lane not in recorded.node_ms.get(n, {})]
+    if missing:
+        raise PlanError(f"the recorded profile has no {lane} cost for nodes {missing[:5]}")
+    transfer = {}
+    for key, value in recorded.transfer.items():
+        src, _, dst = key.partition("->")
+        if dst == lane and src.startswith("cpu"):
+            transfer.setdefault(f"cpu->{lane}", value)
+        if src == lane and dst.startswith("cpu"):
+            transfer.setdefault(f"{lane}->cpu", value)
+    if len(transfer) != 2:
+        raise PlanError(f"the recorded profile has no host<->{lane} transfer costs")
+    return Profile(
+        devices=[lane],
+        device_names={lane: recorded.device_names.get(lane, lane)},
+        node_ms={n: {lane: recorded.node_ms[n][lane]} for n in nodes},
+        transfer=transfer,
+        graph_hash=ghash,
+        input_shapes=shapes,
+        torch_version=recorded.torch_version,
+        notes=[f"{lane}: recorded on another machine (torch {recorded.torch_version})"],
+    )
+
+
+def profile_graph(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[torch.Tensor],
+    devices: Sequence[str],
+    *,
+    settings: ChrionSettings | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    recorded: Profile | str | os.PathLike | None = None,
+) -> Profile:
+    """Measure (or load from the cache) what each node of ``gm`` costs on each lane.
+
+    Args:
+        gm: an aten graph from ``torch_chrion.graph.capture``.
+        example_inputs: the inputs (real values, on CPU) of the shapes ``gm`` was captured for.
+        devices: the lanes, e.g. ["cpu"], ["cpu:0", "cpu:1"] or ["cpu", "cuda:0"].
+        settings: warm-up runs, repeats, time budget, CPU threads and cache dir (defaults if
+            None).
+        cache_dir: overrides ``settings.cache_dir``; default ``$TORCH_CHRION_CACHE/profiles``.
+        recorded: a Profile (or the path of one) recorded on another machine, used for the lanes
+            whose device is not here (e.g. cuda:0 on a machine without a GPU).
+
+    Returns:
+        The Profile of every schedulable node on every lane, with host<->device transfer costs.
+
+    Raises:
+        OptionError: a malformed lane.
+        ChrionError: a lane whose device is absent here, with no recorded profile for it.
+        PlanError: a recorded profile that belongs to another graph or lacks that lane.
+    """
+    settings = settings or ChrionSettings()
+    lanes = list(devices)
+    parsed = {lane: parse_lane(lane) for lane in lanes}
+    inputs = tuple(example_inputs)
+    ghash = graph_hash(gm)
+    shapes = [list(x.shape) for x in inputs]
+    signature = [[list(x.shape), str(x.dtype)] for x in inputs]
+    version = torch.__version__
+    nodes = schedulable_nodes(gm)
+    names = [n.name for n in nodes]
+    directory = Path(cache_dir or settings.cache_dir or cache_root() / "profiles")
+    cache = ProfileCache(directory)
+    recorded_profile = _recorded_profile(recorded)
+
+    cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
+    cuda_lanes = [lane for lane in lanes if parsed[lane][0] == "cuda"]
+    threads = settings.cpu_threads or max(1, cpu_cores() // max(len(cpu_lanes), 1))
+
+    # what each physical device ("cpu" or "cuda:i") needs: a cached, measured or recorded profile
+    groups: dict[str, tuple[str, str]] = {}  # group -> (device name, cache key)
+    if cpu_lanes:
+        name = lane_device_name("cpu", 0, threads)
+        groups["cpu"] = (name, cache_key(ghash, signature, name, version))
+    for lane in cuda_lanes:
+        index = parsed[lane][1]
+        if cuda_present(index):
+            name = lane_device_name("cuda", index)
+            groups[f"cuda:{index}"] = (name, cache_key(ghash, signature, name, version))
+    found = {group: cache.get(key) for group, (_, key) in groups.items()}
+    to_measure = [group for group, profile in found.items() if profile is None]
+
+    device_profiles: dict[str, Profile] = {g: p for g, p in found.items() if p is not None}
+    if to_measure:
+        values = _node_values(gm, inputs)
+        budget = _Budget(
+            settings.profile_budget_s,
+            len(nodes) * len(to_measure),
+            settings.profile_warmup,
+            settings.profile_repeats,
+        )
+        for group in to_measure:
+            device = torch.device(group)
+            saved_threads = torch.get_num_threads()
+            if device.type == "cpu":
+                torch.set_num_threads(threads)
+            try:
+                costs, notes = _measure(
+                    gm, values, nodes, device, settings, budget, f"profiling on {group}"
+                )
+            finally:
+                torch.set_num_threads(saved_threads)
+            transfer = measure_transfers(device) if device.type == "cuda" else {}
+            if budget.fewest < settings.profile_repeats:
+                notes.append(
+                    f"{group}: the {settings.profile_budget_s:g} s profile budget cut repeats "
+                    f"from {settings.profile_repeats} to {budget.fewest} for the slowest nodes"
+                )
+                log.warning(notes[-1])
+            profile = Profile(
+                devices=[group],
+                device_names={group: groups[group][0]},
+                node_ms={name: {group: ms} for name, ms in costs.items()},
+                transfer=transfer,
+                graph_hash=ghash,
+                input_shapes=shapes,
+                torch_version=version,
+                notes=notes,
+            )
+            cache.put(groups[group][1], profile)
+            device_profiles[group] = profile
+
+    for lane in cuda_lanes:
+        group = f"cuda:{parsed[lane][1]}"
+        if group not in device_profiles:
+            device_profiles[group] = _from_recorded(recorded_profile, lane, ghash, shapes, names)
+            device_profiles[group] = _rename(device_profiles[group], lane, group)
+
+    return _assemble(lanes, parsed, threads, device_profiles, names, ghash, shapes, version)
+
+
+def _rename(profile: Profile, lane: str, group: str) -> Profile:
+    if lane == group:
+        return profile
+    profile.devices = [group]
+    profile.device_names = {group: profile.device_names[lane]}
+    profile.node_ms = {n: {group: c[lane]} for n, c in profile.node_ms.items()}
+    profile.transfer = {k.replace(lane, group): v for k, v in profile.transfer.items()}
+    return profile
+
+
+def _assemble(
+    lanes: list[str],
+    parsed: dict[str, tuple[str, int]],
+    threads: int,
+    device_profiles: dict[str, Profile],
+    names: list[str],
+    ghash: str,
+    shapes: list[list[int]],
+    version: str,
+) -> Profile:
+    """One Profile over the lanes from the per-device profiles."""
+    node_ms: dict[str, dict[str, float]] = {name: {} for name in names}
+    device_names: dict[str, str] = {}
+    transfer: dict[str, list[float]] = {}
+    notes = [f"cpu lanes: {threads} intra-op thread(s) each"] if "cpu" in device_profiles else []
+    for lane in lanes:
+        kind, index = parsed[lane]
+        group = "cpu" if kind == "cpu" else f"cuda:{index}"
+        source = device_profiles[group]
+        device_names[lane] = source.device_names[group]
+        for name in names:
+            node_ms[name][lane] = source.node_ms.get(name, {}).get(group, math.inf)
+    for group, source in device_profiles.items():
+        notes += source.notes
+        if group == "cpu":
+            continue
+        for lane in lanes:
+            if parsed[lane][0] != "cpu":
+                continue
+            transfer[f"{lane}->{_lane_of(group, lanes, parsed)}"] = source.transfer[f"cpu->{group}"]
+            transfer[f"{_lane_of(group, lanes, parsed)}->{lane}"] = source.transfer[f"{group}->cpu"]
+    profile = Profile(lanes, device_names, node_ms, transfer, ghash, shapes, version, notes)
+    profile.validate("assembled profile")
+    return profile
+
+
+def _lane_of(group: str, lanes: list[str], parsed: dict[str, tuple[str, int]]) -> str:
+    index = int(group.split(":")[1])
+    return next(lane for lane in lanes if parsed[lane] == ("cuda", index))
