@@ -1,0 +1,162 @@
+"""A discrete-event simulator that replays any Schedule and scores it.
+
+Only the placement (``device``) and the per-device order (``order``) of a Schedule are replayed;
+its times are recomputed. Events are task finishes and data arrivals (a finish plus the edge's
+transfer time when the two devices do not share memory), taken from a heap in time order.
+A device that is idle starts the next task of its order as soon as all of that task's inputs
+have arrived. Every algorithm (HEFT, solve, the MILP) is scored by this one function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+import numpy as np
+
+from ..errors import PlanError
+from .memory import resident_bytes
+from .task_graph import Schedule, TaskGraph
+
+_FINISH, _ARRIVAL = 0, 1
+
+
+@dataclasses.dataclass
+class Simulation:
+    """What replaying a Schedule gives.
+
+    Attributes:
+        makespan: finish time of the last task.
+        start, finish: per task.
+        busy: per device, the time it spends running tasks.
+        peak_bytes: per device, resident bytes (weights + peak activations, see memory.py).
+        accelerator_bytes: ``peak_bytes`` summed over the accelerator devices.
+    """
+
+    makespan: float
+    start: list[float]
+    finish: list[float]
+    busy: list[float]
+    peak_bytes: list[float]
+    accelerator_bytes: float
+
+
+def check_schedule_shape(graph: TaskGraph, schedule: Schedule) -> None:
+    """Each task once, in the order of the device it is placed on, which can run it."""
+    if len(schedule.device) != graph.n or len(schedule.order) != graph.m:
+        raise PlanError(
+            f"schedule has {len(schedule.device)} tasks and {len(schedule.order)} device orders;"
+            f" the graph has {graph.n} tasks and {graph.m} devices"
+        )
+    seen = [False] * graph.n
+    for d, tasks in enumerate(schedule.order):
+        for i in tasks:
+            if not 0 <= i < graph.n:
+                raise PlanError(f"device {graph.devices[d]!r} lists unknown task {i}")
+            if seen[i]:
+                raise PlanError(f"task {graph.names[i]!r} is ordered twice")
+            seen[i] = True
+            if schedule.device[i] != d:
+                raise PlanError(
+                    f"task {graph.names[i]!r} is placed on {schedule.device[i]} but ordered on {d}"
+                )
+            if not np.isfinite(graph.cost[i, d]):
+                raise PlanError(
+                    f"task {graph.names[i]!r} cannot run on device {graph.devices[d]!r}"
+                )
+    if not all(seen):
+        missing = seen.index(False)
+        raise PlanError(f"task {graph.names[missing]!r} is in no device's order")
+
+
+def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
+    """Replay ``schedule`` event by event.
+
+    Raises:
+        PlanError: a task missing, ordered twice or on a device that cannot run it, or orders
+            that deadlock (a device waits for a task that is queued behind it).
+    """
+    check_schedule_shape(graph, schedule)
+    n, m = graph.n, graph.m
+    cost = graph.cost.tolist()
+    group = graph.memory_group
+    device = list(schedule.device)
+    order = schedule.order
+    succs, succ_cost = graph.succs, graph.succ_cost
+    missing = [len(p) for p in graph.preds]
+    next_pos = [0] * m
+    idle = [True] * m
+    start = [0.0] * n
+    finish = [0.0] * n
+    events: list[tuple[float, int, int, int]] = []
+    seq = 0
+    done = 0
+    now = 0.0
+
+    def start_ready_tasks() -> None:
+        nonlocal seq
+        for d in range(m):
+            if idle[d] and next_pos[d] < len(order[d]):
+                i = order[d][next_pos[d]]
+                if missing[i] == 0:
+                    idle[d] = False
+                    next_pos[d] += 1
+                    start[i] = now
+                    finish[i] = now + cost[i][d]
+                    heapq.heappush(events, (finish[i], _FINISH, seq, i))
+                    seq += 1
+
+    start_ready_tasks()
+    while events:
+        now = events[0][0]
+        while events and events[0][0] == now:
+            _, kind, _, i = heapq.heappop(events)
+            if kind == _ARRIVAL:
+                missing[i] -= 1
+                continue
+            done += 1
+            d = device[i]
+            idle[d] = True
+            g = group[d]
+            ss, sc = succs[i], succ_cost[i]
+            for k in range(len(ss)):
+                v = ss[k]
+                if group[device[v]] == g or sc[k] == 0.0:
+                    missing[v] -= 1
+                else:
+                    heapq.heappush(events, (now + sc[k], _ARRIVAL, seq, v))
+                    seq += 1
+        start_ready_tasks()
+    if done != n:
+        stuck = [
+            f"{graph.devices[d]} waits on task {graph.names[order[d][next_pos[d]]]!r}"
+            for d in range(m)
+            if next_pos[d] < len(order[d])
+        ]
+        raise PlanError(
+            "schedule deadlocks (an order contradicts a dependency): " + "; ".join(stuck)
+        )
+    busy = [float(sum(cost[i][d] for i in order[d])) for d in range(m)]
+    peak = resident_bytes(graph, device, start, finish)
+    accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
+    return Simulation(
+        makespan=max(finish) if n else 0.0,
+        start=start,
+        finish=finish,
+        busy=busy,
+        peak_bytes=peak.tolist(),
+        accelerator_bytes=accel,
+    )
+
+
+def rescore(graph: TaskGraph, schedule: Schedule) -> Schedule:
+    """A copy of ``schedule`` with the simulator's times, makespan and accelerator bytes."""
+    sim = simulate(graph, schedule)
+    return dataclasses.replace(
+        schedule,
+        start=sim.start,
+        finish=sim.finish,
+        makespan=sim.makespan,
+        accelerator_bytes=sim.accelerator_bytes,
+        slo_met=None if schedule.slo is None else sim.makespan <= schedule.slo,
+    )

@@ -1,0 +1,304 @@
+"""solve(): the project's scheduler. HEFT is one of its candidates, so it is never worse.
+
+Latency objective:
+
+1. candidates: HEFT; HEFT's order with the CPOP priority (rank_u + rank_d); every task on one
+   device (HEFT's greed splits independent entry tasks across devices and then pays the
+   transfers back, which at high communication-to-computation ratios loses several times the
+   makespan); each candidate's placement re-scheduled with a placement-aware priority;
+2. iterated local search over placements: move one task to another device, re-run insertion
+   list scheduling with the critical-path priority of the new placement, keep the move when
+   the makespan drops; when no move helps, re-place a few random tasks and search again.
+
+Memory objective (minimise accelerator-resident bytes subject to makespan <= slo): start from
+the best latency schedule and from the schedule that keeps everything it can off the
+accelerators (repaired, if it is too slow, by moving onto the accelerator the task that buys the
+most makespan per byte), then the same local search with memory as the score and the SLO as a
+constraint.
+
+Every candidate is scored by list scheduling whose times equal the simulator's replay; the
+result is replayed once more by the simulator before it is returned. The search stops at a
+time budget that grows with the graph, so large graphs cost a few HEFT runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..errors import InfeasiblePlanError, OptionError
+from .heft import downward_rank, heft, order_by, ready_list_order, upward_rank
+from .list_scheduling import list_schedule
+from .memory import accelerator_bytes
+from .simulate import rescore
+from .task_graph import Schedule, TaskGraph
+
+# local search evaluations on graphs up to this size; larger graphs get the candidates plus
+# whatever moves fit in the time budget
+_MAX_EVALS = 4000
+
+
+def default_budget_s(graph: TaskGraph) -> float:
+    """Local-search time budget: 0.25 s plus 0.15 ms per task, at most 2 s."""
+    return min(2.0, 0.25 + 1.5e-4 * graph.n)
+
+
+def placement_priority(graph: TaskGraph, placement: Sequence[int]) -> list[int]:
+    """Tasks by decreasing upward rank computed with their placed costs and the transfers the
+    placement actually pays: the critical path of this placement first."""
+    w = graph.cost[np.arange(graph.n), np.asarray(placement)].tolist()
+    group = graph.memory_group
+    rank = [0.0] * graph.n
+    succs, succ_cost = graph.succs, graph.succ_cost
+    for i in reversed(graph.topo_order):
+        gi = group[placement[i]]
+        best = 0.0
+        ss, sc = succs[i], succ_cost[i]
+        for k in range(len(ss)):
+            j = ss[k]
+            r = rank[j] + (0.0 if group[placement[j]] == gi else sc[k])
+            if r > best:
+                best = r
+        rank[i] = w[i] + best
+    return order_by(graph, rank)
+
+
+def schedule_placement(graph: TaskGraph, placement: Sequence[int]) -> Schedule:
+    """Insertion list scheduling of a fixed placement, in its critical-path priority."""
+    return list_schedule(graph, placement_priority(graph, placement), placement, "solve")
+
+
+def _single_device(graph: TaskGraph, d: int) -> list[int]:
+    """Everything on device d, except tasks that cannot run there (their cheapest device)."""
+    cheapest = np.argmin(graph.cost, axis=1)
+    return [d if np.isfinite(graph.cost[i, d]) else int(cheapest[i]) for i in range(graph.n)]
+
+
+class _Search:
+    """Iterated local search over placements.
+
+    Descent: try every move of the neighbourhood in random order, take the first that lowers
+    the penalty, until none does. Moves: re-place one task; put both ends of an edge on one
+    device (removes a transfer, which is what high-CCR graphs need). Then kick the best local
+    optimum by re-placing 1-3 random tasks and descend again, keeping the new optimum when it
+    is no worse (so the walk drifts across plateaus). Stops at a time and evaluation budget.
+    """
+
+    def __init__(self, graph: TaskGraph, budget_s: float, seed: int) -> None:
+        self.graph = graph
+        self.deadline = time.perf_counter() + budget_s
+        self.evals = 0
+        self.rng = np.random.default_rng(seed)
+        self.movable = [i for i in range(graph.n) if len(graph.runnable_on[i]) > 1]
+
+    def out_of_budget(self) -> bool:
+        return self.evals >= _MAX_EVALS or time.perf_counter() >= self.deadline
+
+    def evaluate(self, placement: Sequence[int]) -> Schedule:
+        self.evals += 1
+        return schedule_placement(self.graph, placement)
+
+    def moves(self, placement: list[int]) -> list[tuple[int, int]]:
+        """(task, device) re-placements: single moves, and edge joins."""
+        graph = self.graph
+        out = [(i, d) for i in self.movable for d in graph.runnable_on[i] if d != placement[i]]
+        for u, v in graph.edges:
+            if placement[u] != placement[v]:
+                for a, b in ((u, v), (v, u)):
+                    if np.isfinite(graph.cost[b, placement[a]]):
+                        out.append((b, placement[a]))
+        return list(dict.fromkeys(out))
+
+    def descend(
+        self,
+        current: Schedule,
+        penalty: Callable[[Schedule], float],
+        keep: Callable[[Schedule], None],
+    ) -> Schedule:
+        current_f = penalty(current)
+        improved = True
+        while improved and not self.out_of_budget():
+            improved = False
+            moves = self.moves(list(current.device))
+            for k in self.rng.permutation(len(moves)):
+                i, d = moves[k]
+                placement = list(current.device)
+                placement[i] = d
+                cand = self.evaluate(placement)
+                keep(cand)
+                f = penalty(cand)
+                if f < current_f:
+                    current, current_f, improved = cand, f, True
+                    break
+                if self.out_of_budget():
+                    break
+        return current
+
+    def run(
+        self,
+        start: Schedule,
+        penalty: Callable[[Schedule], float],
+        feasible: Callable[[Schedule], bool],
+        better: Callable[[Schedule, Schedule], bool],
+    ) -> Schedule | None:
+        """Minimise ``penalty`` from ``start``; return the best feasible schedule seen
+        (``better(a, b)``: a beats b), or None when none was feasible."""
+        found: list[Schedule | None] = [start if feasible(start) else None]
+
+        def keep(s: Schedule) -> None:
+            if feasible(s) and (found[0] is None or better(s, found[0])):
+                found[0] = s
+
+        if not self.movable:
+            return found[0]
+        current = self.descend(start, penalty, keep)
+        while not self.out_of_budget():
+            placement = list(current.device)
+            for _ in range(int(self.rng.integers(1, 4))):
+                i = self.movable[int(self.rng.integers(len(self.movable)))]
+                placement[i] = int(self.rng.choice(self.graph.runnable_on[i]))
+            kicked = self.evaluate(placement)
+            keep(kicked)
+            local = self.descend(kicked, penalty, keep)
+            if penalty(local) <= penalty(current):
+                current = local
+        return found[0]
+
+
+def _latency_candidates(graph: TaskGraph) -> list[Schedule]:
+    plain = heft(graph)
+    cands = [plain]
+    cpop = [a + b for a, b in zip(upward_rank(graph), downward_rank(graph), strict=True)]
+    cands.append(list_schedule(graph, ready_list_order(graph, cpop), algorithm="solve"))
+    for d in range(graph.m):
+        cands.append(schedule_placement(graph, _single_device(graph, d)))
+    cands.append(schedule_placement(graph, plain.device))
+    return cands
+
+
+def solve_latency(graph: TaskGraph, budget_s: float, seed: int = 0) -> Schedule:
+    """Best makespan found: candidates, then local search from the best of them."""
+    began = time.perf_counter()
+    cands = _latency_candidates(graph)
+    best = min(cands, key=lambda s: s.makespan)  # min keeps the first (HEFT) on ties
+    search = _Search(graph, max(0.0, budget_s - (time.perf_counter() - began)), seed)
+    found = search.run(
+        best, lambda s: s.makespan, lambda s: True, lambda a, b: a.makespan < b.makespan
+    )
+    return found if found is not None else best
+
+
+def _accelerator_bytes(graph: TaskGraph, s: Schedule) -> float:
+    if s.accelerator_bytes is None:
+        s.accelerator_bytes = accelerator_bytes(graph, s.device, s.start, s.finish)
+    return s.accelerator_bytes
+
+
+def solve_memory(
+    graph: TaskGraph, slo: float, budget_s: float, seed: int = 0
+) -> tuple[Schedule, bool]:
+    """Fewest accelerator bytes within ``slo``; returns (schedule, slo_met). When nothing found
+    meets the SLO, the schedule is the best-makespan one.
+
+    The walk minimises bytes / (all bytes) + 10 x (relative SLO excess), so it may cross
+    schedules slightly over the SLO; only schedules within it are kept.
+    """
+    began = time.perf_counter()
+    fastest = solve_latency(graph, budget_s / 3, seed)
+    search = _Search(graph, max(0.0, budget_s - (time.perf_counter() - began)), seed + 1)
+    scale = float(graph.weight_bytes.sum() + graph.out_bytes.sum()) or 1.0
+
+    def penalty(s: Schedule) -> float:
+        excess = max(0.0, s.makespan - slo) / slo
+        return _accelerator_bytes(graph, s) / scale + 10.0 * excess
+
+    def feasible(s: Schedule) -> bool:
+        return s.makespan <= slo
+
+    def better(a: Schedule, b: Schedule) -> bool:
+        ka = (_accelerator_bytes(graph, a), a.makespan)
+        return ka < (_accelerator_bytes(graph, b), b.makespan)
+
+    host = [d for d in range(graph.m) if not graph.is_accelerator[d]]
+    starts = [fastest]
+    if host:
+        off = np.where(graph.is_accelerator[None, :], np.inf, graph.cost)
+        runnable_off = np.isfinite(off).any(axis=1)
+        masked = TaskGraph(
+            np.where(runnable_off[:, None], off, graph.cost),
+            graph.edges,
+            devices=graph.devices,
+            shares_memory=_shares_matrix(graph),
+        )
+        starts.append(schedule_placement(graph, heft(masked).device))
+    best = min((s for s in starts if feasible(s)), key=lambda s: penalty(s), default=None)
+    # start the walk from the leanest start; the fastest one is kept as a fallback
+    walk_from = min(starts, key=penalty)
+    found = search.run(walk_from, penalty, feasible, better)
+    if found is not None and (best is None or better(found, best)):
+        best = found
+    if best is None:
+        return fastest, False
+    return best, True
+
+
+def _shares_matrix(graph: TaskGraph) -> list[list[bool]]:
+    g = graph.memory_group
+    return [[g[a] == g[b] for b in range(graph.m)] for a in range(graph.m)]
+
+
+def solve(
+    graph: TaskGraph,
+    objective: str = "latency",
+    slo: float | None = None,
+    *,
+    strict: bool = False,
+    budget_s: float | None = None,
+    seed: int = 0,
+) -> Schedule:
+    """Schedule ``graph`` for an objective; never worse than HEFT on the makespan objective.
+
+    Args:
+        graph: the task graph.
+        objective: "latency" minimises the makespan; "memory" minimises the bytes resident on
+            the accelerators (weights + peak activations, see memory.py) subject to
+            makespan <= ``slo``.
+        slo: makespan bound. Required by "memory"; with "latency" it is only checked.
+        strict: raise InfeasiblePlanError when the SLO is not met, instead of returning the
+            best-makespan schedule with ``slo_met=False``.
+        budget_s: local search time budget; default grows with the graph (at most 2 s).
+        seed: seed of the local search's random moves (the result is deterministic for a seed
+            when the budget is not the limit).
+
+    Returns:
+        The Schedule, replayed by the simulator, with ``slo_met`` and ``accelerator_bytes``.
+
+    Raises:
+        OptionError: an unknown objective, "memory" without an slo, or a non-positive slo.
+        InfeasiblePlanError: ``strict`` and no schedule found meets ``slo``; ``best_ms`` holds
+            the best makespan found.
+    """
+    if objective not in ("latency", "memory"):
+        raise OptionError(f"objective must be 'latency' or 'memory', got {objective!r}")
+    if slo is not None and not slo > 0:
+        raise OptionError(f"slo must be a positive makespan, got {slo!r}")
+    if objective == "memory" and slo is None:
+        raise OptionError('objective="memory" needs an slo: the makespan the schedule must meet')
+    budget = default_budget_s(graph) if budget_s is None else budget_s
+    if objective == "latency":
+        best = solve_latency(graph, budget, seed)
+    else:
+        best, _ = solve_memory(graph, float(slo), budget, seed)  # type: ignore[arg-type]
+    result = rescore(
+        graph, dataclasses.replace(best, algorithm="solve", objective=objective, slo=slo)
+    )
+    if strict and result.slo_met is False:
+        raise InfeasiblePlanError(
+            f"no schedule found meets the SLO of {slo:g}: the best makespan found is"
+            f" {result.makespan:g}",
+            best_ms=result.makespan,
+        )
+    return result
