@@ -1,8 +1,83 @@
-// Python module of the executor extension.
+/// \file module.cpp
+/// \brief Python module of the executor extension: the Executor class and build_info().
+#include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
 #include "../build_info.h"
+#include "executor.h"
+
+namespace py = pybind11;
+
+namespace chrion {
+namespace {
+
+// Python entry: convert under the GIL, run without it (checked, as python_engine.cpp does), and
+// turn a StepError into torch_chrion.errors.ExecutionError carrying node, lane and op.
+py::list run(Executor& executor, const py::sequence& inputs, bool trace) {
+  std::vector<c10::IValue> values;
+  values.reserve(inputs.size());
+  for (auto x : inputs) values.push_back(chrion::python_to_ivalue(x));
+  std::vector<c10::IValue> outputs;
+  try {
+    py::gil_scoped_release no_gil;
+    TORCH_INTERNAL_ASSERT(!PyGILState_Check(), "the executor must run without the GIL");
+    outputs = executor.run(std::move(values), trace);
+  } catch (const StepError& e) {
+    py::object cls = py::module_::import("torch_chrion.errors").attr("ExecutionError");
+    py::object error = cls(e.what());
+    error.attr("node") = e.node;
+    error.attr("lane") = e.lane;
+    error.attr("op") = e.op;
+    PyErr_SetObject(cls.ptr(), error.ptr());
+    throw py::error_already_set();
+  }
+  py::list result;
+  for (auto& v : outputs) result.append(torch::jit::toPyObject(std::move(v)));
+  return result;
+}
+
+py::list trace_events(Executor& executor) {
+  py::list events;
+  for (const auto& e : executor.last_trace()) {
+    events.append(py::make_tuple(e.step, e.lane, e.request, e.start_ns, e.end_ns));
+  }
+  return events;
+}
+
+py::dict transfer_stats(const Executor& executor) {
+  const auto& t = executor.transfers();
+  py::dict stats;
+  stats["host_to_device"] = t.host_to_device.load();
+  stats["device_to_host"] = t.device_to_host.load();
+  stats["pinned"] = t.pinned.load();
+  stats["bytes"] = t.bytes.load();
+  return stats;
+}
+
+py::list step_info(const Executor& executor) {
+  py::list steps;
+  for (const auto& s : executor.program().steps) {
+    steps.append(py::make_tuple(s.name, s.op_name, s.lane));
+  }
+  return steps;
+}
+
+}  // namespace
+}  // namespace chrion
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using chrion::Executor;
   m.def("build_info", &chrion::build_info);
+  py::class_<Executor>(m, "Executor")
+      .def(py::init<const py::dict&>(), py::arg("description"),
+           "Compile a description from torch_chrion/runtime/lowering.py and start the lanes.")
+      .def("run", &chrion::run, py::arg("inputs"), py::arg("trace") = false,
+           "Run one request; returns the flat outputs.")
+      .def("stop", &Executor::stop, py::arg("timeout_s") = 10.0,
+           py::call_guard<py::gil_scoped_release>(),
+           "Stop and join the lanes; False if one missed the timeout.")
+      .def("last_trace", &chrion::trace_events,
+           "(step, lane, request, start_ns, end_ns) of the last traced request.")
+      .def("transfer_stats", &chrion::transfer_stats)
+      .def("steps", &chrion::step_info, "(name, op, lane) of every step, by step index.");
 }

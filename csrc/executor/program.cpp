@@ -1,0 +1,217 @@
+/// \file program.cpp
+/// \brief Program::build: from lowering.py's description to resolved steps.
+#include "program.h"
+
+#include <torch/csrc/jit/python/pybind_utils.h>
+
+#include <algorithm>
+
+namespace py = pybind11;
+
+namespace chrion {
+namespace {
+
+c10::TypePtr list_element_type(const c10::TypePtr& type) {
+  c10::TypePtr t = type;
+  if (auto opt = t->cast<c10::OptionalType>()) t = opt->getElementType();
+  auto list = t->cast<c10::ListType>();
+  TORCH_CHECK_VALUE(list, "expected a list argument, schema says ", type->str());
+  return list->getElementType();
+}
+
+// One argument from its description: ("v", slot, element) | ("c", obj) | ("l", [items]) |
+// ("d",) for the schema's default. `type` is the schema's type (nullptr for Python steps).
+Arg parse_arg(const py::handle& desc, const c10::Argument* schema_arg, const c10::TypePtr& type) {
+  auto tuple = desc.cast<py::tuple>();
+  auto tag = tuple[0].cast<std::string>();
+  Arg arg;
+  if (tag == "v") {
+    arg.kind = Arg::Kind::kSlot;
+    arg.slot = tuple[1].cast<int32_t>();
+    arg.element = tuple[2].cast<int32_t>();
+  } else if (tag == "c") {
+    arg.kind = Arg::Kind::kConstant;
+    // make_fx records `x * 2` as mul.Tensor(x, 2): a number where the schema wants a Tensor
+    // becomes a wrapped-number tensor, exactly as the Python binding does for eager calls.
+    torch::jit::ToIValueAllowNumbersAsTensors numbers_as_tensors(true);
+    arg.constant = type ? torch::jit::toIValue(tuple[1], type)
+                        : python_to_ivalue(tuple[1]);
+  } else if (tag == "d") {
+    TORCH_CHECK_VALUE(schema_arg && schema_arg->default_value(), "argument '",
+                      schema_arg ? schema_arg->name() : "?", "' is missing and has no default");
+    arg.kind = Arg::Kind::kConstant;
+    arg.constant = *schema_arg->default_value();
+  } else if (tag == "l") {
+    TORCH_CHECK_VALUE(type, "a list of values needs a schema type");
+    arg.kind = Arg::Kind::kList;
+    arg.element_type = list_element_type(type);
+    for (auto item : tuple[1].cast<py::list>()) {
+      arg.items.push_back(parse_arg(item, nullptr, arg.element_type));
+    }
+  } else {
+    TORCH_CHECK_VALUE(false, "unknown argument tag '", tag, "'");
+  }
+  return arg;
+}
+
+void collect_reads(const Arg& arg, std::vector<int32_t>& reads) {
+  if (arg.kind == Arg::Kind::kSlot) reads.push_back(arg.slot);
+  for (const auto& item : arg.items) collect_reads(item, reads);
+}
+
+Step parse_step(const py::dict& d, const Program& program) {
+  Step step;
+  step.name = d["name"].cast<std::string>();
+  step.lane = d["lane"].cast<int32_t>();
+  step.rank = d["rank"].cast<int64_t>();
+  step.first_output = d["first_output"].cast<int32_t>();
+  step.num_outputs = d["num_outputs"].cast<int32_t>();
+  TORCH_CHECK_VALUE(step.lane >= 0 && step.lane < (int32_t)program.lanes.size(), "node '",
+                    step.name, "': lane ", step.lane, " does not exist");
+  auto kind = d["kind"].cast<std::string>();
+  auto args = d["args"].cast<py::list>();
+  if (kind == "op") {
+    step.kind = StepKind::kOp;
+    auto name = d["op"].cast<std::string>();
+    auto overload = d["overload"].cast<std::string>();
+    step.op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
+    step.op_name = overload.empty() ? name : name + "." + overload;
+    const auto& schema = step.op->schema();
+    TORCH_CHECK_VALUE(args.size() == schema.arguments().size(), "node '", step.name,
+                      "': ", args.size(), " arguments given, ", step.op_name, " takes ",
+                      schema.arguments().size());
+    TORCH_CHECK_VALUE((size_t)step.num_outputs == schema.returns().size(), "node '",
+                      step.name, "': ", step.op_name, " returns ", schema.returns().size(),
+                      " values, description says ", step.num_outputs);
+    for (size_t i = 0; i < args.size(); ++i) {
+      const auto& a = schema.arguments()[i];
+      try {
+        step.args.push_back(parse_arg(args[i], &a, a.type()));
+      } catch (const std::exception& e) {
+        TORCH_CHECK_VALUE(false, "node '", step.name, "' (", step.op_name, "), argument '",
+                          a.name(), "': ", e.what());
+      }
+    }
+  } else if (kind == "python") {
+    step.kind = StepKind::kPython;
+    step.fn = d["fn"];
+    step.op_name = "python:" + d["op"].cast<std::string>();
+    for (auto a : args) step.args.push_back(parse_arg(a, nullptr, nullptr));
+  } else if (kind == "copy") {
+    step.kind = StepKind::kCopy;
+    step.op_name = "copy";
+    step.target = c10::Device(d["target"].cast<std::string>());
+    for (auto a : args) step.args.push_back(parse_arg(a, nullptr, nullptr));
+    TORCH_CHECK_VALUE(step.args.size() == 1 && step.args[0].kind == Arg::Kind::kSlot,
+                      "copy step '", step.name, "' must read exactly one value");
+  } else {
+    TORCH_CHECK_VALUE(false, "node '", step.name, "': unknown step kind '", kind, "'");
+  }
+  for (const auto& a : step.args) collect_reads(a, step.reads);
+  std::sort(step.reads.begin(), step.reads.end());
+  step.reads.erase(std::unique(step.reads.begin(), step.reads.end()), step.reads.end());
+  return step;
+}
+
+}  // namespace
+
+c10::IValue python_to_ivalue(py::handle value) {
+  if (value.is_none()) return c10::IValue();
+  if (THPVariable_Check(value.ptr())) return THPVariable_Unpack(value.ptr());
+  if (PyBool_Check(value.ptr())) return value.cast<bool>();
+  if (PyLong_Check(value.ptr())) return value.cast<int64_t>();
+  if (PyFloat_Check(value.ptr())) return value.cast<double>();
+  if (py::isinstance<py::tuple>(value)) {
+    std::vector<c10::IValue> items;
+    for (auto item : value) items.push_back(python_to_ivalue(item));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (py::isinstance<py::list>(value)) {
+    bool tensors = true;
+    for (auto item : value) tensors &= THPVariable_Check(item.ptr());
+    if (tensors) return torch::jit::toIValue(value, c10::ListType::ofTensors());
+  }
+  return torch::jit::toIValue(value, c10::PyObjectType::get());
+}
+
+Program Program::build(const py::dict& description) {
+  Program p;
+  for (auto lane : description["lanes"].cast<py::list>()) {
+    auto d = lane.cast<py::dict>();
+    LaneSpec spec;
+    spec.name = d["name"].cast<std::string>();
+    spec.device = c10::Device(d["device"].cast<std::string>());
+    spec.threads = d["threads"].cast<int>();
+    p.lanes.push_back(spec);
+  }
+  p.num_inputs = description["num_inputs"].cast<int32_t>();
+  p.num_slots = description["num_slots"].cast<int32_t>();
+  for (auto s : description["steps"].cast<py::list>()) {
+    p.steps.push_back(parse_step(s.cast<py::dict>(), p));
+  }
+
+  // Which step writes each slot; inputs have no producer.
+  std::vector<int32_t> producer(p.num_slots, -1);
+  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
+    const auto& s = p.steps[i];
+    for (int32_t k = 0; k < s.num_outputs; ++k) {
+      int32_t slot = s.first_output + k;
+      TORCH_CHECK_VALUE(slot >= p.num_inputs && slot < p.num_slots && producer[slot] < 0,
+                        "node '", s.name, "': output slot ", slot, " is invalid or taken");
+      producer[slot] = i;
+    }
+  }
+
+  p.initial_uses.assign(p.num_slots, 0);
+  std::vector<std::vector<int32_t>> deps(p.steps.size());
+  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
+    auto& s = p.steps[i];
+    for (int32_t slot : s.reads) {
+      TORCH_CHECK_VALUE(slot >= 0 && slot < p.num_slots, "node '", s.name, "' reads slot ",
+                        slot, " which does not exist");
+      TORCH_CHECK_VALUE(slot < p.num_inputs || producer[slot] >= 0, "node '", s.name,
+                        "' reads slot ", slot, " which no step writes");
+      p.initial_uses[slot] += 1;
+      if (producer[slot] >= 0) deps[i].push_back(producer[slot]);
+    }
+    std::sort(deps[i].begin(), deps[i].end());
+    deps[i].erase(std::unique(deps[i].begin(), deps[i].end()), deps[i].end());
+    s.num_dependencies = (int32_t)deps[i].size();
+    for (int32_t d : deps[i]) p.steps[d].consumers.push_back(i);
+    if (s.kind == StepKind::kCopy) {
+      s.source_step = producer[s.args[0].slot];
+      if (s.source_step >= 0 && p.lanes[p.steps[s.source_step].lane].device.type() != c10::kCPU) {
+        p.steps[s.source_step].record_event = true;
+      }
+    }
+    if (s.num_dependencies == 0) p.ready_at_start.push_back(i);
+  }
+
+  for (auto out : description["outputs"].cast<py::list>()) {
+    auto t = out.cast<py::tuple>();
+    int32_t slot = t[0].cast<int32_t>();
+    TORCH_CHECK_VALUE(slot >= 0 && slot < p.num_slots && (slot < p.num_inputs || producer[slot] >= 0),
+                      "output slot ", slot, " is not written by any step");
+    p.outputs.emplace_back(slot, t[1].cast<int32_t>());
+    p.initial_uses[slot] += 1;  // outputs are never freed by the steps
+  }
+
+  // Every step must be reachable: a cycle would leave steps waiting forever.
+  std::vector<int32_t> remaining(p.steps.size());
+  std::vector<int32_t> ready = p.ready_at_start;
+  for (size_t i = 0; i < p.steps.size(); ++i) remaining[i] = p.steps[i].num_dependencies;
+  size_t reached = 0;
+  while (!ready.empty()) {
+    int32_t i = ready.back();
+    ready.pop_back();
+    ++reached;
+    for (int32_t c : p.steps[i].consumers) {
+      if (--remaining[c] == 0) ready.push_back(c);
+    }
+  }
+  TORCH_CHECK_VALUE(reached == p.steps.size(), "the graph has a cycle: ",
+                    p.steps.size() - reached, " steps can never run");
+  return p;
+}
+
+}  // namespace chrion

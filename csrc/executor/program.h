@@ -1,0 +1,88 @@
+/// \file program.h
+/// \brief A placed aten graph compiled once into steps that lanes run without Python.
+///
+/// Built by torch_chrion/runtime/lowering.py's description (see Program::build). Everything a
+/// step needs is resolved here: the dispatcher handle, constants as IValues, which value slots it
+/// reads, how many steps it waits for and which steps wait for it, and how many reads each value
+/// gets so a request can free an intermediate after its last reader. After build a Program is
+/// const and shared by every Request (cf. TVM GraphExecutor::Init; Run() is only a loop).
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/ivalue.h>
+#include <c10/core/Device.h>
+#include <pybind11/pybind11.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+// Hidden like pybind11's own namespace: Step holds a py::object.
+namespace chrion __attribute__((visibility("hidden"))) {
+
+/// \brief One argument of a step: a value slot (or one element of a list/tuple value), a
+/// constant converted once, or a list built at run time from slots and constants.
+struct Arg {
+  enum class Kind : uint8_t { kSlot, kConstant, kList };
+  Kind kind = Kind::kConstant;
+  int32_t slot = -1;           ///< kSlot: value-table index
+  int32_t element = -1;        ///< kSlot: element of a list/tuple value, -1 for all of it
+  c10::IValue constant;        ///< kConstant
+  std::vector<Arg> items;      ///< kList: kSlot or kConstant items
+  c10::TypePtr element_type;   ///< kList: element type of the list to build
+};
+
+/// \brief What a step does.
+enum class StepKind : uint8_t {
+  kOp,      ///< a boxed dispatcher call of one operator overload
+  kPython,  ///< a Python callable run under the GIL (counted, see ChrionModule.python_nodes)
+  kCopy,    ///< copy of a value to another device (see Note [Chrion copy steps] in executor.cpp)
+};
+
+/// \brief Configuration of one lane: its device and, for CPU lanes, intra-op thread count.
+struct LaneSpec {
+  std::string name;        ///< "cpu:0", "cuda:0", ...
+  c10::Device device{c10::kCPU};
+  int threads = 1;         ///< at::set_num_threads on the lane's thread (CPU lanes)
+};
+
+/// \brief One unit of work of a Program.
+struct Step {
+  StepKind kind = StepKind::kOp;
+  std::string name;                      ///< fx node name (or "copy:<value>-><device>")
+  std::string op_name;                   ///< "aten::add.Tensor", "python:<fn>", "copy"
+  int32_t lane = 0;
+  int64_t rank = 0;                      ///< priority on its lane: lower runs first
+  std::optional<c10::OperatorHandle> op; ///< kOp
+  pybind11::object fn;                   ///< kPython: fn(*values) -> object
+  c10::Device target{c10::kCPU};         ///< kCopy: destination device
+  std::vector<Arg> args;
+  int32_t first_output = 0;              ///< outputs go to slots [first_output, +num_outputs)
+  int32_t num_outputs = 0;
+  std::vector<int32_t> reads;            ///< distinct slots read (each read once per run)
+  std::vector<int32_t> consumers;        ///< distinct steps that read an output of this one
+  int32_t num_dependencies = 0;          ///< distinct steps this one reads from
+  bool record_event = false;             ///< a device lane step read by a copy step
+  int32_t source_step = -1;              ///< kCopy: producer of the copied value (-1: an input)
+};
+
+/// \brief The compiled graph: lanes, steps, value slots and outputs.
+struct Program {
+  std::vector<LaneSpec> lanes;
+  std::vector<Step> steps;
+  int32_t num_inputs = 0;                ///< slots [0, num_inputs) are the call's inputs
+  int32_t num_slots = 0;
+  std::vector<int32_t> initial_uses;     ///< reads of each slot per run (+1 for outputs)
+  std::vector<int32_t> ready_at_start;   ///< steps with no dependency
+  std::vector<std::pair<int32_t, int32_t>> outputs;  ///< (slot, element)
+
+  /// \brief Compile a description made by torch_chrion/runtime/lowering.py. Throws
+  /// c10::Error (ValueError in Python) naming the node at fault.
+  static Program build(const pybind11::dict& description);
+};
+
+/// \brief A Python value as an IValue without a schema: tensors, numbers, None, tuples and lists
+/// of those; anything else is wrapped as a Python object. Needs the GIL.
+c10::IValue python_to_ivalue(pybind11::handle value);
+
+}  // namespace chrion

@@ -1,0 +1,93 @@
+/// \file request.h
+/// \brief Request: the state of one call of a Program (cf. autograd's GraphTask).
+///
+/// Note [Chrion error propagation]
+/// Lanes never throw across their loop. A step that fails stores the first error on its
+/// Request (later ones are dropped), and from then on the request's remaining tasks are
+/// popped and skipped without running, so `outstanding` still drains to zero and the caller
+/// wakes. The caller rethrows the first error on its own thread as StepError, which the Python
+/// binding turns into torch_chrion.errors.ExecutionError naming node, lane and operator. The
+/// lanes and the Program are untouched by a failure, so the next call works.
+#pragma once
+
+#include <ATen/core/ivalue.h>
+#include <c10/core/Event.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "program.h"
+#include "trace.h"
+
+namespace chrion {
+
+/// \brief The first operator failure of a request, rethrown on the caller's thread.
+struct StepError : std::runtime_error {
+  StepError(const std::string& message, std::string node, std::string lane, std::string op)
+      : std::runtime_error(message), node(std::move(node)), lane(std::move(lane)),
+        op(std::move(op)) {}
+  std::string node, lane, op;
+};
+
+/// \brief Per-call state; lanes share nothing mutable across requests.
+struct Request {
+  Request(const Program& program, uint64_t id, bool tracing)
+      : program(program), id(id), values(program.num_slots),
+        pending(new std::atomic<int32_t>[program.steps.size()]),
+        uses(new std::atomic<int32_t>[program.num_slots]), tracing(tracing) {
+    for (size_t i = 0; i < program.steps.size(); ++i) {
+      pending[i].store(program.steps[i].num_dependencies, std::memory_order_relaxed);
+    }
+    for (int32_t i = 0; i < program.num_slots; ++i) {
+      uses[i].store(program.initial_uses[i], std::memory_order_relaxed);
+    }
+    if (tracing) trace.resize(program.lanes.size());
+  }
+
+  const Program& program;
+  const uint64_t id;
+  std::vector<c10::IValue> values;                    ///< one per slot, freed after last read
+  std::unique_ptr<std::atomic<int32_t>[]> pending;    ///< per step: dependencies not yet done
+  std::unique_ptr<std::atomic<int32_t>[]> uses;       ///< per slot: reads not yet done
+  std::vector<std::unique_ptr<c10::Event>> events;    ///< per step: recorded after it, if needed
+  std::atomic<int64_t> outstanding{1};                ///< queued or running tasks (+1 caller)
+  std::atomic<bool> failed{false};
+  const bool tracing;
+  std::vector<std::vector<TraceEvent>> trace;         ///< per lane, written by that lane only
+
+  /// \brief Keep the first error; later ones are dropped.
+  void set_error(const StepError& error) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!error_) error_ = std::make_unique<StepError>(error);
+    failed.store(true, std::memory_order_release);
+  }
+
+  /// \brief One queued task (or the caller's token) is finished; wakes the caller at zero.
+  void finish_one() {
+    if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+      done_cv_.notify_all();  // under the lock: the caller may free us once it sees done_
+    }
+  }
+
+  /// \brief Block until every task is finished; rethrow the first error.
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [this] { return done_; });
+    if (error_) throw *error_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::unique_ptr<StepError> error_;
+};
+
+}  // namespace chrion

@@ -1,0 +1,6 @@
+"""The online half of torch_chrion: a placed aten graph run by the C++ executor, one worker
+thread per lane ("cpu", "cpu:N", "cuda:N"), every lane busy at once."""
+
+from .module import ChrionModule
+
+__all__ = ["ChrionModule"]

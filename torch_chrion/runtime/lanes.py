@@ -1,0 +1,69 @@
+"""Lane strings ("cpu", "cpu:1", "cuda:0") and the device and thread count behind each."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import OptionError
+
+_LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    """One lane: its name as the plan spells it, the device it runs on and, for CPU lanes, the
+    number of intra-op threads its thread uses."""
+
+    name: str
+    device: torch.device
+    threads: int
+
+    @property
+    def physical(self) -> str:
+        """The memory the lane's tensors live in: every CPU lane shares "cpu"."""
+        return "cpu" if self.device.type == "cpu" else str(self.device)
+
+
+def parse_lane(name: str) -> torch.device:
+    """The device behind a lane string; OptionError for anything else.
+
+    Args:
+        name: "cpu", "cpu:N", "cuda" or "cuda:N". Several CPU lanes are distinct workers on the
+            same host memory; "cuda" means "cuda:0".
+    """
+    match = _LANE.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise OptionError(f"unknown lane {name!r}: expected 'cpu', 'cpu:N', 'cuda' or 'cuda:N'")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise OptionError(f"lane {name!r} needs CUDA, but torch.cuda.is_available() is False")
+    if index >= torch.cuda.device_count():
+        raise OptionError(f"lane {name!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    return torch.device("cuda", index)
+
+
+def lane_specs(names: Iterable[str], cpu_threads: int | None = None) -> list[LaneSpec]:
+    """Sorted, distinct lanes with their devices and thread counts.
+
+    Args:
+        names: lane strings used by a placement.
+        cpu_threads: intra-op threads of each CPU lane; default: torch.get_num_threads()
+            divided among the CPU lanes, at least 1 each.
+    """
+    unique = sorted(set(names))
+    devices = {name: parse_lane(name) for name in unique}
+    cpu_lanes = sum(1 for d in devices.values() if d.type == "cpu")
+    if cpu_threads is None:
+        cpu_threads = max(1, torch.get_num_threads() // max(1, cpu_lanes))
+    elif not isinstance(cpu_threads, int) or isinstance(cpu_threads, bool) or cpu_threads < 1:
+        raise OptionError(f"cpu_threads must be a positive int, got {cpu_threads!r}")
+    return [
+        LaneSpec(name, devices[name], cpu_threads if devices[name].type == "cpu" else 1)
+        for name in unique
+    ]

@@ -1,0 +1,377 @@
+"""Lowering a placed aten graph to the description the C++ Program is built from.
+
+The description is plain Python data (lists, tuples, dicts, tensors), read once by
+``Program::build`` (csrc/executor/program.cpp):
+
+- ``lanes``: ``{"name", "device", "threads"}`` per lane, in lane-index order.
+- ``num_inputs`` / ``num_slots``: value slots; slots ``[0, num_inputs)`` are the graph's inputs.
+- ``steps``: per step ``kind`` ("op" | "python" | "copy"), ``name``, ``lane``, ``rank`` (priority
+  on its lane, from the plan's order), ``first_output`` / ``num_outputs`` (the slots it writes),
+  ``args``, and ``op``/``overload`` (op), ``fn`` (python) or ``target`` (copy).
+- ``outputs``: ``(slot, element)`` per flat graph output that is a value.
+
+An argument is ``("v", slot, element)`` (element -1: the whole value; else one element of a
+tuple or list value, which is how ``operator.getitem`` disappears), ``("c", constant)``,
+``("l", [items])`` (a list built per call, e.g. ``Tensor[]`` holding values), or ``("d",)`` (the
+schema's default). Op arguments follow the operator's schema one to one; constants become
+IValues once, by the schema's types, in C++.
+
+Cross-device edges get explicit copy steps (see Note [Chrion copy steps] in
+csrc/executor/executor.cpp); edges between CPU lanes need none. Weights (``get_attr``) are
+moved once to each physical device whose lanes read them, so a weight read only on CPU lanes is
+never on a GPU. Device constants (``device=cpu`` recorded by tracing on the CPU) are rewritten to
+the lane's device, which keeps factory ops such as ``new_zeros`` on the lane that runs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from ..errors import PlanError, UnsupportedOperatorError
+from .lanes import LaneSpec, lane_specs
+
+_SCHEDULABLE_OPS = ("call_function", "call_module", "call_method")
+
+
+def is_schedulable(node: torch.fx.Node) -> bool:
+    """A node that becomes a step: an operator call that is not ``operator.getitem``."""
+    return node.op in _SCHEDULABLE_OPS and node.target is not operator.getitem
+
+
+@dataclass
+class Lowered:
+    """What ChrionModule needs besides the C++ executor."""
+
+    description: dict[str, Any]
+    lanes: list[LaneSpec]
+    python_nodes: list[str]
+    output_spec: pytree.TreeSpec
+    # per flat output: ("out", i) -> the executor's i-th output, or ("const", value)
+    output_leaves: list[tuple[str, Any]] = field(default_factory=list)
+    num_inputs: int = 0
+
+
+def _check_placement(
+    nodes: list[torch.fx.Node], placement: Mapping[str, str]
+) -> list[torch.fx.Node]:
+    by_name = {n.name: n for n in nodes}
+    schedulable = [n for n in nodes if is_schedulable(n)]
+    for name in placement:
+        node = by_name.get(name)
+        if node is None:
+            raise PlanError(f"placement names node {name!r}, which is not in the graph")
+        if not is_schedulable(node) and node.target is not operator.getitem:
+            raise PlanError(
+                f"placement names node {name!r}, a {node.op} node: only operator calls are placed"
+            )
+    missing = [n.name for n in schedulable if n.name not in placement]
+    if missing:
+        raise PlanError(
+            f"placement has no lane for {len(missing)} node(s): {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    return schedulable
+
+
+def _ranks(schedulable: list[torch.fx.Node], order: Sequence[str] | None) -> dict[str, int]:
+    if order is None:
+        return {n.name: i for i, n in enumerate(schedulable)}
+    names = {n.name for n in schedulable}
+    ranks: dict[str, int] = {}
+    for i, name in enumerate(order):
+        if name not in names:
+            raise PlanError(f"order names {name!r}, which is not a schedulable node of the graph")
+        if name in ranks:
+            raise PlanError(f"order names {name!r} twice")
+        ranks[name] = i
+    missing = names - ranks.keys()
+    if missing:
+        raise PlanError(f"order misses {len(missing)} node(s): {', '.join(sorted(missing)[:5])}")
+    return ranks
+
+
+def _fetch_attr(gm: torch.fx.GraphModule, target: str) -> Any:
+    return functools.reduce(getattr, target.split("."), gm)
+
+
+class _Lowering:
+    """One pass over the graph in topological order, building steps as it goes."""
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        placement: Mapping[str, str],
+        order: Sequence[str] | None,
+        cpu_threads: int | None,
+    ) -> None:
+        self.gm = gm
+        self.nodes = list(gm.graph.nodes)
+        schedulable = _check_placement(self.nodes, placement)
+        self.rank = _ranks(schedulable, order)
+        self.lanes = lane_specs((placement[n.name] for n in schedulable), cpu_threads)
+        self.lane_index = {lane.name: i for i, lane in enumerate(self.lanes)}
+        self.placement = placement
+        self.mixed = any(lane.physical != "cpu" for lane in self.lanes)
+        self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        self.num_slots = len(self.placeholders)
+        self.refs: dict[torch.fx.Node, tuple] = {
+            n: ("v", i, -1) for i, n in enumerate(self.placeholders)
+        }
+        self.home: dict[int, str | None] = {i: None for i in range(self.num_slots)}
+        self.producer_lane: dict[int, int] = {}
+        self.copies: dict[tuple[int, int, str], int] = {}
+        self.weights: dict[tuple[str, str], Any] = {}
+        self.steps: list[dict[str, Any]] = []
+        self.python_nodes: list[str] = []
+
+    # values -----------------------------------------------------------------------------
+    def _new_slots(self, count: int, home: str, lane: int) -> int:
+        first = self.num_slots
+        self.num_slots += count
+        for s in range(first, first + count):
+            self.home[s] = home
+            self.producer_lane[s] = lane
+        return first
+
+    def _weight(self, node: torch.fx.Node, physical: str) -> Any:
+        key = (node.target, physical)
+        if key not in self.weights:
+            value = _fetch_attr(self.gm, node.target)
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to(physical)
+            self.weights[key] = value
+        return self.weights[key]
+
+    def _value(self, node: torch.fx.Node, lane: int, rank: int) -> tuple:
+        """A reference to ``node``'s value readable on ``lane``: a copy step when it lives on
+        another physical device (inputs of a mixed program always get one: where the caller's
+        tensors live is only known per call, and the copy passes them through when they
+        already are on the lane's device)."""
+        ref = self.refs[node]
+        if ref[0] == "multi":
+            raise UnsupportedOperatorError(
+                f"node {node.name!r} returns several values and is used whole; "
+                "use operator.getitem to pick one",
+                ops=[str(node.target)],
+            )
+        target = self.lanes[lane].physical
+        if not self.mixed or self.home[ref[1]] == target:
+            return ref
+        return self._copy_to(node.name, ref, target, lane, rank)
+
+    def _copy_to(self, name: str, ref: tuple, target: str, lane: int, rank: int) -> tuple:
+        """A copy step of ``ref`` to physical device ``target`` run by ``lane`` (one per value
+        and device, shared by every reader there)."""
+        key = (ref[1], ref[2], target)
+        if key not in self.copies:
+            out = self._new_slots(1, target, lane)
+            self.steps.append(
+                {
+                    "kind": "copy",
+                    "name": f"copy:{name}->{target}",
+                    "lane": lane,
+                    "rank": rank,
+                    "target": target,
+                    "args": [ref],
+                    "first_output": out,
+                    "num_outputs": 1,
+                }
+            )
+            self.copies[key] = out
+        return ("v", self.copies[key], -1)
+
+    def _arg(self, value: Any, lane: int, rank: int) -> tuple:
+        if isinstance(value, torch.fx.Node):
+            if value.op == "get_attr":
+                return ("c", self._weight(value, self.lanes[lane].physical))
+            return self._value(value, lane, rank)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.fx.Node) for v in value):
+            return ("l", [self._arg(v, lane, rank) for v in value])
+        if isinstance(value, torch.device):
+            return ("c", self.lanes[lane].device)
+        return ("c", value)
+
+    # steps ------------------------------------------------------------------------------
+    def _op_step(self, node: torch.fx.Node, lane: int, rank: int) -> dict[str, Any]:
+        schema = node.target._schema
+        args: list[tuple] = []
+        for i, argument in enumerate(schema.arguments):
+            if i < len(node.args) and not argument.kwarg_only:
+                args.append(self._arg(node.args[i], lane, rank))
+            elif argument.name in node.kwargs:
+                args.append(self._arg(node.kwargs[argument.name], lane, rank))
+            else:
+                args.append(("d",))
+        return {
+            "kind": "op",
+            "op": schema.name,
+            "overload": schema.overload_name,
+            "args": args,
+            "num_outputs": len(schema.returns),
+        }
+
+    def _python_step(self, node: torch.fx.Node, lane: int, rank: int) -> dict[str, Any]:
+        device = self.lanes[lane].device
+        leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+        template: list[Any] = []
+        positions: list[int] = []
+        refs: list[tuple] = []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, torch.fx.Node) and leaf.op != "get_attr":
+                positions.append(i)
+                refs.append(self._value(leaf, lane, rank))
+                template.append(None)
+            elif isinstance(leaf, torch.fx.Node):
+                template.append(self._weight(leaf, self.lanes[lane].physical))
+            elif isinstance(leaf, torch.device):
+                template.append(device)
+            else:
+                template.append(leaf)
+        fn = _python_callable(self.gm, node)
+        self.python_nodes.append(node.name)
+        return {
+            "kind": "python",
+            "op": getattr(node.target, "__name__", str(node.target)),
+            "fn": _Rebuild(fn, spec, template, positions),
+            "args": refs,
+            "num_outputs": 1,
+        }
+
+    def _getitem(self, node: torch.fx.Node) -> tuple:
+        source, index = node.args
+        ref = self.refs[source]
+        if ref[0] == "multi":
+            return ("v", ref[1] + index, -1)
+        if ref[2] == -1:
+            return ("v", ref[1], index)
+        raise UnsupportedOperatorError(
+            f"node {node.name!r}: getitem of getitem ({source.name!r}) is not supported",
+            ops=["operator.getitem"],
+        )
+
+    def run(self) -> Lowered:
+        for node in self.nodes:
+            if node.op == "call_function" and node.target is operator.getitem:
+                self.refs[node] = self._getitem(node)
+            elif is_schedulable(node):
+                lane = self.lane_index[self.placement[node.name]]
+                rank = 2 * self.rank[node.name] + 1  # copies it needs run just before it (2r)
+                if isinstance(node.target, torch._ops.OpOverload) and node.op == "call_function":
+                    step = self._op_step(node, lane, rank - 1)
+                else:
+                    step = self._python_step(node, lane, rank - 1)
+                first = self._new_slots(step["num_outputs"], self.lanes[lane].physical, lane)
+                step.update(name=node.name, lane=lane, rank=rank, first_output=first)
+                self.steps.append(step)
+                many = step["kind"] == "op" and step["num_outputs"] > 1
+                self.refs[node] = (
+                    ("multi", first, step["num_outputs"]) if many else ("v", first, -1)
+                )
+        return self._outputs()
+
+    def _outputs(self) -> Lowered:
+        output = next(n for n in reversed(self.nodes) if n.op == "output")
+        leaves, spec = pytree.tree_flatten(output.args[0])
+        outputs: list[tuple[int, int]] = []
+        kinds: list[tuple[str, Any]] = []
+        last_rank = 2 * len(self.rank) + 2
+        cpu_lane = next((i for i, lane in enumerate(self.lanes) if lane.physical == "cpu"), None)
+        for leaf in leaves:
+            if not isinstance(leaf, torch.fx.Node):
+                kinds.append(("const", leaf))
+                continue
+            if leaf.op == "get_attr":
+                kinds.append(("const", _fetch_attr(self.gm, leaf.target)))
+                continue
+            ref = self.refs[leaf]
+            if ref[0] != "multi" and self.mixed and leaf.op != "placeholder":
+                ref = self._output_copy(leaf, ref, cpu_lane, last_rank)
+            elif ref[0] == "multi":
+                ref = self._value(leaf, 0, last_rank)  # raises: used whole
+            kinds.append(("out", len(outputs)))
+            outputs.append((ref[1], ref[2]))
+        description = {
+            "lanes": [
+                {"name": lane.name, "device": str(lane.device), "threads": lane.threads}
+                for lane in self.lanes
+            ],
+            "num_inputs": len(self.placeholders),
+            "num_slots": self.num_slots,
+            "steps": self.steps,
+            "outputs": outputs,
+        }
+        return Lowered(
+            description, self.lanes, self.python_nodes, spec, kinds, len(self.placeholders)
+        )
+
+    def _output_copy(
+        self, leaf: torch.fx.Node, ref: tuple, cpu_lane: int | None, rank: int
+    ) -> tuple:
+        """Outputs come back on the device the graph was traced on (``meta["val"]``). A copy to
+        the CPU runs on a CPU lane, or on the producer's lane in a plan without one."""
+        val = leaf.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return ref
+        want = "cpu" if val.device.type == "cpu" else str(val.device)
+        if self.home[ref[1]] == want:
+            return ref
+        lanes = [i for i, lane in enumerate(self.lanes) if lane.physical == want]
+        lane = lanes[0] if lanes else (cpu_lane if want == "cpu" else None)
+        if lane is None:
+            lane = self.producer_lane[ref[1]]
+        return self._copy_to(leaf.name, ref, want, lane, rank)
+
+
+class _Rebuild:
+    """Calls a node's Python target with its values put back into its args and kwargs."""
+
+    def __init__(
+        self, fn: Callable[..., Any], spec: pytree.TreeSpec, template: list, positions: list[int]
+    ) -> None:
+        self.fn, self.spec, self.template, self.positions = fn, spec, template, positions
+
+    def __call__(self, *values: Any) -> Any:
+        leaves = list(self.template)
+        for position, value in zip(self.positions, values, strict=True):
+            leaves[position] = value
+        args, kwargs = pytree.tree_unflatten(leaves, self.spec)
+        return self.fn(*args, **kwargs)
+
+
+def _python_callable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Callable[..., Any]:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)
+    if node.op == "call_method":
+        method = node.target
+        return lambda self_, *args, **kwargs: getattr(self_, method)(*args, **kwargs)
+    return node.target
+
+
+def lower(
+    gm: torch.fx.GraphModule,
+    placement: Mapping[str, str],
+    order: Sequence[str] | None = None,
+    cpu_threads: int | None = None,
+) -> Lowered:
+    """Describe ``gm`` placed by ``placement`` for ``Program::build``.
+
+    Args:
+        gm: the aten graph (see the graph contract in torch_chrion.graph).
+        placement: lane of every schedulable node, by node name.
+        order: global priority order of the schedulable nodes (default: graph order).
+        cpu_threads: intra-op threads of each CPU lane (default: shared out evenly).
+
+    Raises:
+        PlanError: a placement or order naming unknown nodes, or missing some.
+        OptionError: an unknown lane string, or a CUDA lane without CUDA.
+        UnsupportedOperatorError: a graph shape the executor cannot express.
+    """
+    return _Lowering(gm, placement, order, cpu_threads).run()

@@ -1,0 +1,138 @@
+"""ChrionModule: an nn.Module that runs a placed aten graph on the C++ executor."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch import nn
+
+from .. import _extension
+from ..errors import ModelError, PlanError
+from .lowering import lower
+from .trace import TraceEvent, save_chrome_trace
+
+
+def _stop_executor(executor: Any, timeout_s: float) -> bool:
+    return executor.stop(timeout_s)
+
+
+class ChrionModule(nn.Module):
+    """Runs ``gm`` with each node on its lane, every lane a C++ worker thread.
+
+    Args:
+        gm: the aten graph: placeholders, get_attr weights, call_function nodes on OpOverloads
+            (aten::*, chrion::*) and operator.getitem, one output. Other callables run as
+            Python steps under the GIL (listed in ``python_nodes``).
+        placement: lane ("cpu", "cpu:N", "cuda:N") of every schedulable node, by name.
+        order: global priority order of the schedulable nodes; each lane runs its ready nodes
+            in this order. Default: the graph's (topological) order.
+        cpu_threads: intra-op threads per CPU lane (default: torch.get_num_threads() shared
+            evenly among the CPU lanes, at least 1).
+        plan: the Plan this placement came from, stored as ``.plan``.
+
+    Raises:
+        PlanError: unknown or missing nodes in ``placement``/``order``, or a graph the executor
+            cannot compile (the message names the node).
+        OptionError: an unknown lane string, or a CUDA lane without CUDA.
+
+    Calls are thread-safe: concurrent calls run as independent requests on the same lanes.
+    An operator failure raises torch_chrion.errors.ExecutionError with ``.node``, ``.lane`` and
+    ``.op``; the module keeps working. Lanes stop when the module is garbage-collected, at
+    interpreter exit, or on ``stop()``.
+    """
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        placement: Mapping[str, str],
+        order: Sequence[str] | None = None,
+        *,
+        cpu_threads: int | None = None,
+        plan: object | None = None,
+    ) -> None:
+        super().__init__()
+        lowered = lower(gm, placement, order, cpu_threads)
+        extension = _extension.load("executor")
+        try:
+            executor = extension.Executor(lowered.description)
+        except (ValueError, RuntimeError) as exc:
+            raise PlanError(f"cannot compile the graph for the executor: {exc}") from exc
+        self._executor = executor
+        self._stop = weakref.finalize(self, _stop_executor, executor, 10.0)
+        self._lowered = lowered
+        self._codegen = gm.graph._codegen
+        self._steps = executor.steps()
+        self._tracing = False
+        self.plan = plan
+        self.lanes: list[str] = [lane.name for lane in lowered.lanes]
+        self.python_nodes: list[str] = list(lowered.python_nodes)
+
+    def forward(self, *inputs: Any) -> Any:
+        """Run the graph on ``inputs``; returns what ``gm(*inputs)`` returns."""
+        flat = list(self._codegen.process_inputs(*inputs))
+        if len(flat) != self._lowered.num_inputs:
+            raise ModelError(f"the graph takes {self._lowered.num_inputs} inputs, got {len(flat)}")
+        results = self._executor.run(flat, self._tracing)
+        leaves = [
+            results[value] if kind == "out" else value
+            for kind, value in self._lowered.output_leaves
+        ]
+        return self._codegen.process_outputs(
+            pytree.tree_unflatten(leaves, self._lowered.output_spec)
+        )
+
+    def enable_trace(self, enabled: bool = True) -> None:
+        """Record every step's start and end per lane on the following calls."""
+        self._tracing = bool(enabled)
+
+    def last_trace(self) -> list[TraceEvent]:
+        """Steps of the last traced call that finished, by start time."""
+        raw = self._executor.last_trace()
+        if not raw:
+            return []
+        origin = min(start for _, _, _, start, _ in raw)
+        events = []
+        for step, lane, request, start, end in raw:
+            name, op, _ = self._steps[step]
+            events.append(
+                TraceEvent(
+                    name,
+                    op,
+                    self.lanes[lane],
+                    request,
+                    (start - origin) / 1e3,
+                    (end - origin) / 1e3,
+                )
+            )
+        return events
+
+    def save_trace(self, path: str | Path) -> Path:
+        """Write the last trace as Chrome / Perfetto trace JSON, one row per lane."""
+        return save_chrome_trace(self.last_trace(), self.lanes, path)
+
+    def transfer_stats(self) -> dict[str, int]:
+        """Cross-device copies so far: host_to_device, device_to_host, pinned (copies whose host
+        side was page-locked) and bytes."""
+        return dict(self._executor.transfer_stats())
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Stop and join the lane threads (the module cannot run afterwards).
+
+        Returns:
+            False if a lane did not finish within ``timeout_s`` (stuck in an operator).
+        """
+        if not self._stop.alive:
+            return True
+        self._stop.detach()
+        return _stop_executor(self._executor, timeout_s)
+
+    def extra_repr(self) -> str:
+        return (
+            f"lanes={self.lanes}, steps={len(self._steps)}, python_nodes={len(self.python_nodes)}"
+        )
