@@ -29,16 +29,24 @@ def captured():
 
 @pytest.fixture
 def count_timed_calls(monkeypatch):
-    """Counts the nodes timed on CPU (every measurement goes through timing.time_cpu)."""
+    """Records (node call, timed repeats) of every CPU timing (all go through timing.time_cpu)."""
     calls = []
     real = timing.time_cpu
 
     def counting(call, warmup, repeats):
-        calls.append(repeats)
+        calls.append((call, repeats))
         return real(call, warmup, repeats)
 
     monkeypatch.setattr(timing, "time_cpu", counting)
     return calls
+
+
+def timed_runs_per_node(calls):
+    """Timed runs of each node call, the first (budget-sizing) run included."""
+    runs = {}
+    for call, repeats in calls:
+        runs[call] = runs.get(call, 0) + repeats
+    return list(runs.values())
 
 
 def test_every_schedulable_node_has_a_cost_on_every_lane(captured, tmp_path):
@@ -78,8 +86,8 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
 def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
     profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    # a first call (to size the budget) and the timed repeats, once per node, not per lane
-    assert len(count_timed_calls) == 2 * len(schedulable_nodes(gm))
+    # one sizing run and 3 timed repeats per node, once for both lanes
+    assert timed_runs_per_node(count_timed_calls) == [1 + 3] * len(schedulable_nodes(gm))
     for costs in profile.node_ms.values():
         assert costs["cpu:0"] == costs["cpu:1"]
     assert profile.transfer == {}
@@ -91,7 +99,8 @@ def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_c
     gm, inputs = captured
     settings = ChrionSettings(profile_warmup=2, profile_repeats=50, profile_budget_s=1e-4)
     profile = profile_graph(gm, inputs, ["cpu"], settings=settings, cache_dir=tmp_path)
-    timed = count_timed_calls[1::2]  # every other call is the sizing call
+    timed = [runs - 1 for runs in timed_runs_per_node(count_timed_calls)]
+    assert len(timed) == len(schedulable_nodes(gm))
     assert min(timed) == 3 and max(timed) < 50
     assert any("budget" in note for note in profile.notes)
 

@@ -10,13 +10,14 @@ profile recorded where it is; with none, profiling refuses rather than invent a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import operator
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -99,52 +100,84 @@ def _to_device(value: object, device: torch.device) -> object:
     return value
 
 
+def _clone_tensors(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tensors(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone_tensors(v) for k, v in value.items()}
+    return value
+
+
+def _node_call(node: fx.Node, values: dict[fx.Node, object]) -> Callable[[], object]:
+    """A no-argument call of ``node`` on its recorded inputs."""
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        args, kwargs = _clone_tensors(
+            (args, kwargs)
+        )  # an in-place op must not touch the shared values
+    target = node.target
+
+    def call() -> object:
+        return target(*args, **kwargs)
+
+    return call
+
+
 def _measure(
-    gm: fx.GraphModule,
     values: dict[fx.Node, object],
     nodes: list[fx.Node],
     device: torch.device,
-    settings: ChrionSettings,
     budget: _Budget,
     desc: str,
 ) -> tuple[dict[str, float], list[str]]:
-    """Median ms of each node on ``device``; a node that fails there costs ``inf``."""
-    on_device = values
+    """Median ms of each node on ``device``; a node that fails there costs ``inf``.
+
+    Every node is first called once (which sizes its share of the budget) and warmed up; then
+    the timed repeats go in rounds, one call of every node per round, so a burst of load from
+    elsewhere on a shared machine lands on all nodes alike rather than on a few.
+    """
+    if device.type == "cpu":
+        timer = timing.time_cpu
+    else:
+        timer = functools.partial(_time_cuda, device=device)
     if device.type != "cpu":
-        on_device = {node: _to_device(value, device) for node, value in values.items()}
+        values = {node: _to_device(value, device) for node, value in values.items()}
     costs: dict[str, float] = {}
     notes: list[str] = []
-    with _progress(len(nodes), desc) as bar:
+    calls: dict[str, Callable[[], object]] = {}
+    repeats: dict[str, int] = {}
+    with _progress(len(nodes), desc) as bar, torch.no_grad():
         for node in nodes:
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs), on_device.__getitem__)
-            if getattr(node.target, "_schema", None) is not None and node.target._schema.is_mutable:
-                args, kwargs = _to_device((args, kwargs), device)  # keep the shared values intact
-
-            def call(
-                args: object = args, kwargs: object = kwargs, target: object = node.target
-            ) -> object:
-                return target(*args, **kwargs)
-
+            call = _node_call(node, values)
             try:
-                with torch.no_grad():
-                    costs[node.name] = _time_node(call, device, settings, budget)
+                (first,) = timer(call, 0, 1)
+                warmup, repeats[node.name] = budget.plan(first)
+                if warmup > 1:
+                    timer(call, warmup - 1, 0)
+                calls[node.name] = call
             except (RuntimeError, NotImplementedError) as exc:
                 costs[node.name] = math.inf
                 notes.append(f"{node.name} cannot run on {device}: {str(exc).splitlines()[0]}")
             bar.update()
+        rounds = max(repeats.values(), default=0)
+        bar.total = len(nodes) + rounds
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for round_ in range(rounds):
+            for name, call in calls.items():
+                if round_ < repeats[name]:
+                    samples[name] += timer(call, 0, 1)
+            bar.update()
+    costs.update({name: statistics.median(times) for name, times in samples.items()})
     return costs, notes
 
 
-def _time_node(
-    call: object, device: torch.device, settings: ChrionSettings, budget: _Budget
-) -> float:
-    if device.type == "cpu":
-        (first,) = timing.time_cpu(call, 0, 1)
-        warmup, repeats = budget.plan(first)
-        return statistics.median(timing.time_cpu(call, max(warmup - 1, 0), repeats))
-    (first,) = timing.time_cuda(call, 0, 1, device)
-    warmup, repeats = budget.plan(first)
-    return statistics.median(timing.time_cuda(call, max(warmup - 1, 0), repeats, device))
+def _time_cuda(
+    call: Callable[[], object], warmup: int, repeats: int, device: torch.device
+) -> list[float]:
+    return timing.time_cuda(call, warmup, repeats, device)
 
 
 def _recorded_profile(recorded: Profile | str | os.PathLike | None) -> Profile | None:
@@ -271,9 +304,7 @@ def profile_graph(
             if device.type == "cpu":
                 torch.set_num_threads(threads)
             try:
-                costs, notes = _measure(
-                    gm, values, nodes, device, settings, budget, f"profiling on {group}"
-                )
+                costs, notes = _measure(values, nodes, device, budget, f"profiling on {group}")
             finally:
                 torch.set_num_threads(saved_threads)
             transfer = measure_transfers(device) if device.type == "cuda" else {}
