@@ -181,3 +181,24 @@ def test_graph_hash_is_structural_and_stable_across_processes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == h
+
+
+@pytest.mark.parametrize("granularity,chunks", [("op", 1), ("layer", 4)])
+def test_onnx_model_through_onnx2torch_equals_onnxruntime(granularity, chunks):
+    ort = pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    import torch_chrion
+    from torch_chrion import onnx as chrion_onnx
+
+    path = Path(torch_chrion.__file__).parent / "data" / "demo_speech_lstm.onnx"
+    proto = chrion_onnx.load_model(path)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    x = torch.randn(*[d.dim_value or 30 for d in dims])
+    gm = capture(chrion_onnx.to_fx(proto), (x,), granularity=granularity, seq_chunks=chunks)
+    assert chrion_nodes(gm)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {proto.graph.input[0].name: x.numpy()})
+    with torch.no_grad():
+        got = gm(x)
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
