@@ -202,3 +202,17 @@ def test_onnx_model_through_onnx2torch_equals_onnxruntime(granularity, chunks):
     with torch.no_grad():
         got = gm(x)
     torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_portability_check_names_cpu_only_kernels_and_pinned_devices():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_chrion.graph.passes import check_portable
+
+    model, inputs = make(StackedLSTM)
+    with torch.no_grad():
+        raw = make_fx(model)(*inputs)  # nn.LSTM traced as is: mkldnn_rnn_layer, zeros(device=cpu)
+    with pytest.raises(UnsupportedOperatorError, match="mkldnn_rnn_layer") as error:
+        check_portable(raw)
+    assert "pinned to device cpu" in str(error.value)
+    assert any("mkldnn_rnn_layer" in op for op in error.value.ops)

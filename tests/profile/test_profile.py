@@ -1,8 +1,10 @@
 """profile_graph and Profile: every node measured on every lane, cached on disk, recorded
 profiles standing in for absent devices, and JSON that round-trips or fails clearly."""
 
+import io
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -217,3 +219,20 @@ def test_transfer_line_fit_recovers_latency_and_bandwidth():
     ms = [latency + s / bytes_per_ms for s in sizes]
     fitted = fit_line(sizes, ms)
     assert fitted == pytest.approx([latency, bytes_per_ms], rel=1e-6)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_on_a_terminal_unless_silenced(captured, tmp_path, monkeypatch, quiet):
+    gm, inputs = captured
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(profiler_module, "PROGRESS_DELAY_S", 0.0)
+    if quiet:
+        monkeypatch.setenv("TORCH_CHRION_NO_PROGRESS", "1")
+    profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert ("profiling on cpu" in terminal.getvalue()) is not quiet

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _MIN_REPEATS = 3
 # at least this many nodes to measure before a progress bar is worth drawing
 _PROGRESS_MIN_NODES = 8
+# seconds a profile must run before its progress bar appears ("more than a moment")
+PROGRESS_DELAY_S = 1.0
 
 
 def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
@@ -89,7 +91,9 @@ class _Budget:
 def _progress(total: int, desc: str) -> tqdm:
     quiet = os.environ.get("TORCH_CHRION_NO_PROGRESS") == "1" or total < _PROGRESS_MIN_NODES
     # disable=None: tqdm's own test, off when stderr is not a terminal; delay: only when slow
-    return tqdm(total=total, desc=desc, unit="node", delay=1.0, disable=True if quiet else None)
+    return tqdm(
+        total=total, desc=desc, unit="node", delay=PROGRESS_DELAY_S, disable=True if quiet else None
+    )
 
 
 def _to_device(value: object, device: torch.device) -> object:
