@@ -10,7 +10,8 @@ Disjunctive (big-M) formulation, variables:
 * y[i,j] ∈ {0,1} for each pair with no path between them (pairs joined by a path are already
   ordered by precedence): on every device both could share, one precedes the other:
   s[j] ≥ s[i] + p_i(x) - M(3 - y - x[i,d] - x[j,d]) and the mirror with y and 1-y;
-* C ≥ s[i] + p_i(x): the makespan.
+* C ≥ s[i] + p_i(x): the makespan; and C ≥ Σ_i cost[i,d]·x[i,d] for each device d (a valid
+  cut: a device's busy time fits in the makespan).
 
 M is an upper bound of the makespan (the better of HEFT's and solve()'s for the latency objective, the SLO for the memory
 objective; C ≤ M is imposed, so every start lies in [0, M]).
@@ -177,6 +178,11 @@ def milp_schedule(
     for i in range(n):
         rows.add({xcol(i, d): 1.0 for d in range(m)}, 1.0, 1.0)
         rows.add({ccol: 1.0, scol(i): -1.0, **duration(i, -1.0)}, 0.0)
+    # valid cut, not needed for correctness: each device's busy time is at most the makespan
+    # (it makes graphs with few edges, where the disjunctions alone bound C weakly, solve fast)
+    for d in range(m):
+        load = {xcol(i, d): -finite_cost[i, d] for i in range(n)}
+        rows.add({ccol: 1.0, **load}, 0.0)
     for (u, v), c in graph.edges.items():
         terms = {scol(v): 1.0, scol(u): -1.0, **duration(u, -1.0)}
         zc = edge_cols.get((u, v))

@@ -82,7 +82,8 @@ class _Search:
 
     Descent: try every move of the neighbourhood in random order, take the first that lowers
     the penalty, until none does. Moves: re-place one task; put both ends of an edge on one
-    device (removes a transfer, which is what high-CCR graphs need). Then kick the best local
+    device; move a task together with its successors or its predecessors (these remove
+    transfers, which is what high-CCR graphs need). Then kick the best local
     optimum by re-placing 1-3 random tasks and descend again, keeping the new optimum when it
     is no worse (so the walk drifts across plateaus). Stops at a time and evaluation budget.
     """
@@ -101,15 +102,26 @@ class _Search:
         self.evals += 1
         return schedule_placement(self.graph, placement)
 
-    def moves(self, placement: list[int]) -> list[tuple[int, int]]:
-        """(task, device) re-placements: single moves, and edge joins."""
+    def moves(self, placement: list[int]) -> list[tuple[tuple[int, ...], int]]:
+        """(tasks, device) re-placements: one task; both ends of an edge; a task with its
+        successors, or with its predecessors (whole branches move at high CCR)."""
         graph = self.graph
-        out = [(i, d) for i in self.movable for d in graph.runnable_on[i] if d != placement[i]]
+        out: list[tuple[tuple[int, ...], int]] = []
+        for i in self.movable:
+            for d in graph.runnable_on[i]:
+                if d != placement[i]:
+                    out.append(((i,), d))
+                group = [j for j in (i, *graph.succs[i]) if np.isfinite(graph.cost[j, d])]
+                if len(group) > 1 and any(placement[j] != d for j in group):
+                    out.append((tuple(group), d))
+                group = [j for j in (i, *graph.preds[i]) if np.isfinite(graph.cost[j, d])]
+                if len(group) > 1 and any(placement[j] != d for j in group):
+                    out.append((tuple(group), d))
         for u, v in graph.edges:
             if placement[u] != placement[v]:
                 for a, b in ((u, v), (v, u)):
                     if np.isfinite(graph.cost[b, placement[a]]):
-                        out.append((b, placement[a]))
+                        out.append(((b,), placement[a]))
         return list(dict.fromkeys(out))
 
     def descend(
@@ -124,9 +136,10 @@ class _Search:
             improved = False
             moves = self.moves(list(current.device))
             for k in self.rng.permutation(len(moves)):
-                i, d = moves[k]
+                tasks, d = moves[k]
                 placement = list(current.device)
-                placement[i] = d
+                for i in tasks:
+                    placement[i] = d
                 cand = self.evaluate(placement)
                 keep(cand)
                 f = penalty(cand)
