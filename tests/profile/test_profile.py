@@ -232,6 +232,7 @@ def test_progress_bar_on_a_terminal_unless_silenced(captured, tmp_path, monkeypa
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setattr(profiler_module, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(profiler_module, "_PROGRESS_MIN_NODES", 1)
     if quiet:
         monkeypatch.setenv("TORCH_CHRION_NO_PROGRESS", "1")
     profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)

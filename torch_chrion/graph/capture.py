@@ -12,7 +12,8 @@ The steps, each a pass of its own:
    ``CONSTANT_NUMEL_LIMIT`` raised the shape chain folds while tracing);
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
 3. dead-code elimination, then ``check_portable``: no backend-only kernel is left;
-4. ``split_recurrent`` to the requested granularity, then ``annotate`` (fake-tensor propagation).
+4. ``split_recurrent`` to the requested granularity, ``fold_input_free`` again, then ``annotate``
+   (fake-tensor propagation).
 
 The graph is specialised to the example inputs' shapes: one capture per input-shape bucket.
 """
@@ -124,4 +125,6 @@ def capture(
     gm.recompile()
     check_portable(gm)
     annotate(gm, example_inputs)
-    return split_recurrent(gm, granularity=granularity, seq_chunks=seq_chunks)
+    split_recurrent(gm, granularity=granularity, seq_chunks=seq_chunks)
+    fold_input_free(gm)  # the pieces' slices of a folded initial state
+    return annotate(gm, example_inputs)

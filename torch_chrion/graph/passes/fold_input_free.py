@@ -3,7 +3,9 @@
 make_fx records ``aten.zeros(..., device=cpu)`` for a default initial state: a node pinned to the
 device it was traced on. Shapes are static in the aten graph (one graph per input-shape bucket),
 so such a chain is a constant; evaluating it once and holding the result as a get_attr constant
-makes it travel with the weights to whichever device the node's lane is on.
+makes it travel with the weights to whichever device the node's lane is on. Constants folded
+earlier (``_chrion_const_*``) fold again, so the per-layer slices that split_recurrent takes of
+a folded initial state become constants too instead of tiny nodes to schedule.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ from torch import fx
 
 log = logging.getLogger(__name__)
 
+PREFIX = "_chrion_const_"
 
-def _depends_on_data(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
-    if node.op in ("placeholder", "get_attr"):
-        return True
-    return any(memo[arg] for arg in node.all_input_nodes)
+
+def _is_data(node: fx.Node) -> bool:
+    return node.op == "placeholder" or (
+        node.op == "get_attr" and not str(node.target).startswith(PREFIX)
+    )
+
+
+def _fresh_name(gm: fx.GraphModule) -> str:
+    index = 0
+    while hasattr(gm, f"{PREFIX}{index}"):
+        index += 1
+    return f"{PREFIX}{index}"
 
 
 def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
@@ -29,27 +40,41 @@ def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
         gm: an aten graph (modified in place).
 
     Returns:
-        ``gm``, with the chains' consumers reading ``_chrion_const_<n>`` attributes.
+        ``gm``, with the chains' consumers reading ``_chrion_const_<n>`` attributes, and the
+        constants no node reads any more deleted.
     """
     depends: dict[fx.Node, bool] = {}
     values: dict[fx.Node, object] = {}
     for node in gm.graph.nodes:
-        depends[node] = node.op == "output" or _depends_on_data(node, depends)
-        if not depends[node] and node.op == "call_function":
+        depends[node] = (
+            node.op == "output"
+            or _is_data(node)
+            or any(depends[arg] for arg in node.all_input_nodes)
+        )
+        if depends[node]:
+            continue
+        if node.op == "get_attr":
+            values[node] = getattr(gm, node.target)
+        elif node.op == "call_function":
             args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
             values[node] = node.target(*args, **kwargs)
     folded = 0
     for node, value in values.items():
         # Only a chain's last nodes (those read by data-dependent nodes) become constants.
-        if not isinstance(value, torch.Tensor) or not any(depends[u] for u in node.users):
+        if node.op != "call_function" or not isinstance(value, torch.Tensor):
             continue
-        name = f"_chrion_const_{folded}"
+        if not any(depends[user] for user in node.users):
+            continue
+        name = _fresh_name(gm)
         folded += 1
         gm.register_buffer(name, value.clone())
         with gm.graph.inserting_before(node):
             constant = gm.graph.get_attr(name)
         node.replace_all_uses_with(constant)
     gm.graph.eliminate_dead_code()
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in [b for b in gm._buffers if b.startswith(PREFIX) and b not in read]:
+        delattr(gm, name)
     gm.recompile()
     log.debug("fold_input_free: %d constants", folded)
     return gm
