@@ -45,11 +45,17 @@ def _read(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.Mode
             raise ModelError(f"{path}: no such ONNX file")
         try:
             proto = onnx.load_model(str(path), load_external_data=False)
-        except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        except (
+            DecodeError,
+            ValueError,
+            RuntimeError,
+            OSError,
+            onnx.checker.ValidationError,
+        ) as exc:
             raise ModelError(f"{path}: not a readable ONNX model: {exc}") from exc
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
             raise ModelError(
                 f"{path}: cannot read its external data (looked in {path.parent}): {exc}"
             ) from exc

@@ -79,6 +79,8 @@ class OnnxReduce(nn.Module):
             if not self.keepdims:
                 shape = [s for a, s in enumerate(data.shape) if a not in chosen]
             fill = float("-inf") if self.op_type == "ReduceMax" else float("inf")
+            if data.dtype == torch.bool:  # any() / all() of nothing
+                fill = self.op_type == "ReduceMin"
             return torch.full(shape, fill, dtype=data.dtype, device=data.device)
         if not chosen:  # a scalar: every reduction of one element is itself, except these
             return _REDUCTIONS[self.op_type](data.reshape(1), [0], False).reshape(())
