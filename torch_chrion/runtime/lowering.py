@@ -210,6 +210,8 @@ class _Lowering:
                 args.append(self._arg(node.kwargs[argument.name], lane, rank))
             else:
                 args.append(("d",))
+        if schema.name in _RECURRENT and self.lanes[lane].device.type == "cuda":
+            _flatten_for_cudnn(node, args[_RECURRENT[schema.name]])
         return {
             "kind": "op",
             "op": schema.name,
@@ -328,6 +330,50 @@ class _Lowering:
         if lane is None:
             lane = self.producer_lane[ref[1]]
         return self._copy_to(leaf.name, ref, want, lane, rank)
+
+
+# chrion:: recurrent operator -> position of its `params` argument
+_RECURRENT = {"chrion::lstm": 3, "chrion::gru": 2, "chrion::rnn": 2}
+
+
+def _flatten_for_cudnn(node: torch.fx.Node, params_arg: tuple) -> None:
+    """Put a recurrent node's CUDA weights into one cuDNN-layout buffer, as
+    nn.RNNBase.flatten_parameters does: otherwise cuDNN compacts them on every call (time and
+    GPU memory). Only weights (constants) are touched; the values do not change."""
+    if params_arg[0] != "l" or any(item[0] != "c" for item in params_arg[1]):
+        return
+    weights = [item[1] for item in params_arg[1]]
+    kind = node.target._schema.name.split("::")[1]
+    offset = 1 if kind == "lstm" else 0  # lstm has c0 before params
+    num_layers, bidirectional, batch_first = node.args[4 + offset : 7 + offset]
+    mode = {"lstm": "LSTM", "gru": "GRU"}.get(kind)
+    if mode is None:
+        nonlinearity = node.args[8] if len(node.args) > 8 else "tanh"
+        mode = "RNN_" + str(nonlinearity).upper()
+    x, h0 = node.args[0].meta.get("val"), node.args[1].meta.get("val")
+    if not isinstance(x, torch.Tensor) or not isinstance(h0, torch.Tensor):
+        return
+    hidden = h0.shape[-1]
+    per_layer = len(weights) // (num_layers * (2 if bidirectional else 1))
+    w_hh = weights[1]
+    proj = w_hh.shape[1] if w_hh.shape[1] != hidden else 0
+    try:
+        from torch.backends.cudnn import rnn as cudnn_rnn
+
+        with torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(
+                weights,
+                per_layer,
+                x.shape[-1],
+                cudnn_rnn.get_cudnn_mode(mode),
+                hidden,
+                proj,
+                num_layers,
+                batch_first,
+                bidirectional,
+            )
+    except (RuntimeError, ValueError):  # no cuDNN: the kernel falls back, only slower
+        return
 
 
 class _Rebuild:

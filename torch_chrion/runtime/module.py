@@ -69,6 +69,7 @@ class ChrionModule(nn.Module):
         self._codegen = gm.graph._codegen
         self._steps = executor.steps()
         self._tracing = False
+        self._cpu_only = all(lane.physical == "cpu" for lane in lowered.lanes)
         self.plan = plan
         self.lanes: list[str] = [lane.name for lane in lowered.lanes]
         self.python_nodes: list[str] = list(lowered.python_nodes)
@@ -78,6 +79,8 @@ class ChrionModule(nn.Module):
         flat = list(self._codegen.process_inputs(*inputs))
         if len(flat) != self._lowered.num_inputs:
             raise ModelError(f"the graph takes {self._lowered.num_inputs} inputs, got {len(flat)}")
+        if self._cpu_only:  # inputs of a mixed program are copied by its copy steps
+            flat = [x.cpu() if isinstance(x, torch.Tensor) else x for x in flat]
         results = self._executor.run(flat, self._tracing)
         leaves = [
             results[value] if kind == "out" else value

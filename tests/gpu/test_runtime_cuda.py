@@ -1,0 +1,134 @@
+"""The executor with a CUDA lane: CPU + GPU placements against eager, pinned transfers, stream
+ordering under concurrent calls, and GPU memory saved by keeping weights on CPU lanes."""
+
+import gc
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from models import BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU, StackedLSTM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
+from runtime_helpers import aten_graph, random_order, random_placement, schedulable  # noqa: E402
+
+from torch_chrion.runtime import ChrionModule  # noqa: E402
+
+TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+@pytest.fixture(autouse=True)
+def exact_cuda_math():
+    """No TF32 in cuDNN convolutions / RNNs or cuBLAS: compare with fp32 CPU eager."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize(
+    "model_class", [StackedLSTM, BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU]
+)
+@pytest.mark.parametrize("lanes", [["cpu", "cuda:0"], ["cpu:0", "cpu:1", "cuda:0"]], ids=len)
+def test_cpu_and_cuda_placements_match_eager(model_class, lanes):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    gm = aten_graph(model, *model.example_inputs())
+    for seed in range(3):
+        module = ChrionModule(gm, random_placement(gm, lanes, seed), random_order(gm, seed))
+        inputs = model.example_inputs()
+        with torch.no_grad():
+            expected = model(*inputs)
+        out = module(*inputs)  # traced on the CPU: outputs come back on the CPU
+        torch.testing.assert_close(out, expected, **TOL)
+        cuda_inputs = tuple(x.cuda() for x in inputs)  # inputs already on the GPU work too
+        torch.testing.assert_close(module(*cuda_inputs), expected, **TOL)
+        module.stop()
+
+
+def test_transfers_are_pinned_and_counted():
+    torch.manual_seed(0)
+    model = StackedLSTM().eval()
+    gm = aten_graph(model, *model.example_inputs())
+    nodes = schedulable(gm)
+    # alternate devices so that data crosses both ways several times
+    placement = {n.name: ("cuda:0" if i % 2 else "cpu") for i, n in enumerate(nodes)}
+    module = ChrionModule(gm, placement)
+    x = model.example_inputs()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x), **TOL)
+    stats = module.transfer_stats()
+    assert stats["host_to_device"] > 0 and stats["device_to_host"] > 0
+    assert stats["pinned"] == stats["host_to_device"] + stats["device_to_host"]
+    assert stats["bytes"] > 0
+
+
+def test_outputs_on_the_gpu_are_ordered_with_the_callers_stream():
+    torch.manual_seed(0)
+    model = StackedLSTM(features=32, hidden=64).eval().cuda()
+    inputs = tuple(x.cuda() for x in model.example_inputs(seq=16, batch=8))
+    gm = aten_graph(model, *inputs)  # traced on CUDA: outputs stay on the GPU
+    # the LSTM on the CPU, its head on the GPU
+    placement = {n.name: "cpu" if "chrion" in str(n.target) else "cuda:0" for n in schedulable(gm)}
+    module = ChrionModule(gm, placement)
+    side = torch.cuda.Stream()
+    with torch.no_grad(), torch.cuda.stream(side):  # the caller works on a non-default stream
+        expected = model(*inputs)
+        for _ in range(5):
+            out = module(*inputs)
+            checks = [o.double().sum() for o in out]  # read on the caller's stream at once
+        torch.testing.assert_close(out, expected, **TOL)
+    torch.cuda.synchronize()
+    assert all(o.device.type == "cuda" for o in out)
+    assert [c.item() for c in checks] == pytest.approx(
+        [e.double().sum().item() for e in expected], rel=1e-4
+    )
+
+
+def test_concurrent_calls_with_a_cuda_lane_equal_serial_results():
+    torch.manual_seed(0)
+    model = SpeechConvBiGRU().eval()
+    gm = aten_graph(model, *model.example_inputs())
+    module = ChrionModule(gm, random_placement(gm, ["cpu:0", "cpu:1", "cuda:0"], 5))
+    inputs = [model.example_inputs() for _ in range(8)]
+    serial = [module(*x) for x in inputs]
+
+    def worker(t):
+        bad = 0
+        for i in range(50):
+            k = (t + i) % len(inputs)
+            bad += not torch.allclose(module(*inputs[k]), serial[k], **TOL)
+        return bad
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(worker, range(6))) == [0] * 6
+
+
+def _gpu_bytes_held(model, placement_of):
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    gm = aten_graph(model, *model.example_inputs(seq=4, batch=2))
+    module = ChrionModule(gm, {n.name: placement_of(n) for n in schedulable(gm)})
+    x = model.example_inputs(seq=4, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(module(*x), model(*x), **TOL)
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - before
+    module.stop()
+    del module, gm
+    gc.collect()
+    return held
+
+
+def test_weights_on_cpu_lanes_use_less_gpu_memory_than_gpu_only():
+    torch.manual_seed(0)
+    model = StackedLSTM(features=64, hidden=512, layers=3, classes=8).eval()  # ~ 20 MB LSTM
+    lstm_bytes = sum(p.numel() * p.element_size() for p in model.lstm.parameters())
+    gpu_only = _gpu_bytes_held(model, lambda n: "cuda:0")
+    # the LSTM on the CPU, everything else on the GPU: the LSTM's weights never reach the GPU
+    mixed = _gpu_bytes_held(model, lambda n: "cpu" if "chrion" in str(n.target) else "cuda:0")
+    assert gpu_only >= lstm_bytes
+    assert mixed < gpu_only - 0.9 * lstm_bytes
