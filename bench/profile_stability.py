@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--cpu-threads", type=int, default=None, help="default: all cores")
     parser.add_argument(
         "--output", default=str(ROOT / "bench" / "results" / "profile_stability.md")
     )
@@ -49,7 +50,12 @@ def main() -> int:
     inputs = model.example_inputs(seq=args.seq, batch=args.batch)
     gm = capture(model, inputs, seq_chunks=args.chunks)
     lanes = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
-    settings = ChrionSettings(profile_warmup=5, profile_repeats=args.repeats, profile_budget_s=120)
+    settings = ChrionSettings(
+        profile_warmup=5,
+        profile_repeats=args.repeats,
+        profile_budget_s=120,
+        cpu_threads=args.cpu_threads,
+    )
     runs = []
     for _ in range(2):  # a fresh cache each time: both runs measure
         with tempfile.TemporaryDirectory() as cache:

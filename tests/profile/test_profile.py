@@ -35,9 +35,9 @@ def count_timed_calls(monkeypatch):
     calls = []
     real = timing.time_cpu
 
-    def counting(call, warmup, repeats):
+    def counting(call, warmup, repeats, number=1):
         calls.append((call, repeats))
-        return real(call, warmup, repeats)
+        return real(call, warmup, repeats, number)
 
     monkeypatch.setattr(timing, "time_cpu", counting)
     return calls

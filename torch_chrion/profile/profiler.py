@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # fewer repeats than this and the median is no longer worth the name
 _MIN_REPEATS = 3
+# a repeat runs a fast node this long (back-to-back calls), so µs-scale jitter averages out ...
+MIN_REPEAT_MS = 0.5
+# ... but never more than this many calls
+MAX_NUMBER = 1000
 # at least this many nodes to measure before a progress bar is worth drawing
 _PROGRESS_MIN_NODES = 8
 # seconds a profile must run before its progress bar appears ("more than a moment")
@@ -66,7 +70,7 @@ def _node_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[fx.
 
 
 class _Budget:
-    """Splits the time budget over the measurements still to make, cutting repeats to fit."""
+    """Splits the time budget over the measurements still to make, cutting runs to fit."""
 
     def __init__(self, seconds: float, measurements: int, warmup: int, repeats: int) -> None:
         self.deadline = time.monotonic() + seconds
@@ -74,18 +78,24 @@ class _Budget:
         self.warmup, self.repeats = warmup, repeats
         self.fewest = repeats
 
-    def plan(self, first_ms: float) -> tuple[int, int]:
-        """(warm-up runs, repeats) for a node whose first call took ``first_ms``."""
+    def plan(self, first_ms: float) -> tuple[int, int, int]:
+        """(warm-up calls, repeats, calls per repeat) for a node whose first call took
+        ``first_ms``: each repeat lasts about MIN_REPEAT_MS; when the node's share of the budget
+        is short, calls per repeat go first (down to 1), then repeats (down to 3), then
+        warm-ups (down to 1)."""
         share_ms = max(self.deadline - time.monotonic(), 0.0) * 1e3 / self.left
         self.left = max(self.left - 1, 1)
-        runs = self.warmup + self.repeats
-        if first_ms * runs <= share_ms:
-            return self.warmup, self.repeats
-        affordable = int(share_ms / max(first_ms, 1e-6))
-        warmup = min(self.warmup, max(affordable - self.repeats, 1 if self.warmup else 0))
-        repeats = max(_MIN_REPEATS, min(self.repeats, affordable - warmup))
+        first_ms = max(first_ms, 1e-6)
+        affordable = share_ms / first_ms  # calls this node may make
+        warmup, repeats = self.warmup, self.repeats
+        number = max(1, min(MAX_NUMBER, math.ceil(MIN_REPEAT_MS / first_ms)))
+        if warmup + repeats * number > affordable:
+            number = max(1, int((affordable - warmup) // repeats))
+        if warmup + repeats * number > affordable:
+            repeats = max(_MIN_REPEATS, min(repeats, int(affordable) - warmup))
+            warmup = min(warmup, max(1 if warmup else 0, int(affordable) - repeats))
         self.fewest = min(self.fewest, repeats)
-        return warmup, repeats
+        return warmup, repeats, number
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -140,7 +150,7 @@ def _measure(
     """Median ms of each node on ``device``; a node that fails there costs ``inf``.
 
     Every node is first called once (which sizes its share of the budget) and warmed up; then
-    the timed repeats go in rounds, one call of every node per round, so a burst of load from
+    the timed repeats go in rounds, one repeat of every node per round, so a burst of load from
     elsewhere on a shared machine lands on all nodes alike rather than on a few.
     """
     if device.type == "cpu":
@@ -153,12 +163,13 @@ def _measure(
     notes: list[str] = []
     calls: dict[str, Callable[[], object]] = {}
     repeats: dict[str, int] = {}
+    numbers: dict[str, int] = {}
     with _progress(len(nodes), desc) as bar, torch.no_grad():
         for node in nodes:
             call = _node_call(node, values)
             try:
                 (first,) = timer(call, 0, 1)
-                warmup, repeats[node.name] = budget.plan(first)
+                warmup, repeats[node.name], numbers[node.name] = budget.plan(first)
                 if warmup > 1:
                     timer(call, warmup - 1, 0)
                 calls[node.name] = call
@@ -172,16 +183,16 @@ def _measure(
         for round_ in range(rounds):
             for name, call in calls.items():
                 if round_ < repeats[name]:
-                    samples[name] += timer(call, 0, 1)
+                    samples[name] += timer(call, 0, 1, numbers[name])
             bar.update()
     costs.update({name: statistics.median(times) for name, times in samples.items()})
     return costs, notes
 
 
 def _time_cuda(
-    call: Callable[[], object], warmup: int, repeats: int, device: torch.device
+    call: Callable[[], object], warmup: int, repeats: int, number: int = 1, *, device: torch.device
 ) -> list[float]:
-    return timing.time_cuda(call, warmup, repeats, device)
+    return timing.time_cuda(call, warmup, repeats, device, number)
 
 
 def _recorded_profile(recorded: Profile | str | os.PathLike | None) -> Profile | None:

@@ -1,7 +1,10 @@
 """Timers for one operator call: wall clock on CPU, CUDA events on a GPU.
 
-Each returns the milliseconds of every timed repeat (after the warm-up runs); the caller takes
-the median, which shrugs off the odd preempted run on a shared machine.
+Each returns the milliseconds of one call for every timed repeat (after the warm-up runs); the
+caller takes the median, which shrugs off the odd preempted run on a shared machine. As in TVM's
+``time_evaluator`` (number / repeat / min_repeat_ms), one repeat may run the call ``number``
+times back to back and divide: a call of a few microseconds is then timed over a span long
+enough that timer resolution and jitter do not dominate it.
 """
 
 from __future__ import annotations
@@ -12,23 +15,29 @@ from collections.abc import Callable
 import torch
 
 
-def time_cpu(call: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of ``repeats`` runs of ``call`` by wall clock, after ``warmup`` runs."""
+def time_cpu(call: Callable[[], object], warmup: int, repeats: int, number: int = 1) -> list[float]:
+    """Milliseconds per call of ``repeats`` repeats of ``number`` calls each, by wall clock,
+    after ``warmup`` untimed calls."""
     for _ in range(warmup):
         call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter_ns()
-        call()
-        times.append((time.perf_counter_ns() - start) / 1e6)
+        for _ in range(number):
+            call()
+        times.append((time.perf_counter_ns() - start) / 1e6 / number)
     return times
 
 
 def time_cuda(
-    call: Callable[[], object], warmup: int, repeats: int, device: torch.device
+    call: Callable[[], object],
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    number: int = 1,
 ) -> list[float]:
-    """Milliseconds of ``repeats`` runs of ``call`` on ``device``'s current stream, by CUDA
-    events (device time, not launch time), after ``warmup`` runs."""
+    """Milliseconds per call on ``device``'s current stream, by CUDA events (device time, which
+    includes launch gaps when the GPU waits for the host), after ``warmup`` untimed calls."""
     with torch.cuda.device(device):
         for _ in range(warmup):
             call()
@@ -38,7 +47,8 @@ def time_cuda(
         ]
         for start, end in events:
             start.record()
-            call()
+            for _ in range(number):
+                call()
             end.record()
         torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) for start, end in events]
+        return [start.elapsed_time(end) / number for start, end in events]
