@@ -21,11 +21,13 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion.onnx import to_fx
+from torch_chrion.onnx.opsets import default_opset
 
 ort = pytest.importorskip("onnxruntime")
 
 RTOL, ATOL = 1e-4, 1e-5
-EXPORTERS = ["legacy-opset17", "dynamo"]
+EXPORTERS = ["legacy-opset17", "dynamo"]  # the pair: dynamo=False at 17, the default
+NEWEST = "dynamo-opset22"  # the newest opset the recurrent-model ops must reach
 PLAIN_MODELS = [StackedLSTM, BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU, UnrolledLSTMCell]
 
 
@@ -52,6 +54,10 @@ def export(model: nn.Module, inputs: tuple[Tensor, ...], exporter: str, path) ->
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             torch.onnx.export(model, inputs, str(path), dynamo=True, verbose=False)
+        elif exporter == NEWEST:
+            torch.onnx.export(
+                model, inputs, str(path), dynamo=True, verbose=False, opset_version=22
+            )
         else:
             torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17)
     return str(path)
@@ -101,10 +107,12 @@ def exported(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("exporter", [*EXPORTERS, NEWEST])
 @pytest.mark.parametrize("model_type", PLAIN_MODELS, ids=lambda t: t.__name__)
 def test_exported_model_matches(exported, model_type, exporter):
     model, inputs, path = exported(model_type, exporter)
+    if exporter == NEWEST:
+        assert default_opset(onnx.load(path)) == 22
     assert_matches(path, model, inputs)
 
 

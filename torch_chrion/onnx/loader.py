@@ -18,7 +18,8 @@ _CHECK_IN_MEMORY_LIMIT = 2**31 - 1
 
 
 def _read(model: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """The ModelProto with external data loaded, and a name for messages."""
+    """The ModelProto with external data loaded, and a name for messages (the path for
+    files)."""
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)  # never mutate the caller's proto
@@ -70,15 +71,19 @@ def _uses_external_data(proto: onnx.ModelProto) -> bool:
     )
 
 
-def check_model(proto: onnx.ModelProto, name: str) -> None:
-    """onnx.checker with shape inference (full_check) where the model fits in memory.
+def check_model(proto: onnx.ModelProto, name: str, path: Path | None = None) -> None:
+    """onnx.checker with shape inference (full_check).
+
+    A model past protobuf's 2 GiB limit is checked through its file (the checker reads the
+    external data itself) where there is one, else without shape inference.
 
     Raises:
         ModelError: the checker's message, prefixed by the model's name.
     """
-    full_check = proto.ByteSize() < _CHECK_IN_MEMORY_LIMIT
+    fits = proto.ByteSize() < _CHECK_IN_MEMORY_LIMIT
+    target: onnx.ModelProto | str = proto if fits or path is None else str(path)
     try:
-        onnx.checker.check_model(proto, full_check=full_check)
+        onnx.checker.check_model(target, full_check=fits or path is not None)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"{name}: onnx.checker rejected the model: {exc}") from exc
 
@@ -100,5 +105,6 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         UnsupportedOperatorError: see :func:`torch_chrion.onnx.opsets.normalise_opsets`.
     """
     proto, name = _read(model)
-    check_model(proto, name)
+    path = Path(name) if isinstance(model, (str, os.PathLike)) else None
+    check_model(proto, name, path)
     return normalise_opsets(proto, name)
