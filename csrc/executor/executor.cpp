@@ -21,6 +21,7 @@
 #include "executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
@@ -62,10 +63,15 @@ Executor::Executor(const pybind11::dict& description) : program_(Program::build(
     copy_streams_.emplace_back(spec.device, impl.getStreamFromGlobalPool(spec.device, false));
   }
   for (const auto& step : program_.steps) needs_events_ |= step.record_event;
+  // Note [Chrion lanes]: at::set_num_threads on a lane thread sets that thread's OpenMP and MKL
+  // thread counts, but also the process-wide default that threads initialising ATen later
+  // inherit (and the shared pthreadpool's size): put the caller's value back once lanes are up.
+  const int caller_threads = at::get_num_threads();
   for (size_t i = 0; i < program_.lanes.size(); ++i) {
     lanes_.push_back(std::make_unique<Lane>(
         (int32_t)i, program_.lanes[i], [this](Task& task, bool cancelled) { handle(task, cancelled); }));
   }
+  at::set_num_threads(caller_threads);
 }
 
 Executor::~Executor() { stop(10.0); }
@@ -166,33 +172,54 @@ void Executor::schedule(const std::shared_ptr<Request>& request, int32_t step) {
 }
 
 void Executor::handle(Task& task, bool cancelled) {
-  Request& request = *task.request;
-  const Step& step = program_.steps[task.step];
-  const LaneSpec& spec = program_.lanes[step.lane];
-  if (cancelled) {
-    request.set_error(StepError(describe(step, spec, "the executor was stopped"), step.name,
-                                spec.name, step.op_name));
-  }
-  if (!request.failed.load(std::memory_order_acquire)) {
-    int64_t start = request.tracing ? trace_now_ns() : 0;
-    try {
-      execute(request, step, *lanes_[step.lane]);
-    } catch (const std::exception& e) {
-      request.set_error(StepError(describe(step, spec, e.what()), step.name, spec.name, step.op_name));
+  std::shared_ptr<Request> owner = std::move(task.request);
+  Request& request = *owner;
+  int32_t current = task.step;
+  while (true) {
+    const Step& step = program_.steps[current];
+    const LaneSpec& spec = program_.lanes[step.lane];
+    Lane& lane = *lanes_[step.lane];
+    if (cancelled) {
+      request.set_error(StepError(describe(step, spec, "the executor was stopped"), step.name,
+                                  spec.name, step.op_name));
     }
-    if (request.tracing) {
-      request.trace[step.lane].push_back(
-          TraceEvent{task.step, step.lane, request.id, start, trace_now_ns()});
-    }
+    int32_t next = -1;
     if (!request.failed.load(std::memory_order_acquire)) {
-      release_reads(request, step);
-      for (int32_t c : step.consumers) {
-        if (request.pending[c].fetch_sub(1, std::memory_order_acq_rel) == 1) schedule(task.request, c);
+      int64_t start = request.tracing ? trace_now_ns() : 0;
+      try {
+        execute(request, step, lane);
+      } catch (const std::exception& e) {
+        request.set_error(
+            StepError(describe(step, spec, e.what()), step.name, spec.name, step.op_name));
+      }
+      if (request.tracing) {
+        request.trace[step.lane].push_back(
+            TraceEvent{current, step.lane, request.id, start, trace_now_ns()});
+      }
+      if (!request.failed.load(std::memory_order_acquire)) {
+        release_reads(request, step);
+        for (int32_t c : step.consumers) {
+          if (request.pending[c].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+          // A ready consumer on this lane runs right here when nothing else waits on the lane
+          // (a chain, the common case): no queue round trip. Others go through the queues.
+          const Step& consumer = program_.steps[c];
+          if (consumer.lane == step.lane && lane.idle() &&
+              (next < 0 || consumer.rank < program_.steps[next].rank)) {
+            if (next >= 0) schedule(owner, next);
+            next = c;
+          } else {
+            schedule(owner, c);
+          }
+        }
       }
     }
+    if (next < 0) {
+      owner.reset();  // drop our reference before the caller may wake
+      request.finish_one();
+      return;
+    }
+    current = next;  // the finished step's count passes on to `next`
   }
-  task.request.reset();  // drop our reference before the caller may wake
-  request.finish_one();
 }
 
 void Executor::release_reads(Request& request, const Step& step) {

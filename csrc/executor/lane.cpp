@@ -29,6 +29,7 @@ bool Lane::push(Task task) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return false;
     queue_.push(std::move(task));
+    queued_.fetch_add(1, std::memory_order_relaxed);
   }
   wake_.notify_one();
   return true;
@@ -42,6 +43,9 @@ void Lane::main() {
     impl.setDevice(spec_.device);
     impl.exchangeStream(*stream_);  // the lane's stream is this thread's current stream
   } else {
+    // ATen initialises a thread's count lazily, on its first parallel op, from the process-wide
+    // default; initialise first so that this thread's own count is the one that stays.
+    (void)at::get_num_threads();
     at::set_num_threads(std::max(1, spec_.threads));
   }
   {
@@ -59,6 +63,7 @@ void Lane::main() {
       if (queue_.empty()) break;  // stopping and drained
       task = queue_.top();
       queue_.pop();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
       cancelled = stopping_;
     }
     handler_(task, cancelled);

@@ -14,6 +14,7 @@
 
 #include <c10/core/Stream.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -57,6 +58,9 @@ class Lane {
   /// \return false when the thread did not finish within `timeout_s` (it is then detached).
   bool stop(double timeout_s);
 
+  /// \brief Nothing queued right now (a hint read without the lock).
+  bool idle() const { return queued_.load(std::memory_order_relaxed) == 0; }
+
   const LaneSpec& spec() const { return spec_; }
   /// \brief The lane's stream (CUDA lanes only; CPU lanes have none).
   const std::optional<c10::Stream>& stream() const { return stream_; }
@@ -77,6 +81,7 @@ class Lane {
   std::condition_variable wake_;
   std::condition_variable exited_cv_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_;
+  std::atomic<int64_t> queued_{0};
   bool stopping_ = false;
   bool started_ = false;
   bool exited_ = false;

@@ -1,0 +1,48 @@
+"""Intra-op thread counts: each CPU lane runs with its own, and the caller's stay as they were.
+
+A Python step runs on its lane's thread, so torch.get_num_threads() inside one reports that
+lane's OpenMP thread count (ATen's OpenMP backend keeps it per thread)."""
+
+import threading
+
+import torch
+
+from torch_chrion.runtime import ChrionModule
+
+
+def lane_threads(x):
+    return torch.full((1,), float(torch.get_num_threads()))
+
+
+def graph_reading_thread_counts():
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(lane_threads, (x,))
+    b = graph.call_function(lane_threads, (x,))
+    graph.output((a, b))
+    return torch.fx.GraphModule(torch.nn.Module(), graph), a.name, b.name
+
+
+def test_each_cpu_lane_has_its_own_thread_count_and_the_callers_is_kept():
+    before = torch.get_num_threads()
+    gm, a, b = graph_reading_thread_counts()
+    module = ChrionModule(gm, {a: "cpu:0", b: "cpu:1"}, cpu_threads=3)
+    assert [t.item() for t in module(torch.zeros(1))] == [3.0, 3.0]
+    assert torch.get_num_threads() == before  # the caller's count is untouched
+
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [before]  # and threads started later inherit the caller's, not a lane's
+
+    single = ChrionModule(gm, {a: "cpu", b: "cpu"}, cpu_threads=1)
+    assert [t.item() for t in single(torch.zeros(1))] == [1.0, 1.0]
+    assert torch.get_num_threads() == before
+
+
+def test_default_shares_the_callers_threads_among_cpu_lanes():
+    gm, a, b = graph_reading_thread_counts()
+    module = ChrionModule(gm, {a: "cpu:0", b: "cpu:1"})
+    expected = max(1, torch.get_num_threads() // 2)
+    assert [t.item() for t in module(torch.zeros(1))] == [expected, expected]
