@@ -149,43 +149,30 @@ def _measure(
 ) -> tuple[dict[str, float], list[str]]:
     """Median ms of each node on ``device``; a node that fails there costs ``inf``.
 
-    Every node is first called once (which sizes its share of the budget) and warmed up; then
-    the timed repeats go in rounds, one repeat of every node per round, so a burst of load from
-    elsewhere on a shared machine lands on all nodes alike rather than on a few.
+    Per node, as TVM's time_evaluator does: one untimed call (lazy initialisation, and the check
+    that the node runs there at all), one timed call that sizes the node's share of the budget
+    and its calls per repeat, the remaining warm-ups, then the repeats back to back.
     """
     if device.type == "cpu":
         timer = timing.time_cpu
     else:
         timer = functools.partial(_time_cuda, device=device)
-    if device.type != "cpu":
         values = {node: _to_device(value, device) for node, value in values.items()}
     costs: dict[str, float] = {}
     notes: list[str] = []
-    calls: dict[str, Callable[[], object]] = {}
-    repeats: dict[str, int] = {}
-    numbers: dict[str, int] = {}
     with _progress(len(nodes), desc) as bar, torch.no_grad():
         for node in nodes:
             call = _node_call(node, values)
             try:
+                timer(call, 1, 0)
                 (first,) = timer(call, 0, 1)
-                warmup, repeats[node.name], numbers[node.name] = budget.plan(first)
-                if warmup > 1:
-                    timer(call, warmup - 1, 0)
-                calls[node.name] = call
+                warmup, repeats, number = budget.plan(first)
+                times = timer(call, max(warmup - 2, 0), repeats, number)
+                costs[node.name] = statistics.median(times)
             except (RuntimeError, NotImplementedError) as exc:
                 costs[node.name] = math.inf
                 notes.append(f"{node.name} cannot run on {device}: {str(exc).splitlines()[0]}")
             bar.update()
-        rounds = max(repeats.values(), default=0)
-        bar.total = len(nodes) + rounds
-        samples: dict[str, list[float]] = {name: [] for name in calls}
-        for round_ in range(rounds):
-            for name, call in calls.items():
-                if round_ < repeats[name]:
-                    samples[name] += timer(call, 0, 1, numbers[name])
-            bar.update()
-    costs.update({name: statistics.median(times) for name, times in samples.items()})
     return costs, notes
 
 

@@ -28,13 +28,20 @@ def _copy_ms(src: torch.Tensor, dst: torch.Tensor, repeats: int) -> float:
 
 
 def fit_line(nbytes: list[int], ms: list[float]) -> list[float]:
-    """[latency_ms, bytes_per_ms] of the least-squares line ms = latency + bytes / bandwidth."""
-    slope, intercept = np.polyfit(np.asarray(nbytes, float), np.asarray(ms, float), 1)
+    """[latency_ms, bytes_per_ms] of the least-squares line ms = latency + bytes / bandwidth.
+
+    Residuals are weighed relative to each time (weights 1/ms), so the 4 KiB copies count as
+    much as the 16 MiB ones: latency comes from the small sizes, bandwidth from the large.
+    """
+    times = np.asarray(ms, float)
+    slope, intercept = np.polyfit(
+        np.asarray(nbytes, float), times, 1, w=1.0 / np.maximum(times, 1e-9)
+    )
     slope = max(float(slope), 1e-12)  # a flat line (noise) would mean infinite bandwidth
     return [max(float(intercept), 0.0), 1.0 / slope]
 
 
-def measure_transfers(device: torch.device, repeats: int = 10) -> dict[str, list[float]]:
+def measure_transfers(device: torch.device, repeats: int = 20) -> dict[str, list[float]]:
     """{"cpu->cuda:i": [latency_ms, bytes_per_ms], "cuda:i->cpu": [...]} for ``device``."""
     lane = f"cuda:{device.index or 0}"
     up, down = [], []
