@@ -20,6 +20,7 @@ def list_schedule(
     priority: Sequence[int],
     placement: Sequence[int] | None = None,
     algorithm: str = "list",
+    allowed: Sequence[Sequence[int]] | None = None,
 ) -> Schedule:
     """Schedule ``graph`` taking tasks in ``priority`` order, with insertion into idle gaps.
 
@@ -29,6 +30,7 @@ def list_schedule(
         placement: device of each task; None picks, per task, the device with the earliest
             finish time (ties: the lowest device index), as HEFT does.
         algorithm: name recorded in the Schedule.
+        allowed: instead of a placement, the devices each task may use (EFT among them).
 
     Returns:
         The Schedule; its times are as soon as possible for its per-device orders, so the
@@ -48,7 +50,10 @@ def list_schedule(
     inf = float("inf")
     for i in priority:
         ps, pc = preds[i], pred_cost[i]
-        choices = runnable_on[i] if placement is None else (placement[i],)
+        if placement is not None:
+            choices: Sequence[int] = (placement[i],)
+        else:
+            choices = runnable_on[i] if allowed is None else allowed[i]
         best_finish, best_dev, best_start, best_slot = inf, -1, 0.0, 0
         row = cost[i]
         for d in choices:

@@ -42,8 +42,8 @@ _MAX_EVALS = 4000
 
 
 def default_budget_s(graph: TaskGraph) -> float:
-    """Local-search time budget: 0.25 s plus 0.15 ms per task, at most 2 s."""
-    return min(2.0, 0.25 + 1.5e-4 * graph.n)
+    """Local-search time budget: 0.5 s plus 0.15 ms per task, at most 2 s."""
+    return min(2.0, 0.5 + 1.5e-4 * graph.n)
 
 
 def placement_priority(graph: TaskGraph, placement: Sequence[int]) -> list[int]:
@@ -83,9 +83,12 @@ class _Search:
     Descent: try every move of the neighbourhood in random order, take the first that lowers
     the penalty, until none does. Moves: re-place one task; put both ends of an edge on one
     device; move a task together with its successors or its predecessors (these remove
-    transfers, which is what high-CCR graphs need). Then kick the best local
-    optimum by re-placing 1-3 random tasks and descend again, keeping the new optimum when it
-    is no worse (so the walk drifts across plateaus). Stops at a time and evaluation budget.
+    transfers, which is what high-CCR graphs need). Then kick the best local optimum by
+    re-placing 1-3 random tasks and descend again, keeping the new optimum when it is no worse
+    (so the walk drifts across plateaus). Stops at a time and evaluation budget.
+
+    The state is one value per task, from ``options[i]``: here the device; ``_SideSearch``
+    uses the same walk over accelerator-or-not.
     """
 
     def __init__(self, graph: TaskGraph, budget_s: float, seed: int) -> None:
@@ -93,35 +96,45 @@ class _Search:
         self.deadline = time.perf_counter() + budget_s
         self.evals = 0
         self.rng = np.random.default_rng(seed)
-        self.movable = [i for i in range(graph.n) if len(graph.runnable_on[i]) > 1]
+        self.options: list[list[int]] = graph.runnable_on
+        # a second priority to try each placement with: HEFT's, which does not follow the
+        # placement (the critical-path one is not always the order that fits an SLO)
+        self.base_order = order_by(graph, upward_rank(graph))
+
+    @property
+    def movable(self) -> list[int]:
+        return [i for i in range(self.graph.n) if len(self.options[i]) > 1]
 
     def out_of_budget(self) -> bool:
         return self.evals >= _MAX_EVALS or time.perf_counter() >= self.deadline
 
-    def evaluate(self, placement: Sequence[int]) -> Schedule:
-        self.evals += 1
-        return schedule_placement(self.graph, placement)
+    def state_of(self, s: Schedule) -> list[int]:
+        return list(s.device)
 
-    def moves(self, placement: list[int]) -> list[tuple[tuple[int, ...], int]]:
-        """(tasks, device) re-placements: one task; both ends of an edge; a task with its
+    def evaluate(self, placement: Sequence[int]) -> Schedule:
+        self.evals += 2
+        first = schedule_placement(self.graph, placement)
+        second = list_schedule(self.graph, self.base_order, placement, "solve")
+        return second if second.makespan < first.makespan else first
+
+    def moves(self, state: list[int]) -> list[tuple[tuple[int, ...], int]]:
+        """(tasks, value) changes: one task; both ends of an edge; a task with its
         successors, or with its predecessors (whole branches move at high CCR)."""
-        graph = self.graph
+        graph, options = self.graph, self.options
         out: list[tuple[tuple[int, ...], int]] = []
         for i in self.movable:
-            for d in graph.runnable_on[i]:
-                if d != placement[i]:
+            for d in options[i]:
+                if d != state[i]:
                     out.append(((i,), d))
-                group = [j for j in (i, *graph.succs[i]) if np.isfinite(graph.cost[j, d])]
-                if len(group) > 1 and any(placement[j] != d for j in group):
-                    out.append((tuple(group), d))
-                group = [j for j in (i, *graph.preds[i]) if np.isfinite(graph.cost[j, d])]
-                if len(group) > 1 and any(placement[j] != d for j in group):
-                    out.append((tuple(group), d))
+                for near in (graph.succs[i], graph.preds[i]):
+                    group = [j for j in (i, *near) if d in options[j]]
+                    if len(group) > 1 and any(state[j] != d for j in group):
+                        out.append((tuple(group), d))
         for u, v in graph.edges:
-            if placement[u] != placement[v]:
+            if state[u] != state[v]:
                 for a, b in ((u, v), (v, u)):
-                    if np.isfinite(graph.cost[b, placement[a]]):
-                        out.append(((b,), placement[a]))
+                    if state[a] in options[b]:
+                        out.append(((b,), state[a]))
         return list(dict.fromkeys(out))
 
     def descend(
@@ -134,13 +147,14 @@ class _Search:
         improved = True
         while improved and not self.out_of_budget():
             improved = False
-            moves = self.moves(list(current.device))
+            state = self.state_of(current)
+            moves = self.moves(state)
             for k in self.rng.permutation(len(moves)):
                 tasks, d = moves[k]
-                placement = list(current.device)
+                cand_state = list(state)
                 for i in tasks:
-                    placement[i] = d
-                cand = self.evaluate(placement)
+                    cand_state[i] = d
+                cand = self.evaluate(cand_state)
                 keep(cand)
                 f = penalty(cand)
                 if f < current_f:
@@ -165,15 +179,16 @@ class _Search:
             if feasible(s) and (found[0] is None or better(s, found[0])):
                 found[0] = s
 
-        if not self.movable:
+        movable = self.movable
+        if not movable:
             return found[0]
         current = self.descend(start, penalty, keep)
         while not self.out_of_budget():
-            placement = list(current.device)
+            state = self.state_of(current)
             for _ in range(int(self.rng.integers(1, 4))):
-                i = self.movable[int(self.rng.integers(len(self.movable)))]
-                placement[i] = int(self.rng.choice(self.graph.runnable_on[i]))
-            kicked = self.evaluate(placement)
+                i = movable[int(self.rng.integers(len(movable)))]
+                state[i] = int(self.rng.choice(self.options[i]))
+            kicked = self.evaluate(state)
             keep(kicked)
             local = self.descend(kicked, penalty, keep)
             if penalty(local) <= penalty(current):
@@ -181,27 +196,69 @@ class _Search:
         return found[0]
 
 
-def _latency_candidates(graph: TaskGraph) -> list[Schedule]:
+class _SideSearch(_Search):
+    """The same walk over one bit per task: on an accelerator (1) or not (0). Each task then
+    goes to the earliest-finishing device of its side, so the search does not have to split
+    work between CPU lanes by hand (insertion list scheduling does that well)."""
+
+    def __init__(self, graph: TaskGraph, budget_s: float, seed: int) -> None:
+        super().__init__(graph, budget_s, seed)
+        accel = graph.is_accelerator
+        self.sides = [
+            {side: [d for d in graph.runnable_on[i] if int(accel[d]) == side] for side in (0, 1)}
+            for i in range(graph.n)
+        ]
+        self.options = [[side for side in (0, 1) if self.sides[i][side]] for i in range(graph.n)]
+
+    def state_of(self, s: Schedule) -> list[int]:
+        return [int(self.graph.is_accelerator[d]) for d in s.device]
+
+    def evaluate(self, state: Sequence[int]) -> Schedule:
+        self.evals += 2
+        allowed = [self.sides[i][state[i]] for i in range(self.graph.n)]
+        first = list_schedule(self.graph, self.base_order, algorithm="solve", allowed=allowed)
+        second = schedule_placement(self.graph, first.device)
+        return second if second.makespan < first.makespan else first
+
+
+def _latency_candidates(graph: TaskGraph, deadline: float) -> list[Schedule]:
+    """HEFT, then the other candidates while the time budget lasts (on large graphs each one
+    costs about one HEFT run)."""
     plain = heft(graph)
     cands = [plain]
-    cpop = [a + b for a, b in zip(upward_rank(graph), downward_rank(graph), strict=True)]
-    cands.append(list_schedule(graph, ready_list_order(graph, cpop), algorithm="solve"))
-    for d in range(graph.m):
-        cands.append(schedule_placement(graph, _single_device(graph, d)))
-    cands.append(schedule_placement(graph, plain.device))
+    more = [
+        *(lambda d=d: schedule_placement(graph, _single_device(graph, d)) for d in range(graph.m)),
+        lambda: schedule_placement(graph, plain.device),
+        lambda: list_schedule(
+            graph,
+            ready_list_order(
+                graph,
+                [a + b for a, b in zip(upward_rank(graph), downward_rank(graph), strict=True)],
+            ),
+            algorithm="solve",
+        ),
+    ]
+    for make in more:
+        if time.perf_counter() >= deadline:
+            break
+        cands.append(make())
     return cands
 
 
 def solve_latency(graph: TaskGraph, budget_s: float, seed: int = 0) -> Schedule:
     """Best makespan found: candidates, then local search from the best of them."""
     began = time.perf_counter()
-    cands = _latency_candidates(graph)
+    cands = _latency_candidates(graph, began + budget_s)
     best = min(cands, key=lambda s: s.makespan)  # min keeps the first (HEFT) on ties
     search = _Search(graph, max(0.0, budget_s - (time.perf_counter() - began)), seed)
     found = search.run(
         best, lambda s: s.makespan, lambda s: True, lambda a, b: a.makespan < b.makespan
     )
     return found if found is not None else best
+
+
+def _makespan(s: Schedule) -> float:
+    return s.makespan
 
 
 def _accelerator_bytes(graph: TaskGraph, s: Schedule) -> float:
@@ -216,17 +273,17 @@ def solve_memory(
     """Fewest accelerator bytes within ``slo``; returns (schedule, slo_met). When nothing found
     meets the SLO, the schedule is the best-makespan one.
 
-    The walk minimises bytes / (all bytes) + 10 x (relative SLO excess), so it may cross
-    schedules slightly over the SLO; only schedules within it are kept.
+    The walk minimises bytes / (all bytes) + 10 x (relative SLO excess) + 0.01 x makespan /
+    SLO, so it may cross schedules slightly over the SLO (only schedules within it are kept),
+    and among equal bytes it prefers slack, which later moves off the accelerator can spend.
     """
     began = time.perf_counter()
-    fastest = solve_latency(graph, budget_s / 3, seed)
-    search = _Search(graph, max(0.0, budget_s - (time.perf_counter() - began)), seed + 1)
+    fastest = solve_latency(graph, budget_s / 4, seed)
     scale = float(graph.weight_bytes.sum() + graph.out_bytes.sum()) or 1.0
 
     def penalty(s: Schedule) -> float:
         excess = max(0.0, s.makespan - slo) / slo
-        return _accelerator_bytes(graph, s) / scale + 10.0 * excess
+        return _accelerator_bytes(graph, s) / scale + 10.0 * excess + 0.01 * s.makespan / slo
 
     def feasible(s: Schedule) -> bool:
         return s.makespan <= slo
@@ -246,13 +303,24 @@ def solve_memory(
             devices=graph.devices,
             shares_memory=_shares_matrix(graph),
         )
-        starts.append(schedule_placement(graph, heft(masked).device))
+        # the best schedule that keeps off the accelerators everything that can run elsewhere
+        starts.append(solve_latency(masked, budget_s / 6, seed))
+    if fastest.makespan > slo:
+        # likely infeasible: spend the rest of the budget on the makespan, as "latency" would
+        fastest = min(fastest, solve_latency(graph, budget_s * 0.75, seed + 2), key=_makespan)
+        starts[0] = fastest
     best = min((s for s in starts if feasible(s)), key=lambda s: penalty(s), default=None)
-    # start the walk from the leanest start; the fastest one is kept as a fallback
+    # walk first over which tasks sit on an accelerator (host lanes chosen by EFT), then over
+    # full placements from the best found; each walk gets half of the remaining budget
     walk_from = min(starts, key=penalty)
-    found = search.run(walk_from, penalty, feasible, better)
-    if found is not None and (best is None or better(found, best)):
-        best = found
+    for kind in (_SideSearch, _Search):
+        left = max(0.0, budget_s - (time.perf_counter() - began))
+        search = kind(graph, left / 2 if kind is _SideSearch else left, seed + 1)
+        found = search.run(walk_from, penalty, feasible, better)
+        if found is not None and (best is None or better(found, best)):
+            best = found
+        if best is not None:
+            walk_from = best
     if best is None:
         return fastest, False
     return best, True

@@ -1,0 +1,208 @@
+"""Plan from an aten graph and a (fake, duck-typed) Profile: TaskGraph building with getitem
+folding, make_plan, JSON round trip, atomic save, validation errors, pictures."""
+
+import json
+import math
+import operator
+import os
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from torch_chrion.errors import InfeasiblePlanError, PlanError
+from torch_chrion.schedule import Plan, make_plan, simulate, task_graph_from
+from torch_chrion.settings import ChrionSettings
+
+LANES = ["cpu:0", "cpu:1", "cuda:0"]
+
+
+def model(x, w):
+    a = torch.mm(x, w)
+    m, idx = torch.max(a, dim=1)
+    b = torch.relu(a)
+    return b.sum(dim=1) + m, idx
+
+
+def aten_graph():
+    gm = make_fx(model)(torch.randn(4, 8), torch.randn(8, 16))
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else [val]
+        node.meta["chrion_out_bytes"] = sum(
+            v.numel() * v.element_size() for v in vals if isinstance(v, torch.Tensor)
+        )
+        node.meta["chrion_weight_bytes"] = 512 if node.target is torch.ops.aten.mm.default else 0
+    return gm
+
+
+class FakeProfile:
+    """What make_plan reads of a Profile: devices, node_ms, transfer."""
+
+    def __init__(self, gm):
+        self.devices = list(LANES)
+        self.graph_hash = "abc123"
+        self.node_ms = {}
+        for k, node in enumerate(gm.graph.nodes):
+            if node.op == "call_function" and node.target is not operator.getitem:
+                self.node_ms[node.name] = {"cpu:0": 1.0 + k, "cpu:1": 1.5 + k, "cuda:0": 0.5}
+        self.transfer = {
+            "cpu:0->cuda:0": [0.2, 1000.0], "cpu:1->cuda:0": [0.2, 1000.0],
+            "cuda:0->cpu:0": [0.3, 500.0], "cuda:0->cpu:1": [0.3, 500.0],
+        }  # fmt: skip
+
+
+def nodes_by_target(gm):
+    return {n.target: n for n in gm.graph.nodes if n.op == "call_function"}
+
+
+def test_task_graph_folds_getitems_into_their_producer():
+    gm = aten_graph()
+    graph, names = task_graph_from(gm, FakeProfile(gm))
+    aten = torch.ops.aten
+    by = nodes_by_target(gm)
+    assert "getitem" not in " ".join(names)
+    assert len(names) == 5  # mm, max.dim, relu, sum, add
+    idx = {name: k for k, name in enumerate(names)}
+    mx, add = by[aten.max.dim].name, by[aten.add.Tensor].name
+    getitem_values = next(
+        n for n in gm.graph.nodes if n.target is operator.getitem and n.args[1] == 0
+    )
+    nbytes = getitem_values.meta["chrion_out_bytes"]  # the values of max, not the indices too
+    # the largest link cost of the lanes that do not share memory: cuda->cpu, 0.3 + bytes/500
+    assert graph.edges[(idx[mx], idx[add])] == pytest.approx(0.3 + nbytes / 500.0)
+    assert graph.transfer(idx[mx], idx[add], 0, 1) == 0.0  # cpu:0 -> cpu:1 shares memory
+    assert graph.weight_bytes[idx[by[aten.mm.default].name]] == 512
+
+
+def test_make_plan_validates_and_replays():
+    gm = aten_graph()
+    profile = FakeProfile(gm)
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES), slo_ms=100.0))
+    plan.validate(gm)
+    assert plan.graph_hash == "abc123" and plan.slo_met is True
+    assert set(plan.placement.values()) <= set(LANES)
+    graph, names = task_graph_from(gm, profile)
+    assert plan.predicted_ms == max(plan.finish_ms.values())
+    # the plan's lanes and orders replay to its predictions
+    from torch_chrion.schedule import Schedule
+
+    device = [LANES.index(plan.placement[n]) for n in names]
+    order = [[names.index(n) for n in plan.lane_order(lane)] for lane in LANES]
+    sim = simulate(graph, Schedule(device, [0.0] * len(names), [0.0] * len(names), order, 0.0))
+    assert sim.makespan == pytest.approx(plan.predicted_ms)
+
+
+def test_memory_plan_keeps_the_accelerator_empty_when_the_slo_allows():
+    gm = aten_graph()
+    plan = make_plan(gm, FakeProfile(gm), ChrionSettings(objective="memory", slo_ms=1000.0,
+                                                         devices=tuple(LANES)))  # fmt: skip
+    assert "cuda:0" not in plan.placement.values()
+    assert plan.device_bytes["cuda:0"] == 0.0
+
+
+def test_strict_plan_with_an_unmeetable_slo_raises():
+    gm = aten_graph()
+    settings = ChrionSettings(slo_ms=0.01, strict=True, devices=tuple(LANES))
+    with pytest.raises(InfeasiblePlanError, match="slo_ms=0.01") as info:
+        make_plan(gm, FakeProfile(gm), settings)
+    assert info.value.best_ms > 0.01
+    relaxed = make_plan(gm, FakeProfile(gm), ChrionSettings(slo_ms=0.01, devices=tuple(LANES)))
+    assert relaxed.slo_met is False and relaxed.predicted_ms == pytest.approx(info.value.best_ms)
+
+
+def test_profile_without_a_node_is_refused_naming_it():
+    gm = aten_graph()
+    profile = FakeProfile(gm)
+    missing = next(iter(profile.node_ms))
+    del profile.node_ms[missing]
+    with pytest.raises(PlanError, match=f"no cost for node '{missing}'"):
+        make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)))
+
+
+@pytest.fixture
+def plan_and_graph():
+    gm = aten_graph()
+    return make_plan(gm, FakeProfile(gm), ChrionSettings(devices=tuple(LANES))), gm
+
+
+def test_json_round_trip(tmp_path, plan_and_graph):
+    plan, gm = plan_and_graph
+    path = tmp_path / "p.plan.json"
+    plan.save(path)
+    loaded = Plan.load(path)
+    assert loaded == plan
+    loaded.validate(gm)
+    assert json.loads(path.read_text())["schema_version"] == 1
+    assert os.listdir(tmp_path) == ["p.plan.json"]
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, plan_and_graph, monkeypatch):
+    plan, _ = plan_and_graph
+    path = tmp_path / "p.plan.json"
+    path.write_text("old")
+
+    def broken(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Plan, "to_json", broken)
+    with pytest.raises(OSError, match="disk full"):
+        plan.save(path)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["p.plan.json"]
+
+
+def edited(plan, edit):
+    data = json.loads(plan.to_json())
+    edit(data)
+    return json.dumps(data)
+
+
+def test_load_errors_name_the_fault(tmp_path, plan_and_graph):
+    plan, _ = plan_and_graph
+    first = plan.order[0]
+
+    def lane(d):
+        d["placement"][first] = "tpu:0"
+
+    def version(d):
+        d["schema_version"] = 99
+
+    def twice(d):
+        d["order"].append(first)
+
+    def times(d):
+        d["start_ms"][first] = math.nan
+
+    cases = [(lane, "unknown lane 'tpu:0'"), (version, "schema_version 99"),
+             (twice, f"'{first}' appears twice"), (times, f"start_ms of node '{first}'")]  # fmt: skip
+    for edit, message in cases:
+        path = tmp_path / "bad.json"
+        path.write_text(edited(plan, edit))
+        with pytest.raises(PlanError, match=message):
+            Plan.load(path)
+    path.write_text("{not json")
+    with pytest.raises(PlanError, match="bad.json: not a JSON plan"):
+        Plan.load(path)
+
+
+def test_validate_against_the_graph(plan_and_graph):
+    plan, gm = plan_and_graph
+    first, last = plan.order[0], plan.order[-1]
+    renamed = Plan.from_json(plan.to_json().replace(f'"{last}"', '"ghost"'))
+    with pytest.raises(PlanError, match="node 'ghost', which the graph does not have"):
+        renamed.validate(gm)
+    reordered = Plan.from_json(plan.to_json())
+    reordered.order = [last, *plan.order[1:-1], first]
+    with pytest.raises(PlanError, match="before its input"):
+        reordered.validate(gm)
+
+
+def test_gantt_and_table(tmp_path, plan_and_graph):
+    plan, _ = plan_and_graph
+    png = tmp_path / "plan.png"
+    plan.gantt(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = plan.table()
+    assert all(name in text for name in plan.order)
+    assert "predicted" in text

@@ -1,0 +1,117 @@
+"""The simulator and the memory measure, on hand-computed cases, and as properties of every
+schedule the algorithms make (hypothesis)."""
+
+import math
+
+import numpy as np
+import pytest
+from helpers import assert_valid
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torch_chrion.errors import PlanError
+from torch_chrion.schedule import Schedule, TaskGraph, heft, milp_schedule, simulate, solve
+from torch_chrion.schedule.memory import accelerator_bytes, working_set_bound
+
+
+def test_replay_of_a_hand_schedule():
+    # a -> c, b -> c; a on cuda (2), b on cpu (3), c on cpu (1); a->c transfer 4
+    g = TaskGraph([[5, 2], [3, 9], [1, 1]], {(0, 2): 4.0, (1, 2): 7.0}, devices=["cpu", "cuda:0"])
+    s = Schedule([1, 0, 0], [0] * 3, [0] * 3, [[1, 2], [0]], 0.0)
+    sim = simulate(g, s)
+    assert sim.start == [0.0, 0.0, 6.0]  # c waits for a's output: 2 + 4
+    assert sim.finish == [2.0, 3.0, 7.0]
+    assert sim.makespan == 7.0
+    assert sim.busy == [4.0, 2.0]
+
+
+def test_orders_that_contradict_a_dependency_deadlock():
+    g = TaskGraph([[1], [1]], {(0, 1): 0.0}, names=["first", "second"])
+    s = Schedule([0, 0], [0, 0], [0, 0], [[1, 0]], 0.0)
+    with pytest.raises(PlanError, match="deadlocks.*waits on task 'second'"):
+        simulate(g, s)
+
+
+def test_a_task_missing_from_the_orders_is_refused():
+    g = TaskGraph([[1], [1]], {}, names=["x", "y"])
+    with pytest.raises(PlanError, match="'y' is in no device's order"):
+        simulate(g, Schedule([0, 0], [0, 0], [0, 0], [[0]], 0.0))
+
+
+def test_memory_measure_by_hand():
+    # chain a -> b -> c on cuda, plus d on cpu feeding c. Output bytes 100, 10, 1, 1000;
+    # weights 7 on a, 70 on c. Costs 1 each; d->c transfer 0.5.
+    g = TaskGraph(
+        [[1, 1]] * 4,
+        {(0, 1): 1.0, (1, 2): 1.0, (3, 2): 0.5},
+        devices=["cpu", "cuda:0"],
+        weight_bytes=[7, 0, 70, 0],
+        out_bytes=[100, 10, 1, 1000],
+    )
+    s = Schedule([1, 1, 1, 0], [0] * 4, [0] * 4, [[3], [0, 1, 2]], 0.0)
+    sim = simulate(g, s)
+    assert sim.start == [0.0, 1.0, 2.0, 0.0]
+    # cuda buffers: a [0, 2) 100; b [1, 3) 10; c [2, 3) 1; copy of d [1, 3) 1000.
+    # live at t=1: 100 + 10 + 1000 = 1110; at t=2: 10 + 1 + 1000 = 1011 -> peak 1110
+    assert sim.peak_bytes[1] == 7 + 70 + 1110
+    # cpu: d's own buffer [0, 1.5): it is freed when the copy to cuda completes
+    assert sim.peak_bytes[0] == 1000
+    assert sim.accelerator_bytes == 1187
+    # working set bound: c's inputs b, d + its output = 1011; a: 100; b: 110 -> 77 + 1011
+    assert working_set_bound(g, s.device) == 77 + 1011 <= sim.accelerator_bytes
+
+
+def test_no_accelerator_means_zero_accelerator_bytes():
+    g = TaskGraph([[1, 1]], {}, devices=["cpu:0", "cpu:1"], weight_bytes=[5], out_bytes=[5])
+    s = heft(g)
+    assert accelerator_bytes(g, s.device, s.start, s.finish) == 0.0
+    assert simulate(g, s).peak_bytes[s.device[0]] == 10
+
+
+@st.composite
+def task_graphs(draw):
+    n = draw(st.integers(1, 9))
+    devices = draw(st.sampled_from([["cpu"], ["cpu", "cuda:0"], ["cpu:0", "cpu:1", "cuda:0"],
+                                    ["cpu:0", "cpu:1"]]))  # fmt: skip
+    m = len(devices)
+    value = st.one_of(st.just(0.0), st.floats(0.1, 50), st.just(math.inf))
+    cost = [[draw(value) for _ in range(m)] for _ in range(n)]
+    for row in cost:
+        if all(math.isinf(c) for c in row):
+            row[draw(st.integers(0, m - 1))] = draw(st.floats(0.0, 50))
+    pairs = [(u, v) for u in range(n) for v in range(u + 1, n)]
+    chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=12)) if pairs else []
+    edges = {p: draw(st.one_of(st.just(0.0), st.floats(0.0, 80))) for p in chosen}
+    nbytes = st.lists(st.integers(0, 1000), min_size=n, max_size=n)
+    return TaskGraph(
+        cost, edges, devices=devices, weight_bytes=draw(nbytes), out_bytes=draw(nbytes)
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_graphs())
+def test_heft_and_solve_schedules_are_valid_and_replay_exactly(g):
+    plain = heft(g)
+    assert_valid(g, plain)
+    best = solve(g, budget_s=0.02)
+    assert_valid(g, best)
+    assert best.makespan <= plain.makespan
+    lean = solve(g, "memory", slo=plain.makespan * 1.3 + 1.0, budget_s=0.02)
+    assert_valid(g, lean)
+    assert lean.slo_met == (lean.makespan <= lean.slo)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_graphs())
+def test_milp_schedules_are_valid_and_replay_exactly(g):
+    result = milp_schedule(g, "latency", time_limit_s=20)
+    assert result.schedule is not None
+    assert_valid(g, result.schedule)
+    assert result.schedule.makespan <= result.value * (1 + 1e-6) + 1e-6
+
+
+def test_simulator_on_a_large_random_schedule_matches_heft():
+    from torch_chrion.schedule import random_task_graph
+
+    g = random_task_graph(np.random.default_rng(3), 3000, devices=("cpu:0", "cpu:1", "cuda:0"))
+    assert_valid(g, heft(g))

@@ -1,0 +1,124 @@
+"""TaskGraph from an aten graph (``torch_chrion.graph.capture``) and a Profile.
+
+Tasks are the schedulable nodes: call_function nodes whose target is not ``operator.getitem``.
+A getitem lives on its producer's lane and costs nothing, so it is folded: a node reading
+``getitem(p, k)`` gets an edge from p, carrying the bytes of that element. Placeholders and
+get_attr nodes are inputs and weights, not tasks.
+
+The Profile is used by duck typing (``.devices``, ``.node_ms``, ``.transfer``), so this module
+does not import torch_chrion.profile: an edge's transfer time is ``latency + bytes / bandwidth``
+of the lane pair, taken as the largest over the ordered pairs of scheduled lanes that do not
+share memory (a pessimistic cost keeps predicted latencies on the safe side of an SLO).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from ..errors import PlanError
+from .task_graph import SharesMemory, TaskGraph, cpu_lanes_share_memory
+
+
+def is_schedulable(node: fx.Node) -> bool:
+    """A call_function node other than getitem."""
+    return node.op == "call_function" and node.target is not operator.getitem
+
+
+def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The graph's schedulable nodes, in graph order."""
+    return [n for n in gm.graph.nodes if is_schedulable(n)]
+
+
+def producer_of(node: fx.Node) -> fx.Node | None:
+    """The schedulable node that computes ``node`` (through getitems), or None for inputs."""
+    while node.op == "call_function" and node.target is operator.getitem:
+        node = node.args[0]  # type: ignore[assignment]
+    return node if is_schedulable(node) else None
+
+
+def node_out_bytes(node: fx.Node) -> int:
+    """``chrion_out_bytes`` meta, else the bytes of the tensors in ``meta["val"]``."""
+    if "chrion_out_bytes" in node.meta:
+        return int(node.meta["chrion_out_bytes"])
+    total = 0
+    stack = [node.meta.get("val")]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, (tuple, list)):
+            stack.extend(v)
+    return total
+
+
+def task_graph_from(
+    gm: fx.GraphModule,
+    profile: Any,
+    devices: Sequence[str] | None = None,
+    shares_memory: SharesMemory | None = None,
+) -> tuple[TaskGraph, list[str]]:
+    """Build the TaskGraph of ``gm`` with the costs of ``profile``.
+
+    Args:
+        gm: the aten graph, ``chrion_out_bytes`` / ``chrion_weight_bytes`` in node meta.
+        profile: a Profile (or anything with ``devices``, ``node_ms``, ``transfer``).
+        devices: lanes to schedule on; default the profile's lanes.
+        shares_memory: which lane pairs share memory; default CPU lanes share.
+
+    Returns:
+        (task graph, node name of each task).
+
+    Raises:
+        PlanError: a lane the profile does not have, a node it does not cost, a node no lane
+            can run, or a missing transfer cost between two lanes that need one.
+    """
+    lanes = list(devices) if devices is not None else list(profile.devices)
+    unknown = [d for d in lanes if d not in profile.devices]
+    if unknown:
+        raise PlanError(f"the profile has no lane {unknown[0]!r}; it has {list(profile.devices)}")
+    share = shares_memory or cpu_lanes_share_memory
+    nodes = schedulable_nodes(gm)
+    index = {n: k for k, n in enumerate(nodes)}
+    names = [n.name for n in nodes]
+    cost = []
+    for n in nodes:
+        if n.name not in profile.node_ms:
+            raise PlanError(f"the profile has no cost for node {n.name!r} ({n.target})")
+        row = profile.node_ms[n.name]
+        cost.append([float(row.get(d, math.inf)) for d in lanes])
+    links = []
+    for a in lanes:
+        for b in lanes:
+            if a != b and not share(a, b):
+                if f"{a}->{b}" not in profile.transfer:
+                    raise PlanError(f"the profile has no transfer cost for {a}->{b}")
+                latency, bytes_per_ms = profile.transfer[f"{a}->{b}"]
+                links.append((float(latency), float(bytes_per_ms)))
+    edge_bytes: dict[tuple[int, int], int] = {}
+    for v in nodes:
+        for arg in v.all_input_nodes:
+            u = producer_of(arg)
+            if u is None or u is v:
+                continue
+            key = (index[u], index[v])
+            edge_bytes[key] = edge_bytes.get(key, 0) + node_out_bytes(arg)
+    edges = {
+        key: max((lat + nbytes / bw for lat, bw in links), default=0.0) if nbytes else 0.0
+        for key, nbytes in edge_bytes.items()
+    }
+    graph = TaskGraph(
+        cost,
+        edges,
+        devices=lanes,
+        weight_bytes=[int(n.meta.get("chrion_weight_bytes", 0)) for n in nodes],
+        out_bytes=[node_out_bytes(n) for n in nodes],
+        shares_memory=share,
+        names=names,
+    )
+    return graph, names

@@ -1,0 +1,259 @@
+"""Plan: the lane and order of every node of a model, with its predictions. Plain data, JSON.
+
+``make_plan(gm, profile, settings)`` schedules an aten graph; ``runtime/`` executes a Plan.
+A Plan is validated when loaded (schema, types, lanes, one entry per node) and against the
+graph it is used with (``validate(gm)``: no unknown or missing node, a topological order), and
+every problem is a PlanError naming the file and the node or lane at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch.fx as fx
+
+from ..errors import InfeasiblePlanError, PlanError
+from .from_graph import producer_of, schedulable_nodes, task_graph_from
+from .simulate import simulate
+from .solve import solve
+
+SCHEMA_VERSION = 1
+OBJECTIVES = ("latency", "memory")
+
+
+@dataclasses.dataclass
+class Plan:
+    """Where and in which order every schedulable node runs, and what that predicts.
+
+    Attributes:
+        placement: node name -> lane.
+        order: every node name once, in a topological order: the order lanes run them.
+        start_ms, finish_ms: predicted start and finish of each node (ms from the request).
+        predicted_ms: predicted latency (makespan).
+        device_bytes: lane -> predicted resident bytes (weights + peak activations).
+        objective: "latency" or "memory".
+        slo_ms: the latency SLO asked for, or None.
+        slo_met: whether ``predicted_ms <= slo_ms`` (None without an SLO).
+        devices: the lanes the plan may use.
+        graph_hash: hash of the graph it was made for (given by the caller).
+        schema_version: JSON schema version.
+    """
+
+    placement: dict[str, str]
+    order: list[str]
+    start_ms: dict[str, float]
+    finish_ms: dict[str, float]
+    predicted_ms: float
+    device_bytes: dict[str, float]
+    objective: str
+    slo_ms: float | None
+    slo_met: bool | None
+    devices: list[str]
+    graph_hash: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_structure(self, "<Plan>")
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The plan as JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> Plan:
+        """Parse and check a plan; ``source`` names the file in error messages."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{source}: not a JSON plan: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: a plan is a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(
+                f"{source}: plan schema_version {version!r} is not supported"
+                f" (this torch_chrion reads {SCHEMA_VERSION})"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - data.keys())
+        if missing:
+            raise PlanError(f"{source}: plan lacks {', '.join(missing)}")
+        extra = sorted(data.keys() - fields)
+        if extra:
+            raise PlanError(f"{source}: plan has unknown keys {', '.join(extra)}")
+        plan = cls.__new__(cls)
+        for name in fields:
+            setattr(plan, name, data[name])
+        _check_structure(plan, source)
+        return plan
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the plan atomically: a temporary file in the same folder, then a rename, so
+        a failed save leaves no half-written plan."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        """Read and check a plan file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PlanError(f"{path}: cannot read the plan: {exc}") from exc
+        return cls.from_json(text, source=str(path))
+
+    # -- against a graph -------------------------------------------------------------------
+    def validate(self, gm: fx.GraphModule) -> None:
+        """Check the plan fits ``gm``: every schedulable node placed, no unknown node, and an
+        order in which each node comes after the nodes it reads.
+
+        Raises:
+            PlanError: naming the node at fault.
+        """
+        nodes = schedulable_nodes(gm)
+        names = {n.name for n in nodes}
+        for name in self.order:
+            if name not in names:
+                raise PlanError(f"the plan places node {name!r}, which the graph does not have")
+        for n in nodes:
+            if n.name not in self.placement:
+                raise PlanError(f"the plan does not place node {n.name!r} ({n.target})")
+        position = {name: k for k, name in enumerate(self.order)}
+        for v in nodes:
+            for arg in v.all_input_nodes:
+                u = producer_of(arg)
+                if u is not None and u is not v and position[u.name] > position[v.name]:
+                    raise PlanError(
+                        f"the plan's order runs node {v.name!r} before its input {u.name!r}"
+                    )
+
+    # -- views -----------------------------------------------------------------------------
+    def lane_order(self, lane: str) -> list[str]:
+        """The nodes ``lane`` runs, in order."""
+        return [n for n in self.order if self.placement[n] == lane]
+
+    def table(self) -> str:
+        """A text table: one line per node (lane, start, finish), then the predictions."""
+        width = max([len(n) for n in self.order] + [4])
+        lines = [f"{'node':<{width}}  {'lane':<8} {'start ms':>10} {'finish ms':>10}"]
+        for n in self.order:
+            lines.append(
+                f"{n:<{width}}  {self.placement[n]:<8} {self.start_ms[n]:>10.4f}"
+                f" {self.finish_ms[n]:>10.4f}"
+            )
+        slo = "none" if self.slo_ms is None else f"{self.slo_ms:g} ms (met: {self.slo_met})"
+        lines.append(f"objective {self.objective}; predicted {self.predicted_ms:.4f} ms; SLO {slo}")
+        for lane in self.devices:
+            count = len(self.lane_order(lane))
+            nbytes = self.device_bytes.get(lane, 0.0)
+            lines.append(f"  {lane}: {count} nodes, {nbytes / 2**20:.3f} MiB resident")
+        return "\n".join(lines)
+
+    def gantt(self, path: str | os.PathLike[str], title: str | None = None) -> None:
+        """Save the timeline as a PNG: one row per lane, one labelled bar per node."""
+        from .gantt import draw_gantt
+
+        draw_gantt(self, path, title=title)
+
+
+def _check_structure(plan: Plan, source: str) -> None:
+    def bad(message: str) -> PlanError:
+        return PlanError(f"{source}: {message}")
+
+    if not isinstance(plan.devices, list) or not all(isinstance(d, str) for d in plan.devices):
+        raise bad(f"devices must be a list of lane names, got {plan.devices!r}")
+    if plan.objective not in OBJECTIVES:
+        raise bad(f"objective must be one of {OBJECTIVES}, got {plan.objective!r}")
+    if not isinstance(plan.placement, dict) or not isinstance(plan.order, list):
+        raise bad("placement must map node names to lanes and order must list node names")
+    lanes = set(plan.devices)
+    for node, lane in plan.placement.items():
+        if lane not in lanes:
+            raise bad(f"node {node!r} is placed on unknown lane {lane!r} (lanes: {plan.devices})")
+    seen: set[str] = set()
+    for node in plan.order:
+        if node in seen:
+            raise bad(f"node {node!r} appears twice in the order")
+        if node not in plan.placement:
+            raise bad(f"node {node!r} is in the order but not placed")
+        seen.add(node)
+    for node in plan.placement:
+        if node not in seen:
+            raise bad(f"node {node!r} is placed but missing from the order")
+    for what in ("start_ms", "finish_ms"):
+        times = getattr(plan, what)
+        if not isinstance(times, dict) or set(times) != seen:
+            raise bad(f"{what} must give a time for each node of the order")
+        for node, t in times.items():
+            if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+                raise bad(f"{what} of node {node!r} is {t!r}")
+    for node in plan.order:
+        if plan.finish_ms[node] < plan.start_ms[node]:
+            raise bad(f"node {node!r} finishes before it starts")
+    if not isinstance(plan.predicted_ms, (int, float)) or not plan.predicted_ms >= 0:
+        raise bad(f"predicted_ms must be a non-negative number, got {plan.predicted_ms!r}")
+    if plan.slo_ms is not None and not (isinstance(plan.slo_ms, (int, float)) and plan.slo_ms > 0):
+        raise bad(f"slo_ms must be a positive number or null, got {plan.slo_ms!r}")
+    if not isinstance(plan.device_bytes, dict) or not set(plan.device_bytes) <= lanes:
+        raise bad(f"device_bytes must map lanes of {plan.devices} to bytes")
+    if not isinstance(plan.graph_hash, str):
+        raise bad("graph_hash must be a string")
+
+
+def make_plan(
+    gm: fx.GraphModule, profile: Any, settings: Any, graph_hash: str | None = None
+) -> Plan:
+    """Schedule the aten graph ``gm`` with the costs of ``profile`` under ``settings``.
+
+    Args:
+        gm: the aten graph.
+        profile: a Profile (duck-typed: ``devices``, ``node_ms``, ``transfer``).
+        settings: a ChrionSettings (objective, slo_ms, devices, strict are used).
+        graph_hash: recorded in the plan; default the profile's ``graph_hash`` if it has one.
+
+    Raises:
+        InfeasiblePlanError: ``settings.strict`` and no plan meets ``settings.slo_ms``.
+        PlanError: the profile does not cover the graph or the lanes.
+    """
+    devices = list(settings.devices) if settings.devices else list(profile.devices)
+    graph, names = task_graph_from(gm, profile, devices)
+    try:
+        schedule = solve(graph, settings.objective, settings.slo_ms, strict=settings.strict)
+    except InfeasiblePlanError as exc:
+        raise InfeasiblePlanError(
+            f"no plan meets slo_ms={settings.slo_ms:g} on lanes {devices}: the best predicted"
+            f" latency is {exc.best_ms:.4f} ms",
+            best_ms=exc.best_ms,
+        ) from exc
+    sim = simulate(graph, schedule)
+    position = {t: k for k, t in enumerate(graph.topo_order)}
+    order = sorted(range(graph.n), key=lambda i: (sim.start[i], position[i]))
+    return Plan(
+        placement={names[i]: devices[schedule.device[i]] for i in range(graph.n)},
+        order=[names[i] for i in order],
+        start_ms={names[i]: sim.start[i] for i in range(graph.n)},
+        finish_ms={names[i]: sim.finish[i] for i in range(graph.n)},
+        predicted_ms=sim.makespan,
+        device_bytes={d: float(b) for d, b in zip(devices, sim.peak_bytes, strict=True)},
+        objective=settings.objective,
+        slo_ms=settings.slo_ms,
+        slo_met=None if settings.slo_ms is None else sim.makespan <= settings.slo_ms,
+        devices=devices,
+        graph_hash=graph_hash
+        if graph_hash is not None
+        else str(getattr(profile, "graph_hash", "")),
+    )
