@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -65,7 +66,15 @@ def load(name: str) -> types.ModuleType:
             "are not installed; reinstall torch_chrion with `pip install --no-build-isolation .`"
         )
     _compiler()
-    from torch.utils import cpp_extension
+    # cpp_extension warns at import that no CUDA runtime is found: true and irrelevant here,
+    # since these extensions are built with g++ alone.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
 
     tag = f"{wanted}-torch{torch.__version__}".replace("+", "_").replace(".", "_")
     build_dir = cache_root() / "extensions" / f"{name}-{tag}"

@@ -3,46 +3,55 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, OptionError
 from .module import ChrionModule, compile_graph
 from .settings import ChrionSettings
 
 __all__ = ["ChrionModule", "compile_graph", "load_onnx", "example_inputs_for"]
 
 
-def example_inputs_for(model: Any) -> tuple[torch.Tensor, ...]:
-    """Inputs of the shapes and dtypes an ONNX model declares (random floats, zero integers).
+def example_inputs_for(model: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[torch.Tensor, ...]:
+    """Inputs of the shapes and dtypes an ONNX model declares (seeded random floats, zero
+    integers); ``shapes`` gives or overrides the shape of inputs by name.
 
-    Raises ModelError naming every input with a symbolic dimension: those need real examples.
+    Raises:
+        OptionError: ``shapes`` names an input the model does not have.
+        ModelError: inputs with symbolic dimensions and no shape given, every one named.
     """
+    import numpy as np
     from onnx.helper import tensor_dtype_to_np_dtype
 
+    shapes = dict(shapes or {})
     initializers = {i.name for i in model.graph.initializer}
+    declared = [v for v in model.graph.input if v.name not in initializers]
+    unknown = sorted(set(shapes) - {v.name for v in declared})
+    if unknown:
+        raise OptionError(f"shapes given for unknown inputs {unknown}; the model's inputs are "
+                          f"{[v.name for v in declared]}")
+    generator = torch.Generator().manual_seed(0)
     inputs, symbolic = [], []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
+    for value in declared:
         tensor_type = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        dims = shapes.get(value.name) or [
+            d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+        ]
         if None in dims:
             symbolic.append(f"{value.name} {[d.dim_param or '?' for d in tensor_type.shape.dim]}")
             continue
-        dtype = torch.from_numpy(
-            tensor_dtype_to_np_dtype(tensor_type.elem_type)(0).reshape(1)
-        ).dtype
+        dtype = torch.from_numpy(np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))).dtype
         if dtype.is_floating_point:
-            inputs.append(torch.randn(dims, generator=torch.Generator().manual_seed(0)).to(dtype))
+            inputs.append(torch.randn(list(dims), generator=generator).to(dtype))
         else:
-            inputs.append(torch.zeros(dims, dtype=dtype))
+            inputs.append(torch.zeros(list(dims), dtype=dtype))
     if symbolic:
         raise ModelError(
-            "the model has inputs with symbolic dimensions, so example_inputs are needed to "
-            f"choose shapes: {'; '.join(symbolic)}"
+            "the model has inputs with symbolic dimensions, so example inputs (or shapes) are "
+            f"needed: {'; '.join(symbolic)}"
         )
     return tuple(inputs)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from .errors import ChrionError, OptionError
@@ -24,37 +22,9 @@ def _shapes(values: list[str] | None) -> dict[str, list[int]]:
 
 
 def _example_inputs(proto: Any, shapes: dict[str, list[int]]) -> tuple:
-    """Inputs for the model: declared shapes, with --shape filling or overriding dimensions."""
-    import torch
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     from .api import example_inputs_for
 
-    if not shapes:
-        return example_inputs_for(proto)
-    initializers = {i.name for i in proto.graph.initializer}
-    names = [v.name for v in proto.graph.input if v.name not in initializers]
-    unknown = sorted(set(shapes) - set(names))
-    if unknown:
-        raise OptionError(f"--shape names unknown inputs {unknown}; the model's inputs are {names}")
-    inputs = []
-    generator = torch.Generator().manual_seed(0)
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dims = shapes.get(value.name) or [d.dim_value for d in tensor_type.shape.dim]
-        if 0 in dims:
-            raise OptionError(
-                f"input {value.name!r} has symbolic dimensions: give --shape {value.name}=..."
-            )
-        np_dtype = tensor_type.elem_type and tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        dtype = torch.from_numpy(np_dtype(0).reshape(1)).dtype
-        if dtype.is_floating_point:
-            inputs.append(torch.randn(dims, generator=generator).to(dtype))
-        else:
-            inputs.append(torch.zeros(dims, dtype=dtype))
-    return tuple(inputs)
+    return example_inputs_for(proto, shapes)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -199,8 +169,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         plan.gantt(args.gantt)
         print(f"gantt -> {args.gantt}")
     if args.trace:
-        Path(args.trace).write_text(json.dumps(plan.chrome_trace()))
-        print(f"trace -> {args.trace}")
+        from .runtime.trace import TraceEvent, save_chrome_trace
+
+        events = [
+            TraceEvent(node, "predicted", lane, 0, plan.start_ms[node] * 1e3, plan.finish_ms[node] * 1e3)
+            for node, lane in plan.placement.items()
+        ]
+        save_chrome_trace(events, list(plan.devices), args.trace)
+        print(f"predicted timeline trace -> {args.trace}")
     return 0
 
 
