@@ -107,11 +107,14 @@ def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_c
     assert any("budget" in note for note in profile.notes)
 
 
-def test_absent_device_without_recorded_profile_is_a_clear_error(captured, tmp_path, monkeypatch):
+def test_absent_device_without_recorded_profile_is_a_clear_error(
+    captured, tmp_path, monkeypatch, count_timed_calls
+):
     gm, inputs = captured
     monkeypatch.setattr(profiler_module, "cuda_present", lambda index: False)
     with pytest.raises(ChrionError, match="no cuda:0 device here.*chrion profile"):
         profile_graph(gm, inputs, ["cpu", "cuda:0"], settings=FAST, cache_dir=tmp_path)
+    assert count_timed_calls == []  # refused before measuring the CPU
 
 
 def recorded_gpu_profile(gm, inputs, cpu_profile):
@@ -211,6 +214,8 @@ def test_bad_lane_is_an_option_error(captured, tmp_path):
     gm, inputs = captured
     with pytest.raises(OptionError, match="tpu"):
         profile_graph(gm, inputs, ["cpu", "tpu:0"], cache_dir=tmp_path)
+    with pytest.raises(OptionError, match="once"):
+        profile_graph(gm, inputs, ["cpu:0", "cpu:0"], cache_dir=tmp_path)
 
 
 def test_transfer_line_fit_recovers_latency_and_bandwidth():

@@ -25,7 +25,7 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from .._extension import cache_root
-from ..errors import ChrionError, PlanError
+from ..errors import ChrionError, OptionError, PlanError
 from ..graph import graph_hash
 from ..settings import ChrionSettings
 from . import timing
@@ -263,6 +263,8 @@ def profile_graph(
     settings = settings or ChrionSettings()
     lanes = list(devices)
     parsed = {lane: parse_lane(lane) for lane in lanes}
+    if not lanes or len(set(lanes)) != len(lanes):
+        raise OptionError(f"devices must name each lane once, got {lanes}")
     inputs = tuple(example_inputs)
     ghash = graph_hash(gm)
     shapes = [list(x.shape) for x in inputs]
@@ -288,10 +290,16 @@ def profile_graph(
         if cuda_present(index):
             name = lane_device_name("cuda", index)
             groups[f"cuda:{index}"] = (name, cache_key(ghash, signature, name, version))
+    # absent devices first: a missing record fails before minutes of measuring
+    device_profiles: dict[str, Profile] = {}
+    for lane in cuda_lanes:
+        group = f"cuda:{parsed[lane][1]}"
+        if group not in groups:
+            recorded_lane = _from_recorded(recorded_profile, lane, ghash, shapes, names)
+            device_profiles[group] = _rename(recorded_lane, lane, group)
     found = {group: cache.get(key) for group, (_, key) in groups.items()}
     to_measure = [group for group, profile in found.items() if profile is None]
-
-    device_profiles: dict[str, Profile] = {g: p for g, p in found.items() if p is not None}
+    device_profiles.update({g: p for g, p in found.items() if p is not None})
     if to_measure:
         values = _node_values(gm, inputs)
         budget = _Budget(
@@ -328,12 +336,6 @@ def profile_graph(
             )
             cache.put(groups[group][1], profile)
             device_profiles[group] = profile
-
-    for lane in cuda_lanes:
-        group = f"cuda:{parsed[lane][1]}"
-        if group not in device_profiles:
-            device_profiles[group] = _from_recorded(recorded_profile, lane, ghash, shapes, names)
-            device_profiles[group] = _rename(device_profiles[group], lane, group)
 
     return _assemble(lanes, parsed, threads, device_profiles, names, ghash, shapes, version)
 
