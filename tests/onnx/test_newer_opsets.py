@@ -241,3 +241,26 @@ def test_unsigned_arithmetic(op, dtype):
         [tensor_info("y", elem, [4])],
     )
     assert_same_as_onnxruntime(model, {"a": a, "b": b})
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_size(opset):
+    check("Size", x3, [], opset, out_type=I64)
+
+
+@STATIC
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, -1, 2])
+def test_trilu(static, upper, k):
+    args = [] if k is None else [("k", np.array(k, np.int64), static)]
+    check("Trilu", RNG.standard_normal((2, 4, 5)).astype(np.float32), args, 14, upper=upper)
+
+
+@STATIC
+@pytest.mark.parametrize("bounds", [(-0.5, 0.5), (None, 0.1), (-0.2, None), (0.3, -0.3)])
+def test_clip(static, bounds):
+    args = [
+        (name, None if v is None else np.array(v, np.float32), static)
+        for name, v in zip(("lo", "hi"), bounds, strict=True)
+    ]
+    check("Clip", x3, args, 13)

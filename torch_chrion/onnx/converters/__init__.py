@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import control_flow, sequences, shape_ops, unsigned  # noqa: F401
+from . import control_flow, matrix_ops, sequences, shape_ops, unsigned  # noqa: F401
 
 try:
     rnn = importlib.import_module(f"{__name__}.rnn")
