@@ -179,6 +179,9 @@ def test_graph_outputs_from_multi_output_nodes_are_their_elements():
     x = np.array([[1.0, -2.0, 3.0], [-4.0, 5.0, -6.0]], np.float32)
     ours = assert_same_as_onnxruntime(model, {"x": x})
     np.testing.assert_array_equal(ours[0], x[:, 2:3])
+    gm = to_fx(model)
+    assert gm.meta["onnx_inputs"] == ["x"]
+    assert gm.meta["onnx_outputs"] == ["c", "rb", "a", "x", "weight"]
     np.testing.assert_array_equal(ours[4], numpy_helper.to_array(weight))
 
 

@@ -242,7 +242,13 @@ def model_to_module(model: onnx.ModelProto) -> fx.GraphModule:
     """Convert a checked, opset-normalised model (see :func:`load_model`) to a GraphModule.
 
     The GraphModule takes the graph inputs (initializers excluded) in order and returns one
-    tensor for a one-output graph, else a tuple in the ONNX output order.
+    tensor for a one-output graph, else a tuple in the ONNX output order. Their ONNX names
+    are in ``module.meta["onnx_inputs"]`` and ``module.meta["onnx_outputs"]``.
     """
     raise_if_unsupported(model)
-    return graph_to_module(model.graph, opset_imports(model))
+    module = graph_to_module(model.graph, opset_imports(model))
+    initializers = {init.name for init in model.graph.initializer}
+    # the ONNX names, for callers that feed inputs by name or label outputs
+    module.meta["onnx_inputs"] = [v.name for v in model.graph.input if v.name not in initializers]
+    module.meta["onnx_outputs"] = [v.name for v in model.graph.output]
+    return module
