@@ -215,3 +215,11 @@ def test_scan(input_axis, input_dir, output_axis, output_dir):
         "x": RNG.standard_normal(x_shape).astype(np.float32),
     }
     assert_same_as_onnxruntime(model, feeds)
+
+
+def test_control_flow_nodes_are_marked_for_lowering():
+    from torch_chrion.onnx.converters.control_flow import ControlFlowModule
+
+    gm = to_fx(nested_if_model())
+    marked = [m for m in gm.modules() if isinstance(m, ControlFlowModule)]
+    assert len(marked) == 2  # the outer If and the If inside its then-branch

@@ -34,6 +34,15 @@ def _graph_attribute(node: OnnxNode, name: str) -> onnx.GraphProto:
     raise UnsupportedOperatorError(f"{node.operation_type} node has no graph attribute {name!r}")
 
 
+class ControlFlowModule(nn.Module):
+    """Base of the modules whose work depends on tensor values (If, Loop, Scan).
+
+    Tracing through one (make_fx in real mode) would bake in the branch taken or the trip
+    count of the example inputs, so a lowering pass must keep each as one leaf node, run as a
+    Python callable (DESIGN.md: such nodes are counted and shown in the plan).
+    """
+
+
 class _Subgraph(nn.Module):
     """A converted subgraph and which of the node's outer-scope inputs it reads."""
 
@@ -54,7 +63,7 @@ def _single_or_tuple(values: list[Tensor] | tuple[Tensor, ...]) -> Tensor | tupl
 # --- If --------------------------------------------------------------------------------------
 
 
-class OnnxIf(nn.Module):
+class OnnxIf(ControlFlowModule):
     """ONNX If: runs one branch on ``bool(cond)``; the branches read outer values only."""
 
     def __init__(self, then_branch: _Subgraph, else_branch: _Subgraph) -> None:
@@ -108,7 +117,7 @@ def _stack(slices: list[Tensor], axis: int = 0) -> Tensor:
     return torch.stack(slices, dim=axis)
 
 
-class OnnxLoop(nn.Module):
+class OnnxLoop(ControlFlowModule):
     """ONNX Loop: ``M`` (trip count) and ``cond`` are both optional; the body maps
     (iteration, cond, carried...) -> (cond, carried..., scan outputs...).
 
@@ -194,7 +203,7 @@ def convert_loop(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 # --- Scan ------------------------------------------------------------------------------------
 
 
-class OnnxScan(nn.Module):
+class OnnxScan(ControlFlowModule):
     """ONNX Scan-9+: states carried through the body, scan inputs sliced along their axes
     (backwards where the direction is 1), scan outputs stacked along theirs."""
 
@@ -247,7 +256,7 @@ class OnnxScan(nn.Module):
         return _single_or_tuple(self.run(states, scanned, outer))
 
 
-class OnnxScan8(nn.Module):
+class OnnxScan8(ControlFlowModule):
     """ONNX Scan-8: a batch axis 0 on every input and output, the sequence on axis 1, and an
     optional per-batch ``sequence_lens``; outputs past a sequence's length are zero."""
 
