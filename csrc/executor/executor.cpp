@@ -258,7 +258,13 @@ void Executor::execute(Request& request, const Step& step, Lane& lane) {
     case StepKind::kOp: {
       thread_local torch::jit::Stack stack;  // reused: no allocation per step once warm
       stack.clear();
-      for (const auto& arg : step.args) stack.push_back(resolve(request, arg));
+      for (const auto& arg : step.args) {
+        if (arg.movable && request.uses[arg.slot].load(std::memory_order_acquire) == 1) {
+          stack.push_back(std::move(request.values[arg.slot]));  // every other reader is done
+        } else {
+          stack.push_back(resolve(request, arg));
+        }
+      }
       step.op->callBoxed(stack);
       TORCH_INTERNAL_ASSERT((int32_t)stack.size() == step.num_outputs);
       for (int32_t k = 0; k < step.num_outputs; ++k) {

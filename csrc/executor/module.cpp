@@ -62,6 +62,29 @@ py::list step_info(const Executor& executor) {
   return steps;
 }
 
+// The floor under the executor's per-node cost: the same boxed call in a bare C++ loop.
+double boxed_call_ns(const std::string& name, const std::string& overload, const py::list& args,
+                     int64_t iterations) {
+  auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str());
+  const auto& schema = op.schema();
+  TORCH_CHECK_VALUE(args.size() == schema.arguments().size(), "expected ",
+                    schema.arguments().size(), " arguments");
+  std::vector<c10::IValue> inputs;
+  torch::jit::ToIValueAllowNumbersAsTensors numbers_as_tensors(true);
+  for (size_t i = 0; i < args.size(); ++i) {
+    inputs.push_back(torch::jit::toIValue(args[i], schema.arguments()[i].type()));
+  }
+  py::gil_scoped_release no_gil;
+  torch::jit::Stack stack;
+  auto start = trace_now_ns();
+  for (int64_t k = 0; k < iterations; ++k) {
+    stack.assign(inputs.begin(), inputs.end());
+    op.callBoxed(stack);
+    stack.clear();
+  }
+  return double(trace_now_ns() - start) / double(iterations);
+}
+
 }  // namespace
 }  // namespace chrion
 
@@ -80,4 +103,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "(step, lane, request, start_ns, end_ns) of the last traced request.")
       .def("transfer_stats", &chrion::transfer_stats)
       .def("steps", &chrion::step_info, "(name, op, lane) of every step, by step index.");
+  m.def("boxed_call_ns", &chrion::boxed_call_ns, py::arg("op"), py::arg("overload"),
+        py::arg("args"), py::arg("iterations"),
+        "Mean ns of one boxed dispatcher call of op.overload(*args) in a bare C++ loop.");
 }

@@ -108,6 +108,13 @@ Step parse_step(const py::dict& d, const Program& program) {
     TORCH_CHECK_VALUE(false, "node '", step.name, "': unknown step kind '", kind, "'");
   }
   for (const auto& a : step.args) collect_reads(a, step.reads);
+  // A whole-value argument that is the step's only reference to its slot may take the value
+  // instead of copying it when this step is the slot's last reader (Executor::resolve).
+  for (auto& a : step.args) {
+    if (a.kind == Arg::Kind::kSlot && a.element < 0) {
+      a.movable = std::count(step.reads.begin(), step.reads.end(), a.slot) == 1;
+    }
+  }
   std::sort(step.reads.begin(), step.reads.end());
   step.reads.erase(std::unique(step.reads.begin(), step.reads.end()), step.reads.end());
   return step;

@@ -27,6 +27,7 @@ struct Arg {
   Kind kind = Kind::kConstant;
   int32_t slot = -1;           ///< kSlot: value-table index
   int32_t element = -1;        ///< kSlot: element of a list/tuple value, -1 for all of it
+  bool movable = false;        ///< kSlot: the step's only reference to the slot (see resolve)
   c10::IValue constant;        ///< kConstant
   std::vector<Arg> items;      ///< kList: kSlot or kConstant items
   c10::TypePtr element_type;   ///< kList: element type of the list to build
