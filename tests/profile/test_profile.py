@@ -18,7 +18,8 @@ from torch_chrion.profile.profiler import schedulable_nodes
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
 
-FAST = ChrionSettings(profile_warmup=1, profile_repeats=3)
+# one thread: two threads on a 2-core machine shared with other jobs can take 1000x longer
+FAST = ChrionSettings(profile_warmup=1, profile_repeats=3, profile_budget_s=3, cpu_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,9 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
 
 def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
-    settings = ChrionSettings(profile_warmup=2, profile_repeats=50, profile_budget_s=1e-4)
+    settings = ChrionSettings(
+        profile_warmup=2, profile_repeats=50, profile_budget_s=1e-4, cpu_threads=1
+    )
     profile = profile_graph(gm, inputs, ["cpu"], settings=settings, cache_dir=tmp_path)
     timed = [runs - 1 for runs in timed_runs_per_node(count_timed_calls)]
     assert len(timed) == len(schedulable_nodes(gm))
