@@ -1,58 +1,26 @@
-"""Aten graphs for the executor tests: make_fx over small functions and over the shared models
-with nn.LSTM / nn.GRU swapped for torch.ops.chrion.lstm / gru (one node per recurrent layer, as
-the graph capture stage produces), plus random placements and random topological orders."""
+"""Aten graphs for the executor tests (make_fx over small functions, torch_chrion.graph.capture
+over the shared models), random placements and random topological orders."""
 
 from __future__ import annotations
 
-import copy
 import random
 
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from torch_chrion.graph import capture
 from torch_chrion.ops import ensure_loaded
 from torch_chrion.runtime.lowering import is_schedulable
 
 
-class ChrionRecurrent(nn.Module):
-    """nn.LSTM / nn.GRU called through torch.ops.chrion.lstm / gru with the same weights."""
-
-    def __init__(self, rnn: nn.LSTM | nn.GRU) -> None:
-        super().__init__()
-        self.rnn = rnn
-
-    def forward(self, x, hx=None):
-        r = self.rnn
-        if hx is None:
-            batch = x.shape[0 if r.batch_first else 1]
-            layers = r.num_layers * (2 if r.bidirectional else 1)
-            zeros = x.new_zeros(layers, batch, r.hidden_size)
-            hx = (zeros, zeros) if isinstance(r, nn.LSTM) else zeros
-        flags = (r.bias, r.num_layers, r.bidirectional, r.batch_first, False)
-        if isinstance(r, nn.LSTM):
-            out, h, c = torch.ops.chrion.lstm(x, hx[0], hx[1], r._flat_weights, *flags)
-            return out, (h, c)
-        out, h = torch.ops.chrion.gru(x, hx, r._flat_weights, *flags)
-        return out, h
-
-
-def chrionize(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose LSTM/GRU layers call the chrion:: operators."""
-    model = copy.deepcopy(model)
-    for name, child in list(model.named_children()):
-        if isinstance(child, (nn.LSTM, nn.GRU)):
-            setattr(model, name, ChrionRecurrent(child))
-        else:
-            setattr(model, name, chrionize(child))
-    return model
-
-
-def aten_graph(fn, *inputs) -> torch.fx.GraphModule:
-    """make_fx (real tensors) of ``fn``; modules get their recurrent layers swapped first."""
+def aten_graph(fn, *inputs, granularity: str = "layer") -> torch.fx.GraphModule:
+    """The aten graph of ``fn``: modules through torch_chrion.graph.capture (recurrent layers as
+    chrion:: nodes, split per layer and direction by default), plain functions through make_fx
+    with real tensors."""
     ensure_loaded()
     if isinstance(fn, nn.Module):
-        fn = chrionize(fn).eval()
+        return capture(fn.eval(), inputs, granularity=granularity)
     with torch.no_grad():
         return make_fx(fn, tracing_mode="real")(*inputs)
 

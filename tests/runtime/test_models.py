@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from models import BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU, StackedLSTM
+from models import (
+    BiGRUWithState,
+    Seq2SeqAttention,
+    SpeechConvBiGRU,
+    StackedLSTM,
+    UnrolledLSTMCell,
+)
 from runtime_helpers import aten_graph, random_order, random_placement
 
 from torch_chrion.runtime import ChrionModule
@@ -11,14 +17,17 @@ LANE_SETS = [["cpu"], ["cpu:0", "cpu:1"], ["cpu:0", "cpu:1", "cpu:2"]]
 
 
 @pytest.mark.parametrize(
-    "model_class", [StackedLSTM, BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU]
+    "model_class",
+    [StackedLSTM, BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU, UnrolledLSTMCell],
 )
 @pytest.mark.parametrize("lanes", LANE_SETS, ids=lambda lanes: f"{len(lanes)}lanes")
-def test_random_placements_match_eager(model_class, lanes):
+@pytest.mark.parametrize("granularity", ["op", "layer"])
+def test_random_placements_match_eager(model_class, lanes, granularity):
     torch.manual_seed(0)
     model = model_class().eval()
-    gm = aten_graph(model, *model.example_inputs())
-    assert any("chrion" in str(n.target) for n in gm.graph.nodes)  # recurrent layers whole
+    gm = aten_graph(model, *model.example_inputs(), granularity=granularity)
+    if model_class is not UnrolledLSTMCell:  # nn.LSTM / nn.GRU layers stay whole
+        assert any("chrion" in str(n.target) for n in gm.graph.nodes)
     for seed in range(3):
         module = ChrionModule(
             gm, random_placement(gm, lanes, seed), random_order(gm, seed), cpu_threads=1
