@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import all_schedules
+from schedule_checks import all_schedules
 
 from torch_chrion.errors import OptionError
 from torch_chrion.schedule import milp_schedule, random_task_graph, working_set_bound

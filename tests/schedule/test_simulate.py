@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_valid
+from schedule_checks import assert_valid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -3,7 +3,7 @@ infeasible SLOs reported (or raised in strict mode)."""
 
 import numpy as np
 import pytest
-from helpers import all_schedules, assert_valid
+from schedule_checks import all_schedules, assert_valid
 
 from torch_chrion.errors import InfeasiblePlanError, OptionError
 from torch_chrion.schedule import heft, milp_schedule, random_task_graph, solve

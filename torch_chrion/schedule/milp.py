@@ -239,8 +239,12 @@ def milp_schedule(
     device = [int(np.argmax([x[xcol(i, d)] for d in range(m)])) for i in range(n)]
     start = [float(x[scol(i)]) for i in range(n)]
     position = {t: k for k, t in enumerate(graph.topo_order)}
+    # starts carry solver noise (-4e-15 for 0): round them so a zero-cost task and its
+    # successor, which start together, are ordered by the graph, not by the noise
+    scale = max(1.0, abs(float(x[ccol])))
+    key = [round(start[i] / scale, 7) for i in range(n)]
     order = [
-        sorted((i for i in range(n) if device[i] == d), key=lambda i: (start[i], position[i]))
+        sorted((i for i in range(n) if device[i] == d), key=lambda i: (key[i], position[i]))
         for d in range(m)
     ]
     draft = Schedule(

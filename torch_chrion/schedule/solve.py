@@ -38,18 +38,24 @@ from .task_graph import Schedule, TaskGraph
 
 # local search evaluations on graphs up to this size; larger graphs get the candidates plus
 # whatever moves fit in the time budget
-_MAX_EVALS = 4000
+_MAX_EVALS = 8000
 
 
-def default_budget_s(graph: TaskGraph) -> float:
-    """Local-search time budget: 0.5 s plus 0.15 ms per task, at most 2 s."""
-    return min(2.0, 0.5 + 1.5e-4 * graph.n)
+def default_budget_s(graph: TaskGraph, objective: str = "latency") -> float:
+    """Search time budget: 0.5 s plus 0.15 ms per task, at most 2 s; twice that for the memory
+    objective, which runs a latency search and then two walks."""
+    return min(2.0, 0.5 + 1.5e-4 * graph.n) * (2.0 if objective == "memory" else 1.0)
 
 
 def placement_priority(graph: TaskGraph, placement: Sequence[int]) -> list[int]:
     """Tasks by decreasing upward rank computed with their placed costs and the transfers the
     placement actually pays: the critical path of this placement first."""
     w = graph.cost[np.arange(graph.n), np.asarray(placement)].tolist()
+    return order_by(graph, _placed_rank(graph, placement, w))
+
+
+def _placed_rank(graph: TaskGraph, placement: Sequence[int], w: list[float]) -> list[float]:
+    """Upward rank with placed costs ``w`` and the transfers the placement pays."""
     group = graph.memory_group
     rank = [0.0] * graph.n
     succs, succ_cost = graph.succs, graph.succ_cost
@@ -63,7 +69,7 @@ def placement_priority(graph: TaskGraph, placement: Sequence[int]) -> list[int]:
             if r > best:
                 best = r
         rank[i] = w[i] + best
-    return order_by(graph, rank)
+    return rank
 
 
 def schedule_placement(graph: TaskGraph, placement: Sequence[int]) -> Schedule:
@@ -100,6 +106,26 @@ class _Search:
         # a second priority to try each placement with: HEFT's, which does not follow the
         # placement (the critical-path one is not always the order that fits an SLO)
         self.base_order = order_by(graph, upward_rank(graph))
+        # with an SLO, a placement that misses it by a little gets a few more orders tried
+        self.slo: float | None = None
+
+    def reorder(self, s: Schedule, tries: int = 8) -> Schedule:
+        """Near-miss placements: list-schedule again with the placement's critical-path ranks
+        jittered by up to ±25% (ready-list order, so always topological); keep the fastest."""
+        if self.slo is None or s.makespan <= self.slo or s.makespan > 1.15 * self.slo:
+            return s
+        graph = self.graph
+        w = graph.cost[np.arange(graph.n), np.asarray(s.device)]
+        rank = np.asarray(_placed_rank(graph, s.device, w.tolist()))
+        for _ in range(tries):
+            self.evals += 1
+            noisy = (rank * self.rng.uniform(0.75, 1.25, size=graph.n)).tolist()
+            cand = list_schedule(graph, ready_list_order(graph, noisy), s.device, "solve")
+            if cand.makespan < s.makespan:
+                s = cand
+                if s.makespan <= self.slo:
+                    break
+        return s
 
     @property
     def movable(self) -> list[int]:
@@ -115,7 +141,7 @@ class _Search:
         self.evals += 2
         first = schedule_placement(self.graph, placement)
         second = list_schedule(self.graph, self.base_order, placement, "solve")
-        return second if second.makespan < first.makespan else first
+        return self.reorder(second if second.makespan < first.makespan else first)
 
     def moves(self, state: list[int]) -> list[tuple[tuple[int, ...], int]]:
         """(tasks, value) changes: one task; both ends of an edge; a task with its
@@ -173,6 +199,7 @@ class _Search:
     ) -> Schedule | None:
         """Minimise ``penalty`` from ``start``; return the best feasible schedule seen
         (``better(a, b)``: a beats b), or None when none was feasible."""
+        start = self.reorder(start)
         found: list[Schedule | None] = [start if feasible(start) else None]
 
         def keep(s: Schedule) -> None:
@@ -218,7 +245,7 @@ class _SideSearch(_Search):
         allowed = [self.sides[i][state[i]] for i in range(self.graph.n)]
         first = list_schedule(self.graph, self.base_order, algorithm="solve", allowed=allowed)
         second = schedule_placement(self.graph, first.device)
-        return second if second.makespan < first.makespan else first
+        return self.reorder(second if second.makespan < first.makespan else first)
 
 
 def _latency_candidates(graph: TaskGraph, deadline: float) -> list[Schedule]:
@@ -316,6 +343,7 @@ def solve_memory(
     for kind in (_SideSearch, _Search):
         left = max(0.0, budget_s - (time.perf_counter() - began))
         search = kind(graph, left / 2 if kind is _SideSearch else left, seed + 1)
+        search.slo = slo
         found = search.run(walk_from, penalty, feasible, better)
         if found is not None and (best is None or better(found, best)):
             best = found
@@ -350,7 +378,9 @@ def solve(
         slo: makespan bound. Required by "memory"; with "latency" it is only checked.
         strict: raise InfeasiblePlanError when the SLO is not met, instead of returning the
             best-makespan schedule with ``slo_met=False``.
-        budget_s: local search time budget; default grows with the graph (at most 2 s).
+        budget_s: search time budget; default grows with the graph (at most 2 s, 4 s for
+            "memory"). The search also stops after a fixed number of evaluations, which is
+            what ends it on small graphs, so results do not depend on the machine's load.
         seed: seed of the local search's random moves (the result is deterministic for a seed
             when the budget is not the limit).
 
@@ -368,7 +398,7 @@ def solve(
         raise OptionError(f"slo must be a positive makespan, got {slo!r}")
     if objective == "memory" and slo is None:
         raise OptionError('objective="memory" needs an slo: the makespan the schedule must meet')
-    budget = default_budget_s(graph) if budget_s is None else budget_s
+    budget = default_budget_s(graph, objective) if budget_s is None else budget_s
     if objective == "latency":
         best = solve_latency(graph, budget, seed)
     else:
