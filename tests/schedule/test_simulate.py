@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
-from schedule_checks import assert_valid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schedule_checks import assert_valid
 
 from torch_chrion.errors import PlanError
 from torch_chrion.schedule import Schedule, TaskGraph, heft, milp_schedule, simulate, solve
