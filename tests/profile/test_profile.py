@@ -12,7 +12,7 @@ from models import BiGRUWithState, StackedLSTM
 
 from torch_chrion.errors import ChrionError, OptionError, PlanError
 from torch_chrion.graph import capture, graph_hash
-from torch_chrion.profile import Profile, profile_graph, timing
+from torch_chrion.profile import Profile, profile_graph
 from torch_chrion.profile import profiler as profiler_module
 from torch_chrion.profile.profiler import schedulable_nodes
 from torch_chrion.profile.transfer import fit_line
@@ -32,24 +32,17 @@ def captured():
 
 @pytest.fixture
 def count_timed_calls(monkeypatch):
-    """Records (node call, timed repeats) of every CPU timing (all go through timing.time_cpu)."""
+    """Records (node names, repeats asked) of every CPU measurement: all go through the
+    executor, on a traced CPU lane (profiler._measure_on_cpu_lane)."""
     calls = []
-    real = timing.time_cpu
+    real = profiler_module._measure_on_cpu_lane
 
-    def counting(call, warmup, repeats, number=1):
-        calls.append((call, repeats))
-        return real(call, warmup, repeats, number)
+    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc):
+        calls.append(([n.name for n in nodes], repeats))
+        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc)
 
-    monkeypatch.setattr(timing, "time_cpu", counting)
+    monkeypatch.setattr(profiler_module, "_measure_on_cpu_lane", counting)
     return calls
-
-
-def timed_runs_per_node(calls):
-    """Timed runs of each node call, the first (budget-sizing) run included."""
-    runs = {}
-    for call, repeats in calls:
-        runs[call] = runs.get(call, 0) + repeats
-    return list(runs.values())
 
 
 def test_every_schedulable_node_has_a_cost_on_every_lane(captured, tmp_path):
@@ -72,7 +65,9 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
     gm, inputs = captured
     first = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
     measured = len(count_timed_calls)
-    assert measured >= len(schedulable_nodes(gm))
+    assert measured == 1 and sorted(count_timed_calls[0][0]) == sorted(
+        n.name for n in schedulable_nodes(gm)
+    )
     # the same model captured again (another GraphModule, same structure and shapes)
     model = StackedLSTM().eval()
     again = profile_graph(
@@ -89,8 +84,8 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
 def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
     profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    # one sizing run and 3 timed repeats per node, once for both lanes
-    assert timed_runs_per_node(count_timed_calls) == [1 + 3] * len(schedulable_nodes(gm))
+    # one measurement of 3 repeats, for both lanes
+    assert [repeats for _, repeats in count_timed_calls] == [3]
     for costs in profile.node_ms.values():
         assert costs["cpu:0"] == costs["cpu:1"]
     assert profile.transfer == {}
@@ -104,10 +99,8 @@ def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_c
         profile_warmup=2, profile_repeats=50, profile_budget_s=1e-4, cpu_threads=1
     )
     profile = profile_graph(gm, inputs, ["cpu"], settings=settings, cache_dir=tmp_path)
-    timed = [runs - 1 for runs in timed_runs_per_node(count_timed_calls)]
-    assert len(timed) == len(schedulable_nodes(gm))
-    assert min(timed) == 3 and max(timed) < 50
-    assert any("budget" in note for note in profile.notes)
+    assert [repeats for _, repeats in count_timed_calls] == [50]
+    assert any("budget cut repeats from 50 to 3" in note for note in profile.notes)
 
 
 def test_absent_device_without_recorded_profile_is_a_clear_error(
@@ -245,3 +238,18 @@ def test_progress_bar_on_a_terminal_unless_silenced(captured, tmp_path, monkeypa
         monkeypatch.setenv("TORCH_CHRION_NO_PROGRESS", "1")
     profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
     assert ("profiling on cpu" in terminal.getvalue()) is not quiet
+
+
+def test_cached_cuda_device_profile_round_trips(tmp_path):
+    # what the cache holds for a GPU: that device alone, its copies named from the host "cpu"
+    profile = Profile(
+        devices=["cuda:0"],
+        device_names={"cuda:0": "NVIDIA H100"},
+        node_ms={"lstm": {"cuda:0": 0.5}},
+        transfer={"cpu->cuda:0": [0.012, 5.5e7], "cuda:0->cpu": [0.015, 5.0e7]},
+        graph_hash="abc",
+        input_shapes=[[8, 1, 16]],
+        torch_version=torch.__version__,
+    )
+    profile.save(tmp_path / "cuda.json")
+    assert Profile.load(tmp_path / "cuda.json") == profile

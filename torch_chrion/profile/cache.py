@@ -19,9 +19,13 @@ from .profile import Profile
 log = logging.getLogger(__name__)
 
 
+# Bumped whenever how nodes are measured changes, so profiles measured the old way are not reused.
+METHOD_VERSION = 2
+
+
 def cache_key(graph_hash: str, input_signature: list, device_name: str, torch_version: str) -> str:
     """File name of a device profile in the cache."""
-    text = json.dumps([graph_hash, input_signature, device_name, torch_version])
+    text = json.dumps([graph_hash, input_signature, device_name, torch_version, METHOD_VERSION])
     return f"{graph_hash}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
 
 

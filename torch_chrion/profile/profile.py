@@ -127,9 +127,11 @@ class Profile:
                     raise PlanError(f"{source}: node {node!r} has a cost on unknown lane {lane!r}")
                 if not ms >= 0:
                     raise PlanError(f"{source}: node {node!r} costs {ms} ms on {lane}")
+        # a device's own profile (as cached) names the host side of its copies "cpu"
+        endpoints = lanes | {"cpu"}
         for key, (latency, bandwidth) in self.transfer.items():
             src, _, dst = key.partition("->")
-            if src not in lanes or dst not in lanes:
+            if src not in endpoints or dst not in endpoints:
                 raise PlanError(f"{source}: transfer {key!r} names a lane not in {self.devices}")
             if not (latency >= 0 and bandwidth > 0):
                 raise PlanError(f"{source}: transfer {key!r} = {[latency, bandwidth]} is invalid")

@@ -1,6 +1,7 @@
-"""Timers for one operator call: wall clock on CPU, CUDA events on a GPU.
+"""The timer of one operator call on a GPU, by CUDA events (CPU lanes are timed by the executor
+itself: see profiler._measure_on_cpu_lane).
 
-Each returns the milliseconds of one call for every timed repeat (after the warm-up runs); the
+It returns the milliseconds of one call for every timed repeat (after the warm-up runs); the
 caller takes the median, which shrugs off the odd preempted run on a shared machine. As in TVM's
 ``time_evaluator`` (number / repeat / min_repeat_ms), one repeat may run the call ``number``
 times back to back and divide: a call of a few microseconds is then timed over a span long
@@ -9,24 +10,9 @@ enough that timer resolution and jitter do not dominate it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
-
-
-def time_cpu(call: Callable[[], object], warmup: int, repeats: int, number: int = 1) -> list[float]:
-    """Milliseconds per call of ``repeats`` repeats of ``number`` calls each, by wall clock,
-    after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for _ in range(number):
-            call()
-        times.append((time.perf_counter_ns() - start) / 1e6 / number)
-    return times
 
 
 def time_cuda(
