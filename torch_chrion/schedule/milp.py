@@ -240,9 +240,14 @@ def milp_schedule(
     start = [float(x[scol(i)]) for i in range(n)]
     position = {t: k for k, t in enumerate(graph.topo_order)}
     # starts carry solver noise (-4e-15 for 0): round them so a zero-cost task and its
-    # successor, which start together, are ordered by the graph, not by the noise
+    # successor, which start together, are ordered by the graph, not by the noise;
     scale = max(1.0, abs(float(x[ccol])))
-    key = [round(start[i] / scale, 7) for i in range(n)]
+    # at one start time a zero-cost task goes first: the MILP may overlap it with the start of
+    # a longer task on its device, which the replay can only match by running it first
+    key = [
+        (round(start[i] / scale, 7), round((start[i] + finite_cost[i, device[i]]) / scale, 7))
+        for i in range(n)
+    ]
     order = [
         sorted((i for i in range(n) if device[i] == d), key=lambda i: (key[i], position[i]))
         for d in range(m)

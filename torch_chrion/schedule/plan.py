@@ -241,7 +241,8 @@ def make_plan(
         ) from exc
     sim = simulate(graph, schedule)
     position = {t: k for k, t in enumerate(graph.topo_order)}
-    order = sorted(range(graph.n), key=lambda i: (sim.start[i], position[i]))
+    # by start, zero-length nodes before a longer one starting with them (as lanes ran them)
+    order = sorted(range(graph.n), key=lambda i: (sim.start[i], sim.finish[i], position[i]))
     return Plan(
         placement={names[i]: devices[schedule.device[i]] for i in range(graph.n)},
         order=[names[i] for i in order],

@@ -24,6 +24,7 @@ time budget that grows with the graph, so large graphs cost a few HEFT runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -108,6 +109,7 @@ class _Search:
         self.base_order = order_by(graph, upward_rank(graph))
         # with an SLO, a placement that misses it by a little gets a few more orders tried
         self.slo: float | None = None
+        self.max_evals: int | None = None
 
     def reorder(self, s: Schedule, tries: int = 8) -> Schedule:
         """Near-miss placements: list-schedule again with the placement's critical-path ranks
@@ -132,7 +134,12 @@ class _Search:
         return [i for i in range(self.graph.n) if len(self.options[i]) > 1]
 
     def out_of_budget(self) -> bool:
-        return self.evals >= _MAX_EVALS or time.perf_counter() >= self.deadline
+        if self.max_evals is None:
+            # a space of few states (a 5-task graph on 3 lanes has 243) is covered well before
+            # _MAX_EVALS: stop at 8 evaluation units per state
+            space = math.prod(len(o) for o in self.options) if self.graph.n < 40 else _MAX_EVALS
+            self.max_evals = min(_MAX_EVALS, 8 * space)
+        return self.evals >= self.max_evals or time.perf_counter() >= self.deadline
 
     def state_of(self, s: Schedule) -> list[int]:
         return list(s.device)
