@@ -13,6 +13,7 @@ sequence length is neither profiled nor scheduled again.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,10 @@ _PLANS: dict[tuple, Any] = {}
 
 
 def default_devices() -> tuple[str, ...]:
-    return ("cpu", "cuda:0") if torch.cuda.is_available() else ("cpu",)
+    """The host and the first GPU; without a GPU, two CPU lanes where there are two cores."""
+    if torch.cuda.is_available():
+        return ("cpu", "cuda:0")
+    return ("cpu:0", "cpu:1") if (os.cpu_count() or 1) >= 2 else ("cpu",)
 
 
 def _signature(inputs: Sequence[Any]) -> tuple:

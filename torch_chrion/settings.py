@@ -36,7 +36,9 @@ class ChrionSettings:
             bidirectional recurrent operators into one node per layer and direction.
         seq_chunks: with "layer", also split each sequence into this many chunks (the state is
             handed from chunk to chunk), giving the layer x chunk wavefront. 1 = no chunking.
-        cpu_threads: intra-op threads of each CPU lane; None shares the cores between CPU lanes.
+        cpu_threads: intra-op threads of each CPU lane; None means 1 (batch-1 recurrent steps
+            gain little from more, and more lanes give parallelism instead; see
+            runtime/lanes.py).
         cache_dir: where profiles are cached; None means $TORCH_CHRION_CACHE or
             ~/.cache/torch_chrion.
         strict: raise InfeasiblePlanError when no plan meets ``slo_ms``, instead of running the

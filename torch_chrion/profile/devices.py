@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import re
 
@@ -25,14 +24,6 @@ def parse_lane(lane: str) -> tuple[str, int]:
 def cuda_present(index: int) -> bool:
     """Whether CUDA device ``index`` exists on this machine."""
     return torch.cuda.is_available() and index < torch.cuda.device_count()
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @functools.cache

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 from .._extension import cache_root
 from ..errors import ChrionError, OptionError, PlanError
 from ..graph import graph_hash
+from ..runtime.lanes import DEFAULT_CPU_THREADS
 from ..settings import ChrionSettings
 from . import timing
 from .cache import ProfileCache, cache_key
-from .devices import cpu_cores, cuda_present, lane_device_name, parse_lane
+from .devices import cuda_present, lane_device_name, parse_lane
 from .profile import Profile
 from .transfer import measure_transfers
 
@@ -355,7 +356,7 @@ def profile_graph(
 
     cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
     cuda_lanes = [lane for lane in lanes if parsed[lane][0] == "cuda"]
-    threads = settings.cpu_threads or max(1, cpu_cores() // max(len(cpu_lanes), 1))
+    threads = settings.cpu_threads or DEFAULT_CPU_THREADS
 
     # what each physical device ("cpu" or "cuda:i") needs: a cached, measured or recorded profile
     groups: dict[str, tuple[str, str]] = {}  # group -> (device name, cache key)

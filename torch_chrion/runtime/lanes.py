@@ -12,6 +12,14 @@ from ..errors import OptionError
 
 _LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
+# Intra-op threads of a CPU lane unless the user says otherwise. Batch-1 recurrent steps are
+# barrier-bound, not FLOP-bound, and a lane whose OpenMP team has workers makes libgomp throttle
+# every team in the process once its threads outnumber the cores: measured on the 2-core dev
+# machine, the demo model took 16 ms on one 2-thread lane (and slowed eager PyTorch in the same
+# process from 2 ms to 14 ms while the lane existed) against 2.9 ms on one 1-thread lane.
+# Parallelism comes from more lanes instead (DESIGN: inter-operator parallelism).
+DEFAULT_CPU_THREADS = 1
+
 
 @dataclass(frozen=True)
 class LaneSpec:
@@ -53,14 +61,12 @@ def lane_specs(names: Iterable[str], cpu_threads: int | None = None) -> list[Lan
 
     Args:
         names: lane strings used by a placement.
-        cpu_threads: intra-op threads of each CPU lane; default: torch.get_num_threads()
-            divided among the CPU lanes, at least 1 each.
+        cpu_threads: intra-op threads of each CPU lane; default DEFAULT_CPU_THREADS.
     """
     unique = sorted(set(names))
     devices = {name: parse_lane(name) for name in unique}
-    cpu_lanes = sum(1 for d in devices.values() if d.type == "cpu")
     if cpu_threads is None:
-        cpu_threads = max(1, torch.get_num_threads() // max(1, cpu_lanes))
+        cpu_threads = DEFAULT_CPU_THREADS
     elif not isinstance(cpu_threads, int) or isinstance(cpu_threads, bool) or cpu_threads < 1:
         raise OptionError(f"cpu_threads must be a positive int, got {cpu_threads!r}")
     return [
