@@ -106,6 +106,12 @@ class ChrionModule(torch.nn.Module):
     def plan(self) -> Any:
         return self.plans[self._primary]
 
+    @property
+    def python_nodes(self) -> list[str]:
+        """Nodes of the example inputs' graph that run as Python callables under the GIL (ONNX
+        If/Loop/Scan), not as one dispatcher call: counted and shown, never hidden."""
+        return list(self._executables[self._primary_signature].python_nodes)
+
     def captured_graph(self) -> torch.fx.GraphModule:
         """The aten graph captured for the example inputs (what the plan places)."""
         return self._graphs[self._primary_signature]
@@ -159,10 +165,10 @@ class ChrionModule(torch.nn.Module):
         )
         executable.enable_trace(self._trace)
         self._executables[signature] = executable
-        if len(self._executables) > _MAX_SHAPES:
-            dropped, _ = self._executables.popitem(last=False)
-            if dropped != self._primary_signature:
-                self._graphs.pop(dropped, None)
+        if len(self._executables) > _MAX_SHAPES:  # drop the oldest, never the example's
+            dropped = next(k for k in self._executables if k != self._primary_signature)
+            del self._executables[dropped]
+            self._graphs.pop(dropped, None)
         return executable
 
     def _reusable_plan(self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None) -> Any | None:
