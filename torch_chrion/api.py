@@ -12,10 +12,12 @@ from .errors import ModelError, OptionError
 from .module import ChrionModule, compile_graph
 from .settings import ChrionSettings
 
-__all__ = ["ChrionModule", "compile_graph", "load_onnx", "example_inputs_for"]
+__all__ = ["ChrionModule", "compile_graph", "compile_onnx", "example_inputs_for", "load_onnx"]
 
 
-def example_inputs_for(model: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[torch.Tensor, ...]:
+def example_inputs_for(
+    model: Any, shapes: Mapping[str, Sequence[int]] | None = None
+) -> tuple[torch.Tensor, ...]:
     """Inputs of the shapes and dtypes an ONNX model declares (seeded random floats, zero
     integers); ``shapes`` gives or overrides the shape of inputs by name.
 
@@ -31,8 +33,10 @@ def example_inputs_for(model: Any, shapes: Mapping[str, Sequence[int]] | None = 
     declared = [v for v in model.graph.input if v.name not in initializers]
     unknown = sorted(set(shapes) - {v.name for v in declared})
     if unknown:
-        raise OptionError(f"shapes given for unknown inputs {unknown}; the model's inputs are "
-                          f"{[v.name for v in declared]}")
+        raise OptionError(
+            f"shapes given for unknown inputs {unknown}; the model's inputs are "
+            f"{[v.name for v in declared]}"
+        )
     generator = torch.Generator().manual_seed(0)
     inputs, symbolic = [], []
     for value in declared:
@@ -43,7 +47,9 @@ def example_inputs_for(model: Any, shapes: Mapping[str, Sequence[int]] | None = 
         if None in dims:
             symbolic.append(f"{value.name} {[d.dim_param or '?' for d in tensor_type.shape.dim]}")
             continue
-        dtype = torch.from_numpy(np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))).dtype
+        dtype = torch.from_numpy(
+            np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        ).dtype
         if dtype.is_floating_point:
             inputs.append(torch.randn(list(dims), generator=generator).to(dtype))
         else:
@@ -84,10 +90,6 @@ def load_onnx(
             lanes absent here.
         **options: any other ChrionSettings field (granularity, seq_chunks, cpu_threads, ...).
     """
-    from . import onnx as chrion_onnx
-    from .profile import Profile
-    from .schedule import Plan
-
     settings = ChrionSettings.from_options(
         options,
         objective=objective,
@@ -95,6 +97,24 @@ def load_onnx(
         devices=tuple(devices) if devices is not None else None,
         cache_dir=cache_dir,
     )
+    return compile_onnx(
+        model, example_inputs, settings, plan=plan, recorded_profile=recorded_profile
+    )
+
+
+def compile_onnx(
+    model: str | os.PathLike | bytes | Any,
+    example_inputs: Sequence[torch.Tensor] | None,
+    settings: ChrionSettings,
+    *,
+    plan: Any | None = None,
+    recorded_profile: Any | None = None,
+) -> ChrionModule:
+    """``load_onnx`` with its options already gathered in ``settings`` (the CLI's entry)."""
+    from . import onnx as chrion_onnx
+    from .profile import Profile
+    from .schedule import Plan
+
     proto = chrion_onnx.load_model(model)
     gm = chrion_onnx.to_fx(proto)
     if example_inputs is None:

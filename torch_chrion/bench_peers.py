@@ -46,21 +46,11 @@ def run_peers(
 ) -> list[Row]:
     from . import graph
     from . import onnx as chrion_onnx
-    from .api import load_onnx
-    from .cli import _example_inputs
+    from .api import compile_onnx, example_inputs_for
 
     proto = chrion_onnx.load_model(model_path)
-    inputs = _example_inputs(proto, shapes)
-    chrion = load_onnx(
-        proto,
-        example_inputs=inputs,
-        objective=settings.objective,
-        slo_ms=settings.slo_ms,
-        devices=settings.devices,
-        cache_dir=settings.cache_dir,
-        granularity=settings.granularity,
-        seq_chunks=settings.seq_chunks,
-    )
+    inputs = example_inputs_for(proto, shapes)
+    chrion = compile_onnx(proto, inputs, settings)
     uses_cuda = any(d.startswith("cuda") for d in chrion.devices)
     rows: list[Row] = [
         (

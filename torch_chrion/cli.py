@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 from .errors import ChrionError, OptionError
@@ -42,25 +41,14 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _load(args: argparse.Namespace, **extra: Any) -> Any:
+def _load(args: argparse.Namespace, plan: str | None = None) -> Any:
     from . import onnx as chrion_onnx
-    from .api import load_onnx
+    from .api import compile_onnx
 
     proto = chrion_onnx.load_model(args.model)
     inputs = _example_inputs(proto, _shapes(args.shape))
-    settings = _settings(args)
-    module = load_onnx(
-        proto,
-        example_inputs=inputs,
-        objective=settings.objective,
-        slo_ms=settings.slo_ms,
-        devices=settings.devices,
-        cache_dir=settings.cache_dir,
-        recorded_profile=getattr(args, "profile", None),
-        granularity=settings.granularity,
-        seq_chunks=settings.seq_chunks,
-        strict=settings.strict,
-        **extra,
+    module = compile_onnx(
+        proto, inputs, _settings(args), plan=plan, recorded_profile=getattr(args, "profile", None)
     )
     return module, inputs
 
@@ -102,26 +90,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time_ms(fn: Any, inputs: tuple, repeats: int) -> float:
-    import statistics
-
-    import torch
-
-    with torch.no_grad():
-        fn(*inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(*inputs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+
+    from .bench_peers import time_ms
 
     module, inputs = _load(args, plan=args.plan)
     module.enable_trace(bool(args.trace))
@@ -132,7 +105,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(
             f"output {i}: shape {tuple(out.shape)} {out.dtype}, mean {out.float().mean().item():.6g}"
         )
-    print(f"latency: {_time_ms(module, inputs, args.repeats):.3f} ms (median of {args.repeats})")
+    uses_cuda = any(d.startswith("cuda") for d in module.devices)
+    latency = time_ms(module, inputs, args.repeats, sync_cuda=uses_cuda)
+    print(f"latency: {latency:.3f} ms (median of {args.repeats})")
     if args.trace:
         module.save_trace(args.trace)
         print(f"trace -> {args.trace}")
@@ -172,7 +147,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .runtime.trace import TraceEvent, save_chrome_trace
 
         events = [
-            TraceEvent(node, "predicted", lane, 0, plan.start_ms[node] * 1e3, plan.finish_ms[node] * 1e3)
+            TraceEvent(
+                node, "predicted", lane, 0, plan.start_ms[node] * 1e3, plan.finish_ms[node] * 1e3
+            )
             for node, lane in plan.placement.items()
         ]
         save_chrome_trace(events, list(plan.devices), args.trace)
