@@ -7,7 +7,9 @@ node carries ``meta["val"]``, ``meta["chrion_out_bytes"]`` and ``meta["chrion_we
 
 The steps, each a pass of its own:
 1. trace with ``make_fx(tracing_mode="real")`` under ``torch.no_grad()``, recurrent functions
-   redirected to ``torch.ops.chrion.*`` (recurrent_calls.py) so each stays one node, and small
+   redirected to ``torch.ops.chrion.*`` (recurrent_calls.py) so each stays one node, ONNX
+   If / Loop / Scan modules called through ``chrion::python_call`` (python_calls.py) so each
+   stays one opaque node run as a Python callable, and small
    constant tensors propagated (onnx2torch modules compute shapes from tensor values; with
    ``CONSTANT_NUMEL_LIMIT`` raised the shape chain folds while tracing);
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
@@ -30,8 +32,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import ModelError, UnsupportedOperatorError
 from ..ops import ensure_loaded
+from ..ops.python_call import PythonCall
 from .annotate import annotate
 from .passes import check_portable, fold_input_free, split_recurrent, unpin_copies
+from .python_calls import ControlFlowAsPythonCalls, adopt_python_calls, has_control_flow
 from .recurrent_calls import RecurrentToChrion
 
 # Constants up to this many elements are computed while tracing instead of recorded: enough for
@@ -57,14 +61,19 @@ def _traced_device(example_inputs: tuple) -> torch.device:
 
 
 def _trace(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    calls: list[PythonCall] = []
+    # ONNX If / Loop / Scan stay one chrion::python_call node each (python_calls.py)
+    run = ControlFlowAsPythonCalls(module, calls).run if has_control_flow(module) else module
+
     def forward(*args: torch.Tensor) -> object:
         with RecurrentToChrion():
-            return module(*args)
+            return run(*args)
 
     name = type(module).__name__
     try:
         with torch.no_grad(), _constant_propagation(_CONSTANT_NUMEL_LIMIT):
-            return make_fx(forward, tracing_mode="real")(*example_inputs)
+            gm = make_fx(forward, tracing_mode="real")(*example_inputs)
+        return adopt_python_calls(gm, calls) if calls else gm
     except UnsupportedOperatorError:
         raise
     except RuntimeError as exc:

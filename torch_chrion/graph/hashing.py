@@ -4,7 +4,8 @@ Two graphs have the same hash when they run the same operators, wired the same w
 the same shapes and dtypes. Weight *values* are left out on purpose: what a node costs depends on
 its shapes, not on the numbers in its weights, so a retrained model (or one with fresh random
 weights) reuses the profile and plan of the same architecture. The hash is stable across
-processes (no ``id()``, no memory addresses, node names included as they are deterministic).
+processes (no ``id()``, no memory addresses, node names included as they are deterministic); a
+``chrion::python_call`` node is described by what its callable computes, not by its handle.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 
 import torch
 from torch import fx
+
+from ..ops.python_call import is_python_call, lookup
 
 
 def _describe(value: object, index: dict[fx.Node, int]) -> object:
@@ -56,11 +59,14 @@ def graph_hash(gm: fx.GraphModule) -> str:
     index = {node: i for i, node in enumerate(gm.graph.nodes)}
     digest = hashlib.sha256()
     for node in gm.graph.nodes:
+        args = node.args
+        if is_python_call(node):  # the handle differs per capture; what it runs does not
+            args = (lookup(args[0]).key, *args[1:])
         entry = [
             node.op,
             node.name,
             _target_name(node.target) if node.op == "call_function" else str(node.target),
-            _describe(node.args, index),
+            _describe(args, index),
             _describe(node.kwargs, index),
             _value_signature(node.meta.get("val")),
         ]

@@ -1,9 +1,17 @@
-"""The ``torch.ops.chrion`` operator library: recurrent layers as single operators.
+"""The ``torch.ops.chrion`` operator library: recurrent layers as single operators, and
+``python_call``, one node running a Python callable (ONNX If / Loop / Scan).
 
-``ensure_loaded()`` loads the C++ kernels (building them once if need be) and registers the fake
-kernels that shape propagation, make_fx and torch.export use.
+``ensure_loaded()`` loads the C++ kernels (building them once if need be), registers the fake
+kernels that shape propagation, make_fx and torch.export use, and defines ``python_call``.
 """
 
-from .recurrent import ensure_loaded
+from . import python_call, recurrent
 
-__all__ = ["ensure_loaded"]
+
+def ensure_loaded() -> None:
+    """Load the chrion:: kernels and define chrion::python_call (once per process)."""
+    recurrent.ensure_loaded()
+    python_call.register_operator()
+
+
+__all__ = ["ensure_loaded", "python_call"]

@@ -8,6 +8,9 @@ The description is plain Python data (lists, tuples, dicts, tensors), read once 
 - ``steps``: per step ``kind`` ("op" | "python" | "copy"), ``name``, ``lane``, ``rank`` (priority
   on its lane, from the plan's order), ``first_output`` / ``num_outputs`` (the slots it writes),
   ``args``, and ``op``/``overload`` (op), ``fn`` (python) or ``target`` (copy).
+  ``chrion::python_call`` nodes (ONNX If / Loop / Scan) are "op" steps, called through the
+  dispatcher, whose kernel runs Python under the GIL: they are listed in ``python_nodes`` with
+  the Python steps.
 - ``outputs``: ``(slot, element)`` per flat graph output that is a value.
 
 An argument is ``("v", slot, element)`` (element -1: the whole value; else one element of a
@@ -36,6 +39,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from ..errors import PlanError, UnsupportedOperatorError
+from ..ops.python_call import is_python_call, lookup
 from .lanes import LaneSpec, lane_specs
 
 _SCHEDULABLE_OPS = ("call_function", "call_module", "call_method")
@@ -57,6 +61,9 @@ class Lowered:
     # per flat output: ("out", i) -> the executor's i-th output, or ("const", value)
     output_leaves: list[tuple[str, Any]] = field(default_factory=list)
     num_inputs: int = 0
+    # the callables of chrion::python_call steps: the program keeps them alive (the registry
+    # holds them weakly), even if the graph it was lowered from is freed
+    python_calls: list[Any] = field(default_factory=list)
 
 
 def _check_placement(
@@ -131,6 +138,7 @@ class _Lowering:
         self.weights: dict[tuple[str, str], Any] = {}
         self.steps: list[dict[str, Any]] = []
         self.python_nodes: list[str] = []
+        self.python_calls: list[Any] = []
 
     # values -----------------------------------------------------------------------------
     def _new_slots(self, count: int, home: str, lane: int) -> int:
@@ -268,6 +276,9 @@ class _Lowering:
                 rank = 2 * self.rank[node.name] + 1  # copies it needs run just before it (2r)
                 if isinstance(node.target, torch._ops.OpOverload) and node.op == "call_function":
                     step = self._op_step(node, lane, rank - 1)
+                    if is_python_call(node):  # one dispatcher call, but Python under the GIL
+                        self.python_nodes.append(node.name)
+                        self.python_calls.append(lookup(node.args[0]))
                 else:
                     step = self._python_step(node, lane, rank - 1)
                 first = self._new_slots(step["num_outputs"], self.lanes[lane].physical, lane)
@@ -311,7 +322,13 @@ class _Lowering:
             "outputs": outputs,
         }
         return Lowered(
-            description, self.lanes, self.python_nodes, spec, kinds, len(self.placeholders)
+            description,
+            self.lanes,
+            self.python_nodes,
+            spec,
+            kinds,
+            len(self.placeholders),
+            self.python_calls,
         )
 
     def _output_copy(
