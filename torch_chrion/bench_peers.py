@@ -1,12 +1,17 @@
 """Time one ONNX model on torch_chrion and on the engines its users run today, in one process:
 eager PyTorch (the onnx2torch module) on CPU and GPU, torch.compile (inductor) and onnxruntime.
-Used by ``chrion bench`` and the benchmarks in bench/."""
+Used by ``chrion bench``, ``chrion demo`` and the benchmarks in bench/.
+
+Engines are timed in interleaved rounds (one call of each per round), so a load burst on a
+shared machine slows them all alike instead of whichever engine happened to be running.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,34 +21,58 @@ from .settings import ChrionSettings
 Row = tuple[str, float | None, str]
 
 
+@dataclass
+class Engine:
+    """One way of running the model: a callable, its inputs, and whether it runs on CUDA."""
+
+    name: str
+    run: Callable[..., Any]
+    inputs: tuple
+    cuda: bool = False
+
+
+def _call_ms(engine: Engine) -> float:
+    start = time.perf_counter()
+    engine.run(*engine.inputs)
+    if engine.cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_engines(engines: list[Engine], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds."""
+    times: dict[str, list[float]] = {e.name: [] for e in engines}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for engine in engines:
+                _call_ms(engine)
+        for _ in range(repeats):
+            for engine in engines:
+                times[engine.name].append(_call_ms(engine))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def time_ms(fn: Callable[..., Any], inputs: tuple, repeats: int, sync_cuda: bool = False) -> float:
     """Median wall-clock milliseconds of ``fn(*inputs)`` after two warm-up calls."""
-    with torch.no_grad():
-        for _ in range(2):
-            fn(*inputs)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(*inputs)
-            if sync_cuda:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return time_engines([Engine("fn", fn, inputs, sync_cuda)], repeats)["fn"]
 
 
-def _attempt(
-    name: str, make: Callable[[], tuple[Callable[..., Any], tuple, bool]], repeats: int
-) -> Row:
+def _build(name: str, make: Callable[[], Engine], engines: list[Engine], failed: list[Row]) -> None:
     try:
-        fn, inputs, cuda = make()
-        return name, time_ms(fn, inputs, repeats, sync_cuda=cuda), ""
+        engine = make()
+        with torch.no_grad():
+            _call_ms(engine)  # an engine that cannot run the model fails here, not mid-rounds
+        engines.append(engine)
     except Exception as exc:  # a peer that cannot run this model is a result, not a crash
-        return name, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+        failed.append(
+            (name, None, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+        )
 
 
 def run_peers(
     model_path: str, shapes: dict[str, list[int]], settings: ChrionSettings, repeats: int = 20
 ) -> list[Row]:
+    """Rows (engine, median ms or None, note), torch_chrion first."""
     from . import graph
     from . import onnx as chrion_onnx
     from .api import compile_onnx, example_inputs_for
@@ -52,42 +81,54 @@ def run_peers(
     inputs = example_inputs_for(proto, shapes)
     chrion = compile_onnx(proto, inputs, settings)
     uses_cuda = any(d.startswith("cuda") for d in chrion.devices)
-    rows: list[Row] = [
-        (
-            f"chrion ({'+'.join(chrion.devices)})",
-            time_ms(chrion, inputs, repeats, sync_cuda=uses_cuda),
-            "",
-        )
-    ]
+    engines = [Engine(f"chrion ({'+'.join(chrion.devices)})", chrion, inputs, uses_cuda)]
+    failed: list[Row] = []
     eager = chrion_onnx.to_fx(proto).eval()
-    rows.append(_attempt("eager cpu", lambda: (eager, inputs, False), repeats))
+    _build("eager cpu", lambda: Engine("eager cpu", eager, inputs), engines, failed)
     if torch.cuda.is_available():
+        _build(
+            "eager cuda",
+            lambda: Engine(
+                "eager cuda",
+                chrion_onnx.to_fx(proto).eval().cuda(),
+                tuple(x.cuda() for x in inputs),
+                True,
+            ),
+            engines,
+            failed,
+        )
 
-        def eager_gpu() -> tuple:
-            return chrion_onnx.to_fx(proto).eval().cuda(), tuple(x.cuda() for x in inputs), True
-
-        rows.append(_attempt("eager cuda", eager_gpu, repeats))
-
-    def inductor() -> tuple:
+    def inductor() -> Engine:
         aten = graph.capture(eager, inputs, granularity="op")
-        return torch.compile(aten), inputs, False
+        return Engine("torch.compile inductor cpu", torch.compile(aten), inputs)
 
-    rows.append(_attempt("torch.compile inductor cpu", inductor, repeats))
+    _build("torch.compile inductor cpu", inductor, engines, failed)
 
-    def onnxruntime_session(provider: str) -> Callable[[], tuple]:
-        def make() -> tuple:
+    def onnxruntime_engine(name: str, provider: str) -> Callable[[], Engine]:
+        def make() -> Engine:
             import onnxruntime
 
             session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=[provider])
             names = [i.name for i in session.get_inputs()]
             arrays = tuple(x.numpy() for x in inputs)
-            return (lambda *xs: session.run(None, dict(zip(names, xs, strict=True)))), arrays, False
+            return Engine(
+                name, lambda *xs: session.run(None, dict(zip(names, xs, strict=True))), arrays
+            )
 
         return make
 
-    rows.append(_attempt("onnxruntime cpu", onnxruntime_session("CPUExecutionProvider"), repeats))
+    _build(
+        "onnxruntime cpu",
+        onnxruntime_engine("onnxruntime cpu", "CPUExecutionProvider"),
+        engines,
+        failed,
+    )
     if torch.cuda.is_available():
-        rows.append(
-            _attempt("onnxruntime cuda", onnxruntime_session("CUDAExecutionProvider"), repeats)
+        _build(
+            "onnxruntime cuda",
+            onnxruntime_engine("onnxruntime cuda", "CUDAExecutionProvider"),
+            engines,
+            failed,
         )
-    return rows
+    medians = time_engines(engines, repeats)
+    return [(e.name, medians[e.name], "") for e in engines] + failed

@@ -59,7 +59,7 @@ def run_demo(frames: int = FRAMES) -> int:
     through onnx2torch) and onnxruntime when installed. Returns the process exit code."""
     from . import onnx as chrion_onnx
     from .api import load_onnx
-    from .bench_peers import time_ms
+    from .bench_peers import Engine, time_engines
 
     inputs = example_inputs(frames)
     print(
@@ -69,27 +69,30 @@ def run_demo(frames: int = FRAMES) -> int:
     model = load_onnx(DEMO_ONNX, example_inputs=inputs)
     print(f"loaded, profiled and planned in {time.perf_counter() - start:.1f} s\n")
     print(model.plan.table())
+    eager = chrion_onnx.to_fx(chrion_onnx.load_model(DEMO_ONNX)).eval()
+    engines = [Engine("chrion", model, inputs), Engine("eager", eager, inputs)]
     with torch.no_grad():
-        out = model(*inputs)
-        eager = chrion_onnx.to_fx(chrion_onnx.load_model(DEMO_ONNX)).eval()
-        ref = eager(*inputs)
+        out, ref = model(*inputs), eager(*inputs)
     err = (out - ref).abs().max().item()
     print(f"\nmax |chrion - eager| = {err:.2e}")
-    chrion_ms, eager_ms = time_ms(model, inputs, 20), time_ms(eager, inputs, 20)
-    print(
-        f"latency: chrion {chrion_ms:.2f} ms, eager PyTorch {eager_ms:.2f} ms "
-        f"({eager_ms / chrion_ms:.2f}x)"
-    )
     try:
         import onnxruntime
     except ImportError:
+        session = None
         print("(install onnxruntime to compare with it too)")
     else:
         session = onnxruntime.InferenceSession(str(DEMO_ONNX), providers=["CPUExecutionProvider"])
         ort_out = torch.from_numpy(session.run(None, {"features": inputs[0].numpy()})[0])
-        ort_ms = time_ms(lambda x: session.run(None, {"features": x}), (inputs[0].numpy(),), 20)
-        print(
-            f"onnxruntime: {ort_ms:.2f} ms, max |chrion - onnxruntime| = "
-            f"{(out - ort_out).abs().max().item():.2e}"
+        print(f"max |chrion - onnxruntime| = {(out - ort_out).abs().max().item():.2e}")
+        engines.append(
+            Engine(
+                "onnxruntime", lambda x: session.run(None, {"features": x}), (inputs[0].numpy(),)
+            )
         )
+    ms = time_engines(engines, 20)
+    print(
+        f"latency (median of 20, interleaved): chrion {ms['chrion']:.2f} ms, eager PyTorch "
+        f"{ms['eager']:.2f} ms ({ms['eager'] / ms['chrion']:.2f}x)"
+        + (f", onnxruntime {ms['onnxruntime']:.2f} ms" if session else "")
+    )
     return 0 if err < 1e-4 else 1
