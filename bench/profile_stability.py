@@ -39,7 +39,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--cpu-threads", type=int, default=None, help="intra-op threads of the CPU lane (default 1, as for lanes)")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the CPU lane (default 1, as for lanes)",
+    )
     parser.add_argument(
         "--output", default=str(ROOT / "bench" / "results" / "profile_stability.md")
     )

@@ -10,8 +10,14 @@ def stacked_lstm_onnx(tmp_path_factory):
     model = StackedLSTM().eval()
     path = tmp_path_factory.mktemp("models") / "stacked_lstm.onnx"
     torch.onnx.export(
-        model, model.example_inputs(), str(path), dynamo=False, opset_version=17,
-        input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "seq"}, "y": {0: "seq"}},
+        model,
+        model.example_inputs(),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "seq"}, "y": {0: "seq"}},
     )
     return path, model
 

@@ -34,8 +34,9 @@ def test_load_onnx_matches_onnxruntime_and_eager(stacked_lstm_onnx, cache_dir, d
 
 def test_new_lengths_in_a_bucket_reuse_its_plan(stacked_lstm_onnx, cache_dir):
     path, model = stacked_lstm_onnx
-    chrion = torch_chrion.load_onnx(path, example_inputs=model.example_inputs(seq=9),
-                                    devices=["cpu"], cache_dir=cache_dir)
+    chrion = torch_chrion.load_onnx(
+        path, example_inputs=model.example_inputs(seq=9), devices=["cpu"], cache_dir=cache_dir
+    )
     assert chrion.profiles_made == 1
     with torch.no_grad():
         for seq in (9, 12, 16, 20):
@@ -73,8 +74,13 @@ def test_saved_plan_runs_in_a_new_process_without_profiling(stacked_lstm_onnx, t
     plan = tmp_path / "plan.json"
     cache = str(tmp_path / "cache")
     for script, args in ((SAVE, [str(path), str(plan), cache]), (LOAD, [str(path), str(plan)])):
-        result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                                text=True, timeout=600, env=os.environ.copy())
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ.copy(),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     loaded = torch_chrion.Plan.load(plan)
     assert loaded.placement and loaded.order
@@ -82,14 +88,19 @@ def test_saved_plan_runs_in_a_new_process_without_profiling(stacked_lstm_onnx, t
 
 def test_plan_for_another_model_is_refused(stacked_lstm_onnx, tmp_path, cache_dir):
     path, model = stacked_lstm_onnx
-    chrion = torch_chrion.load_onnx(path, example_inputs=model.example_inputs(), devices=["cpu"],
-                                    cache_dir=cache_dir)
+    chrion = torch_chrion.load_onnx(
+        path, example_inputs=model.example_inputs(), devices=["cpu"], cache_dir=cache_dir
+    )
     plan = chrion.plan
     plan.placement["no_such_node"] = "cpu"
     plan.save(tmp_path / "bad.json")
     with pytest.raises(PlanError, match="no_such_node"):
-        torch_chrion.load_onnx(path, example_inputs=model.example_inputs(), devices=["cpu"],
-                               plan=str(tmp_path / "bad.json"))
+        torch_chrion.load_onnx(
+            path,
+            example_inputs=model.example_inputs(),
+            devices=["cpu"],
+            plan=str(tmp_path / "bad.json"),
+        )
 
 
 def test_symbolic_dimensions_need_example_inputs(stacked_lstm_onnx):
@@ -109,4 +120,3 @@ def test_bad_options_are_clear_errors(stacked_lstm_onnx):
 def test_missing_file_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="nope.onnx"):
         torch_chrion.load_onnx(tmp_path / "nope.onnx", example_inputs=(torch.zeros(1),))
-

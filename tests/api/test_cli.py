@@ -15,8 +15,13 @@ COMMANDS = ["profile", "plan", "run", "bench", "show", "demo"]
 
 def chrion(*args, timeout=600):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "torch_chrion.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "torch_chrion.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -36,13 +41,29 @@ def test_profile_plan_run_show(stacked_lstm_onnx, tmp_path):
     recorded = json.loads(profile.read_text())
     assert set(recorded["devices"]) == {"cpu:0", "cpu:1"} and recorded["node_ms"]
 
-    result = chrion("plan", model, *shape, "--devices", "cpu:0", "cpu:1", "--profile", profile, "-o", plan)
+    result = chrion(
+        "plan", model, *shape, "--devices", "cpu:0", "cpu:1", "--profile", profile, "-o", plan
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(plan.read_text())["placement"]
 
     outputs, trace = tmp_path / "out.npz", tmp_path / "trace.json"
-    result = chrion("run", model, *shape, "--devices", "cpu:0", "cpu:1", "--plan", plan,
-                    "--repeats", 3, "--trace", trace, "--output", outputs)
+    result = chrion(
+        "run",
+        model,
+        *shape,
+        "--devices",
+        "cpu:0",
+        "cpu:1",
+        "--plan",
+        plan,
+        "--repeats",
+        3,
+        "--trace",
+        trace,
+        "--output",
+        outputs,
+    )
     assert result.returncode == 0, result.stderr
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
@@ -55,26 +76,52 @@ def test_profile_plan_run_show(stacked_lstm_onnx, tmp_path):
     assert matplotlib.image.imread(gantt).shape[0] > 100
     events = json.loads(predicted.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
-    assert {e["name"] for e in events if e.get("ph") == "X"} >= set(json.loads(plan.read_text())["placement"])
+    assert {e["name"] for e in events if e.get("ph") == "X"} >= set(
+        json.loads(plan.read_text())["placement"]
+    )
 
 
 def test_run_outputs_match_onnxruntime(stacked_lstm_onnx, tmp_path):
     model, _ = stacked_lstm_onnx
     outputs = tmp_path / "out.npz"
-    result = chrion("run", model, "--shape", "x=8,2,16", "--devices", "cpu", "--repeats", 2,
-                    "--output", outputs, "--cache-dir", tmp_path / "cache")
+    result = chrion(
+        "run",
+        model,
+        "--shape",
+        "x=8,2,16",
+        "--devices",
+        "cpu",
+        "--repeats",
+        2,
+        "--output",
+        outputs,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert result.returncode == 0, result.stderr
     import torch
 
     x = torch.randn([8, 2, 16], generator=torch.Generator().manual_seed(0)).numpy()
     session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(np.load(outputs)["arr_0"], session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(outputs)["arr_0"], session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_bench_lists_peers(stacked_lstm_onnx, tmp_path):
     model, _ = stacked_lstm_onnx
-    result = chrion("bench", model, "--shape", "x=8,2,16", "--devices", "cpu", "--repeats", 3,
-                    "--cache-dir", tmp_path / "cache")
+    result = chrion(
+        "bench",
+        model,
+        "--shape",
+        "x=8,2,16",
+        "--devices",
+        "cpu",
+        "--repeats",
+        3,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert result.returncode == 0, result.stderr
     for engine in ("chrion", "eager cpu", "onnxruntime cpu", "inductor"):
         assert engine in result.stdout
@@ -86,12 +133,18 @@ def test_demo_runs():
     assert "max |chrion - eager|" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "missing.onnx"], "missing.onnx"),
-    (["plan", "{model}", "--shape", "x=8,2,16", "--objective", "memory", "-o", "p.json"], "slo_ms"),
-    (["run", "{model}", "--shape", "y=1"], "unknown inputs"),
-    (["show", "missing.plan.json"], "missing.plan.json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.onnx"], "missing.onnx"),
+        (
+            ["plan", "{model}", "--shape", "x=8,2,16", "--objective", "memory", "-o", "p.json"],
+            "slo_ms",
+        ),
+        (["run", "{model}", "--shape", "y=1"], "unknown inputs"),
+        (["show", "missing.plan.json"], "missing.plan.json"),
+    ],
+)
 def test_errors_are_one_line_and_nonzero(stacked_lstm_onnx, tmp_path, args, message):
     model, _ = stacked_lstm_onnx
     result = chrion(*[a.format(model=model) for a in args])

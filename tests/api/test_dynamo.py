@@ -17,7 +17,9 @@ def test_backend_is_listed_without_importing_torch_chrion():
         "import sys, torch._dynamo\n"
         "print('chrion' in torch._dynamo.list_backends(), 'torch_chrion' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]
 
@@ -43,7 +45,9 @@ def test_lstm_model_compiles_to_one_chrion_graph_that_matches_eager():
     out, graphs, breaks = _compile_and_count(model, inputs)
     assert graphs == 1 and breaks == 0
     module = chrion_dynamo.compiled_modules()[-1]
-    targets = {str(n.target) for n in module.captured_graph().graph.nodes if n.op == "call_function"}
+    targets = {
+        str(n.target) for n in module.captured_graph().graph.nodes if n.op == "call_function"
+    }
     assert any(t.startswith("chrion.lstm") for t in targets), targets
     with torch.no_grad():
         torch.testing.assert_close(out, model(*inputs), rtol=1e-5, atol=1e-6)
