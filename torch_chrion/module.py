@@ -144,7 +144,12 @@ class ChrionModule(torch.nn.Module):
                 f"could not capture the model for inputs of shapes {shapes}: {exc}"
             ) from exc
         bucket = _bucket(signature)
-        shared_key = (_structure(gm), bucket, tuple(sorted(settings.plan_key().items())), self.devices)
+        shared_key = (
+            _structure(gm),
+            bucket,
+            tuple(sorted(settings.plan_key().items())),
+            self.devices,
+        )
         plan = self._reusable_plan(bucket, gm, _PLANS.get(shared_key))
         if plan is None:
             prof = profile.profile_graph(
@@ -171,7 +176,9 @@ class ChrionModule(torch.nn.Module):
             self._graphs.pop(dropped, None)
         return executable
 
-    def _reusable_plan(self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None) -> Any | None:
+    def _reusable_plan(
+        self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None
+    ) -> Any | None:
         candidates = [self._given_plan] if self._given_plan is not None else []
         candidates += [self.plans[bucket]] if bucket in self.plans else []
         candidates += [shared] if shared is not None else []
