@@ -243,6 +243,20 @@ def test_python_calls_are_freed_with_their_graphs():
     assert len(hashes) == 1  # the handle, new per capture, does not change the graph's hash
 
 
+def test_a_dropped_compiled_model_frees_its_python_calls(cache_dir):
+    proto = if_model()
+    gc.collect()
+    before = python_call.registered_count()
+    chrion = torch_chrion.load_onnx(
+        proto, example_inputs=(torch.rand(2, 3),), devices=DEVICES, cache_dir=cache_dir, **FAST
+    )
+    chrion(torch.rand(1, 3) - 0.5)  # a second shape (broadcast): a second capture and program
+    assert python_call.registered_count() == before + 2
+    del chrion
+    gc.collect()
+    assert python_call.registered_count() == before
+
+
 def sequence_if_model():
     """If (sum(x) > 0) -> the sequence [x] else [-x, x]; y = its first element."""
 
