@@ -82,10 +82,17 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_python_nodes(module: Any) -> None:
+    if module.python_nodes:
+        names = ", ".join(module.python_nodes)
+        print(f"{len(module.python_nodes)} node(s) run as Python under the GIL: {names}")
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     module, _ = _load(args)
     module.plan.save(args.output)
     print(module.plan.table())
+    _print_python_nodes(module)
     print(f"plan -> {args.output}")
     return 0
 
@@ -97,6 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .bench_peers import time_ms
 
     module, inputs = _load(args, plan=args.plan)
+    _print_python_nodes(module)
     module.enable_trace(bool(args.trace))
     with torch.no_grad():
         outputs = module(*inputs)
