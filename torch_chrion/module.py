@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelError, PlanError
+from .errors import ChrionError, ModelError, PlanError
 from .settings import ChrionSettings
 
 # Compiled executables kept per exact input shape; the oldest is dropped past this many.
@@ -136,9 +136,9 @@ class ChrionModule(torch.nn.Module):
                 granularity=settings.granularity,
                 seq_chunks=settings.seq_chunks,
             )
+        except ChrionError:
+            raise
         except (RuntimeError, TypeError, ValueError) as exc:
-            if isinstance(exc, ModelError) or type(exc).__module__.startswith("torch_chrion"):
-                raise
             shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
             raise ModelError(
                 f"could not capture the model for inputs of shapes {shapes}: {exc}"
