@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion import _extension
+from torch_chrion.bench_peers import time_ms
 from torch_chrion.runtime import ChrionModule
 from torch_chrion.runtime.lowering import is_schedulable
 
@@ -32,17 +32,6 @@ def chain(nodes: int):
         return x
 
     return f
-
-
-def median_seconds(fn, x, repeats: int) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -74,7 +63,7 @@ def main() -> None:
             ("GraphModule generated code", gm),
             ("torch.fx.Interpreter", interpreter.run),
         ]:
-            seconds = median_seconds(runner, x, args.repeats)
+            seconds = time_ms(runner, (x,), args.repeats, warmup=3) / 1e3
             rows.append((label, seconds * 1e6 / args.nodes))
     floor_us = (
         statistics.median(

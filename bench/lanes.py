@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from torch_chrion.bench_peers import time_ms
 from torch_chrion.ops import ensure_loaded
 from torch_chrion.runtime import ChrionModule
 from torch_chrion.runtime.lowering import is_schedulable
@@ -66,17 +65,6 @@ def branch_placement(gm: torch.fx.GraphModule, lanes: list[str]) -> dict[str, st
     return placement
 
 
-def median_ms(fn, x, repeats: int) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def measure(name: str, f, eager, x, cores: int, repeats: int) -> list[str]:
     with torch.no_grad():
         gm = make_fx(f, tracing_mode="real")(x)
@@ -87,9 +75,9 @@ def measure(name: str, f, eager, x, cores: int, repeats: int) -> list[str]:
     for m in (one, two):
         torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        eager_ms = median_ms(eager, x, repeats)
-    one_ms = median_ms(one, x, repeats)
-    two_ms = median_ms(two, x, repeats)
+        eager_ms = time_ms(eager, (x,), repeats, warmup=3)
+    one_ms = time_ms(one, (x,), repeats, warmup=3)
+    two_ms = time_ms(two, (x,), repeats, warmup=3)
     one.stop()
     two.stop()
     return [f"| {name} | {eager_ms:.2f} | {one_ms:.2f} | {two_ms:.2f} | {one_ms / two_ms:.2f}x |"]

@@ -52,9 +52,11 @@ def time_engines(engines: list[Engine], repeats: int, warmup: int = 2) -> dict[s
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_ms(fn: Callable[..., Any], inputs: tuple, repeats: int, sync_cuda: bool = False) -> float:
-    """Median wall-clock milliseconds of ``fn(*inputs)`` after two warm-up calls."""
-    return time_engines([Engine("fn", fn, inputs, sync_cuda)], repeats)["fn"]
+def time_ms(
+    fn: Callable[..., Any], inputs: tuple, repeats: int, sync_cuda: bool = False, warmup: int = 2
+) -> float:
+    """Median wall-clock milliseconds of ``fn(*inputs)`` after ``warmup`` untimed calls."""
+    return time_engines([Engine("fn", fn, inputs, sync_cuda)], repeats, warmup)["fn"]
 
 
 def _build(name: str, make: Callable[[], Engine], engines: list[Engine], failed: list[Row]) -> None:
