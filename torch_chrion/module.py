@@ -92,7 +92,6 @@ class ChrionModule(torch.nn.Module):
         self.profiles_made = 0
         self._given_plan = plan
         self._executables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-        self._graphs: dict[tuple, torch.fx.GraphModule] = {}
         self._lock = threading.Lock()
         self._last: Any | None = None
         self._trace = False
@@ -114,7 +113,7 @@ class ChrionModule(torch.nn.Module):
 
     def captured_graph(self) -> torch.fx.GraphModule:
         """The aten graph captured for the example inputs (what the plan places)."""
-        return self._graphs[self._primary_signature]
+        return self._primary_graph
 
     def forward(self, *inputs: Any) -> Any:
         signature = _signature(inputs)
@@ -164,7 +163,8 @@ class ChrionModule(torch.nn.Module):
             plan = schedule.make_plan(gm, prof, settings)
             _PLANS[shared_key] = plan
         self.plans.setdefault(bucket, plan)
-        self._graphs[signature] = gm
+        if signature == self._primary_signature:
+            self._primary_graph = gm
         executable = runtime.ChrionModule(
             gm, plan.placement, plan.order, cpu_threads=settings.cpu_threads, plan=plan
         )
@@ -173,7 +173,6 @@ class ChrionModule(torch.nn.Module):
         if len(self._executables) > _MAX_SHAPES:  # drop the oldest, never the example's
             dropped = next(k for k in self._executables if k != self._primary_signature)
             del self._executables[dropped]
-            self._graphs.pop(dropped, None)
         return executable
 
     def _reusable_plan(
