@@ -54,7 +54,7 @@ def freeze_module_state(
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):
         raise AssertionError("Dynamo gave a graph whose placeholders do not match its inputs")
-    frozen = torch.fx.GraphModule(gm, gm.graph)  # shares submodules, owns a copy of the graph
+    frozen = torch.fx.GraphModule(gm, gm.graph)  # shares gm's submodules; graph rebuilt below
     frozen.graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
     user_positions = []
