@@ -9,15 +9,39 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import OptionError
 
 OBJECTIVES = ("latency", "memory")
 GRANULARITIES = ("op", "layer")
-_DEVICE = re.compile(r"^(cpu|cuda)(:\d+)?$")
+# A lane: "cpu", "cpu:N", "cuda" (= "cuda:0") or "cuda:N". The one spelling of it.
+LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def parse_lane(lane: str) -> tuple[str, int]:
+    """("cpu" | "cuda", index) of a lane string; an OptionError for anything else."""
+    match = LANE.match(lane) if isinstance(lane, str) else None
+    if match is None:
+        raise OptionError(f"unknown lane {lane!r}: a lane looks like 'cpu', 'cpu:1' or 'cuda:0'")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def closest(word: object, choices: Iterable[str]) -> str:
+    """ "; did you mean 'x'?" for the choice closest to ``word``, or the list of choices."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(choices)}"
+
+
+def _check_names(cls: type, names: Iterable[str]) -> None:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in names:
+        if name not in known:
+            raise OptionError(f"unknown torch_chrion option {name!r}{closest(name, known)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,45 +84,62 @@ class ChrionSettings:
     profile_repeats: int = 10
     profile_budget_s: float = 30.0
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ChrionSettings:
+        # before the generated __init__, so a misspelt keyword gets the same OptionError (with
+        # its suggestion) as from_options, not a bare TypeError
+        _check_names(cls, kwargs)
+        if len(args) > len(dataclasses.fields(cls)):
+            raise OptionError(f"ChrionSettings takes at most {len(dataclasses.fields(cls))} values")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise OptionError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.slo_ms is not None and not (
-            isinstance(self.slo_ms, (int, float)) and self.slo_ms > 0 and math.isfinite(self.slo_ms)
-        ):
             raise OptionError(
-                f"slo_ms must be a positive number of milliseconds, got {self.slo_ms!r}"
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
+                + closest(self.objective, OBJECTIVES)
             )
+        if self.granularity not in GRANULARITIES:
+            raise OptionError(
+                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
+                + closest(self.granularity, GRANULARITIES)
+            )
+        for name in ("slo_ms", "profile_budget_s"):
+            value = getattr(self, name)
+            if not (value is None and name == "slo_ms") and not (
+                _is_number(value) and value > 0 and math.isfinite(value)
+            ):
+                raise OptionError(f"{name} must be a positive, finite number, got {value!r}")
         if self.objective == "memory" and self.slo_ms is None:
             raise OptionError('objective="memory" needs slo_ms: the latency the plan must meet')
         if self.devices is not None:
             if isinstance(self.devices, str) or not all(isinstance(d, str) for d in self.devices):
-                raise OptionError(f"devices must be a sequence of strings, got {self.devices!r}")
-            object.__setattr__(self, "devices", tuple(self.devices))
-            bad = [d for d in self.devices if not _DEVICE.match(d)]
-            if bad or not self.devices:
                 raise OptionError(
-                    f"devices must look like 'cpu', 'cpu:1' or 'cuda:0'; got {list(self.devices)!r}"
+                    f"devices must be a sequence of lane names such as ['cpu', 'cuda:0'], "
+                    f"got {self.devices!r}"
                 )
+            object.__setattr__(self, "devices", tuple(self.devices))
+            for lane in self.devices:
+                parse_lane(lane)
+            if not self.devices:
+                raise OptionError("devices must name at least one lane")
             if len(set(self.devices)) != len(self.devices):
                 raise OptionError(f"devices lists a lane twice: {list(self.devices)!r}")
-        if self.granularity not in GRANULARITIES:
-            raise OptionError(
-                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
-            )
-        for name in ("seq_chunks", "profile_warmup", "profile_repeats"):
+        for name, low in (("seq_chunks", 1), ("profile_warmup", 0), ("profile_repeats", 1)):
             value = getattr(self, name)
-            low = 0 if name == "profile_warmup" else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not _is_int(value) or value < low:
                 raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.cpu_threads is not None and (
-            not isinstance(self.cpu_threads, int) or self.cpu_threads < 1
+        if self.cpu_threads is not None and not (
+            _is_int(self.cpu_threads) and self.cpu_threads >= 1
         ):
             raise OptionError(
                 f"cpu_threads must be a positive integer or None, got {self.cpu_threads!r}"
             )
-        if self.profile_budget_s <= 0:
-            raise OptionError(f"profile_budget_s must be positive, got {self.profile_budget_s!r}")
+        if isinstance(self.cache_dir, os.PathLike):
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise OptionError(f"cache_dir must be a path or None, got {self.cache_dir!r}")
+        if not isinstance(self.strict, bool):
+            raise OptionError(f"strict must be True or False, got {self.strict!r}")
 
     @classmethod
     def from_options(
@@ -106,16 +147,7 @@ class ChrionSettings:
     ) -> ChrionSettings:
         """Settings from a user's options dict; an unknown key is an error naming the closest one."""
         merged = {**(options or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in merged:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = (
-                    f"; did you mean {close[0]!r}?"
-                    if close
-                    else f"; known options: {', '.join(known)}"
-                )
-                raise OptionError(f"unknown torch_chrion option {key!r}{hint}")
+        _check_names(cls, merged)
         return cls(**merged)
 
     def plan_key(self) -> dict[str, Any]:
@@ -124,4 +156,13 @@ class ChrionSettings:
 
 
 # Settings that change the graph or the placement; the others only change how it is measured/run.
-_PLAN_INVARIANT = ("objective", "slo_ms", "devices", "granularity", "seq_chunks")
+# cpu_threads: a lane's thread count changes every CPU cost, hence the placement.
+_PLAN_INVARIANT = ("objective", "slo_ms", "devices", "granularity", "seq_chunks", "cpu_threads")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -175,7 +175,7 @@ def test_load_errors_name_the_fault(tmp_path, plan_and_graph):
         d["start_ms"][first] = math.nan
 
     cases = [(lane, "unknown lane 'tpu:0'"), (version, "schema_version 99"),
-             (twice, f"'{first}' appears twice"), (times, f"start_ms of node '{first}'")]  # fmt: skip
+             (twice, f"'{first}' appears twice"), (times, rf"start_ms\['{first}'\] must be a finite number")]  # fmt: skip
     for edit, message in cases:
         path = tmp_path / "bad.json"
         path.write_text(edited(plan, edit))

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import functools
 import platform
-import re
 
 import torch
 
-from ..errors import OptionError
+from ..settings import parse_lane
 
-_LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
-
-
-def parse_lane(lane: str) -> tuple[str, int]:
-    """("cpu" | "cuda", index) of a lane string; an OptionError for anything else."""
-    match = _LANE.match(lane) if isinstance(lane, str) else None
-    if match is None:
-        raise OptionError(f"a lane looks like 'cpu', 'cpu:1' or 'cuda:0'; got {lane!r}")
-    return match.group(1), int(match.group(2) or 0)
+__all__ = ["cpu_name", "cuda_present", "lane_device_name", "parse_lane"]
 
 
 def cuda_present(index: int) -> bool:

@@ -10,13 +10,32 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import jsonfile
 from ..errors import PlanError
+from ..jsonfile import Nullable
 
 SCHEMA_VERSION = 1
+
+# No operator measured within a profile budget takes an hour: a larger cost is a damaged file
+# (1e308 ms would overflow every sum the scheduler makes).
+MAX_COST_MS = 3.6e6
+
+# The JSON document, field by field (jsonfile.check_fields); null costs are lanes that cannot
+# run the node.
+_SCHEMA = {
+    "schema_version": int,
+    "devices": [str],
+    "device_names": {str: str},
+    "node_ms": {str: {str: Nullable(float)}},
+    "transfer": {str: (float, float)},
+    "graph_hash": str,
+    "input_shapes": [[int]],
+    "torch_version": str,
+    "notes": [str],
+}
 
 
 def lane_kind(lane: str) -> str:
@@ -85,47 +104,40 @@ class Profile:
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> Profile:
         """Parse a profile written by ``to_json``; a bad document raises PlanError naming it."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{source} is not a JSON profile: {exc}") from exc
-        if not isinstance(data, dict):
-            raise PlanError(f"{source}: a profile is a JSON object, got {type(data).__name__}")
-        version = data.pop("schema_version", None)
+        return cls._from_data(jsonfile.parse(text, source, "profile"), source)
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any], source: str) -> Profile:
+        version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise PlanError(
                 f"{source}: profile schema_version {version!r}, this torch_chrion reads "
                 f"{SCHEMA_VERSION}; record the profile again"
             )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(f for f in fields - set(data) if f != "notes")
-        unknown = sorted(set(data) - fields)
-        if missing or unknown:
-            raise PlanError(f"{source}: profile fields missing {missing}, unknown {unknown}")
-        try:
-            profile = cls(**data)
-            profile.node_ms = {
-                str(node): {
-                    str(lane): (math.inf if ms is None else float(ms)) for lane, ms in lanes.items()
-                }
-                for node, lanes in profile.node_ms.items()
-            }
-            profile.transfer = {
-                str(k): [float(v[0]), float(v[1])] for k, v in profile.transfer.items()
-            }
-        except (TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise PlanError(f"{source}: malformed profile: {exc}") from exc
+        jsonfile.check_fields(data, _SCHEMA, source, "profile", optional=("notes",))
+        del data["schema_version"]
+        profile = cls(**data)
+        profile.node_ms = {
+            node: {lane: (math.inf if ms is None else float(ms)) for lane, ms in lanes.items()}
+            for node, lanes in profile.node_ms.items()
+        }
+        profile.transfer = {k: [float(v[0]), float(v[1])] for k, v in profile.transfer.items()}
         profile.validate(source)
         return profile
 
     def validate(self, source: str = "profile") -> None:
         """Check lanes, costs and transfers are consistent; raise PlanError naming the fault."""
         lanes = set(self.devices)
+        if not lanes or set(self.device_names) != lanes:
+            raise PlanError(
+                f"{source}: device_names must name each lane of {self.devices} once, "
+                f"got {sorted(self.device_names)}"
+            )
         for node, costs in self.node_ms.items():
             for lane, ms in costs.items():
                 if lane not in lanes:
                     raise PlanError(f"{source}: node {node!r} has a cost on unknown lane {lane!r}")
-                if not ms >= 0:
+                if not (0 <= ms <= MAX_COST_MS or ms == math.inf):
                     raise PlanError(f"{source}: node {node!r} costs {ms} ms on {lane}")
         # a device's own profile (as cached) names the host side of its copies "cpu"
         endpoints = lanes | {"cpu"}
@@ -133,30 +145,24 @@ class Profile:
             src, _, dst = key.partition("->")
             if src not in endpoints or dst not in endpoints:
                 raise PlanError(f"{source}: transfer {key!r} names a lane not in {self.devices}")
-            if not (latency >= 0 and bandwidth > 0):
+            if not (0 <= latency <= MAX_COST_MS and 0 < bandwidth < math.inf):
                 raise PlanError(f"{source}: transfer {key!r} = {[latency, bandwidth]} is invalid")
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the profile to ``path`` atomically (a reader never sees half a file)."""
+        """Write the profile to ``path`` atomically (a reader never sees half a file), creating
+        its folder, with the umask's permissions; PlanError naming ``path`` when it cannot."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlanError(f"cannot write the profile {path}: {exc.strerror or exc}") from exc
+        jsonfile.write_atomic(path, self.to_json(), "profile")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Profile:
-        """Read a profile saved by ``save``; a missing or bad file raises PlanError."""
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise PlanError(f"cannot read profile {path}: {exc}") from exc
-        return cls.from_json(text, source=str(path))
+        """Read a profile saved by ``save``; a missing, non-regular or bad file raises
+        PlanError."""
+        return cls._from_data(jsonfile.load(path, "profile"), str(path))
 
     def summary(self) -> dict[str, Any]:
         """Total milliseconds per lane (a quick look, not a schedule)."""

@@ -31,7 +31,7 @@ from ..graph import graph_hash
 from ..runtime.lanes import DEFAULT_CPU_THREADS
 from ..settings import ChrionSettings
 from . import timing
-from .cache import ProfileCache, cache_key
+from .cache import Expected, ProfileCache, cache_key
 from .devices import cuda_present, lane_device_name, parse_lane
 from .profile import Profile
 from .transfer import measure_transfers
@@ -375,7 +375,10 @@ def profile_graph(
         if group not in groups:
             recorded_lane = _from_recorded(recorded_profile, lane, ghash, shapes, names)
             device_profiles[group] = _rename(recorded_lane, lane, group)
-    found = {group: cache.get(key) for group, (_, key) in groups.items()}
+    found = {
+        group: cache.get(key, Expected(group, name, ghash, shapes, version, names))
+        for group, (name, key) in groups.items()
+    }
     to_measure = [group for group, profile in found.items() if profile is None]
     device_profiles.update({g: p for g, p in found.items() if p is not None})
     if to_measure:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import OptionError
-
-_LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+from ..settings import parse_lane as split_lane
 
 # Intra-op threads of a CPU lane unless the user says otherwise. Batch-1 recurrent steps are
 # barrier-bound, not FLOP-bound, and a lane whose OpenMP team has workers makes libgomp throttle
@@ -43,10 +41,7 @@ def parse_lane(name: str) -> torch.device:
         name: "cpu", "cpu:N", "cuda" or "cuda:N". Several CPU lanes are distinct workers on the
             same host memory; "cuda" means "cuda:0".
     """
-    match = _LANE.match(name) if isinstance(name, str) else None
-    if match is None:
-        raise OptionError(f"unknown lane {name!r}: expected 'cpu', 'cpu:N', 'cuda' or 'cuda:N'")
-    kind, index = match.group(1), int(match.group(2) or 0)
+    kind, index = split_lane(name)
     if kind == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():

@@ -10,21 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch.fx as fx
 
+from .. import jsonfile
 from ..errors import InfeasiblePlanError, PlanError
+from ..jsonfile import Nullable
+from ..settings import GRANULARITIES, OBJECTIVES
 from .from_graph import producer_of, schedulable_nodes, task_graph_from
 from .simulate import simulate
 from .solve import solve
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
-OBJECTIVES = ("latency", "memory")
+
+# The JSON document, field by field (jsonfile.check_fields).
+_SCHEMA = {
+    "placement": {str: str},
+    "order": [str],
+    "start_ms": {str: float},
+    "finish_ms": {str: float},
+    "predicted_ms": float,
+    "device_bytes": {str: float},
+    "objective": str,
+    "slo_ms": Nullable(float),
+    "slo_met": Nullable(bool),
+    "devices": [str],
+    "graph_hash": str,
+    "granularity": Nullable(str),
+    "seq_chunks": Nullable(int),
+    "schema_version": int,
+}
+# written since granularity and seq_chunks were recorded; older plans lack them
+_OPTIONAL = ("granularity", "seq_chunks")
 
 
 @dataclasses.dataclass
@@ -42,6 +65,7 @@ class Plan:
         slo_met: whether ``predicted_ms <= slo_ms`` (None without an SLO).
         devices: the lanes the plan may use.
         graph_hash: hash of the graph it was made for (given by the caller).
+        granularity, seq_chunks: the recurrent splitting of that graph (None: not recorded).
         schema_version: JSON schema version.
     """
 
@@ -56,6 +80,8 @@ class Plan:
     slo_met: bool | None
     devices: list[str]
     graph_hash: str = ""
+    granularity: str | None = None
+    seq_chunks: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -69,52 +95,36 @@ class Plan:
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> Plan:
         """Parse and check a plan; ``source`` names the file in error messages."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{source}: not a JSON plan: {exc}") from exc
-        if not isinstance(data, dict):
-            raise PlanError(f"{source}: a plan is a JSON object, got {type(data).__name__}")
+        return cls._from_data(jsonfile.parse(text, source, "plan"), source)
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any], source: str) -> Plan:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise PlanError(
                 f"{source}: plan schema_version {version!r} is not supported"
                 f" (this torch_chrion reads {SCHEMA_VERSION})"
             )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - data.keys())
-        if missing:
-            raise PlanError(f"{source}: plan lacks {', '.join(missing)}")
-        extra = sorted(data.keys() - fields)
-        if extra:
-            raise PlanError(f"{source}: plan has unknown keys {', '.join(extra)}")
+        jsonfile.check_fields(data, _SCHEMA, source, "plan", optional=_OPTIONAL)
         plan = cls.__new__(cls)
-        for name in fields:
-            setattr(plan, name, data[name])
+        for field in dataclasses.fields(cls):
+            setattr(plan, field.name, data.get(field.name))
         _check_structure(plan, source)
         return plan
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the plan atomically: a temporary file in the same folder, then a rename, so
-        a failed save leaves no half-written plan."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the plan atomically (a temporary file in the same folder, then a rename, so a
+        failed save leaves no half-written plan), with the umask's permissions.
+
+        Raises:
+            PlanError: the file cannot be written (a missing folder, no permission), naming it.
+        """
+        jsonfile.write_atomic(path, self.to_json(), "plan")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:
-        """Read and check a plan file."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PlanError(f"{path}: cannot read the plan: {exc}") from exc
-        return cls.from_json(text, source=str(path))
+        """Read and check a plan file (a regular file only)."""
+        return cls._from_data(jsonfile.load(path, "plan"), str(path))
 
     # -- against a graph -------------------------------------------------------------------
     def validate(self, gm: fx.GraphModule) -> None:
@@ -212,6 +222,12 @@ def _check_structure(plan: Plan, source: str) -> None:
         raise bad(f"device_bytes must map lanes of {plan.devices} to bytes")
     if not isinstance(plan.graph_hash, str):
         raise bad("graph_hash must be a string")
+    if plan.granularity is not None and plan.granularity not in GRANULARITIES:
+        raise bad(f"granularity must be one of {GRANULARITIES}, got {plan.granularity!r}")
+    if plan.seq_chunks is not None and not (
+        isinstance(plan.seq_chunks, int) and plan.seq_chunks >= 1
+    ):
+        raise bad(f"seq_chunks must be a positive integer, got {plan.seq_chunks!r}")
 
 
 def make_plan(
@@ -240,6 +256,14 @@ def make_plan(
             best_ms=exc.best_ms,
         ) from exc
     sim = simulate(graph, schedule)
+    if settings.slo_ms is not None and sim.makespan > settings.slo_ms:
+        log.warning(
+            "the plan misses the %g ms SLO: predicted %.4f ms on lanes %s (the best plan found;"
+            " strict=True refuses instead)",
+            settings.slo_ms,
+            sim.makespan,
+            devices,
+        )
     position = {t: k for k, t in enumerate(graph.topo_order)}
     # by start, zero-length nodes before a longer one starting with them (as lanes ran them)
     order = sorted(range(graph.n), key=lambda i: (sim.start[i], sim.finish[i], position[i]))
@@ -257,4 +281,6 @@ def make_plan(
         graph_hash=graph_hash
         if graph_hash is not None
         else str(getattr(profile, "graph_hash", "")),
+        granularity=getattr(settings, "granularity", None),
+        seq_chunks=getattr(settings, "seq_chunks", None),
     )

@@ -17,10 +17,9 @@ import torch
 from torch import fx
 
 from ...errors import ModelError, OptionError
+from ...settings import GRANULARITIES
 
 aten = torch.ops.aten
-
-GRANULARITIES = ("op", "layer")
 
 
 def _recurrent_ops() -> dict[object, int]:
