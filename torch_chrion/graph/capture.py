@@ -11,7 +11,9 @@ The steps, each a pass of its own:
    If / Loop / Scan modules called through ``chrion::python_call`` (python_calls.py) so each
    stays one opaque node run as a Python callable, and small
    constant tensors propagated (onnx2torch modules compute shapes from tensor values; with
-   ``CONSTANT_NUMEL_LIMIT`` raised the shape chain folds while tracing);
+   ``CONSTANT_NUMEL_LIMIT`` raised the shape chain folds while tracing); a graph that updates
+   anything in place is traced again functionalised (``functionalize_mutations``), so no
+   folded constant is ever written into;
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
 3. dead-code elimination, then ``check_portable``: no backend-only kernel is left;
 4. ``split_recurrent`` to the requested granularity, ``fold_input_free`` again, then ``annotate``
@@ -34,7 +36,13 @@ from ..errors import ModelError, UnsupportedOperatorError
 from ..ops import ensure_loaded
 from ..ops.python_call import PythonCall
 from .annotate import annotate
-from .passes import check_portable, fold_input_free, split_recurrent, unpin_copies
+from .passes import (
+    check_portable,
+    fold_input_free,
+    functionalize_mutations,
+    split_recurrent,
+    unpin_copies,
+)
 from .python_calls import ControlFlowAsPythonCalls, adopt_python_calls, has_control_flow
 from .recurrent_calls import RecurrentToChrion
 
@@ -73,6 +81,7 @@ def _trace(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
     try:
         with torch.no_grad(), _constant_propagation(_CONSTANT_NUMEL_LIMIT):
             gm = make_fx(forward, tracing_mode="real")(*example_inputs)
+        gm = functionalize_mutations(gm, example_inputs)
         return adopt_python_calls(gm, calls) if calls else gm
     except UnsupportedOperatorError:
         raise

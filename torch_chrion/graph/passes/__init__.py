@@ -2,7 +2,14 @@
 
 from .check_portable import check_portable
 from .fold_input_free import fold_input_free
+from .functionalize import functionalize_mutations
 from .split_recurrent import split_recurrent
 from .unpin_copies import unpin_copies
 
-__all__ = ["check_portable", "fold_input_free", "split_recurrent", "unpin_copies"]
+__all__ = [
+    "check_portable",
+    "fold_input_free",
+    "functionalize_mutations",
+    "split_recurrent",
+    "unpin_copies",
+]
