@@ -19,7 +19,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion import _extension
 from torch_chrion.bench_peers import time_ms
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 from torch_chrion.runtime.lowering import is_schedulable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "executor_overhead.md"
@@ -47,8 +47,8 @@ def main() -> None:
         gm = make_fx(f, tracing_mode="real")(x)
     names = [n.name for n in gm.graph.nodes if is_schedulable(n)]
     assert len(names) == args.nodes
-    one_lane = ChrionModule(gm, dict.fromkeys(names, "cpu"), cpu_threads=1)
-    two_lanes = ChrionModule(gm, {n: f"cpu:{i % 2}" for i, n in enumerate(names)}, cpu_threads=1)
+    one_lane = PlacedGraph(gm, dict.fromkeys(names, "cpu"), cpu_threads=1)
+    two_lanes = PlacedGraph(gm, {n: f"cpu:{i % 2}" for i, n in enumerate(names)}, cpu_threads=1)
     interpreter = torch.fx.Interpreter(gm)
     expected = f(x)
     for runner in (one_lane, two_lanes, interpreter.run, gm):

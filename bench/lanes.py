@@ -20,7 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion.bench_peers import time_ms
 from torch_chrion.ops import ensure_loaded
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 from torch_chrion.runtime.lowering import is_schedulable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lanes.md"
@@ -68,8 +68,8 @@ def branch_placement(gm: torch.fx.GraphModule, lanes: list[str]) -> dict[str, st
 def measure(name: str, f, eager, x, cores: int, repeats: int) -> list[str]:
     with torch.no_grad():
         gm = make_fx(f, tracing_mode="real")(x)
-    one = ChrionModule(gm, branch_placement(gm, ["cpu"]), cpu_threads=cores)
-    two = ChrionModule(gm, branch_placement(gm, ["cpu:0", "cpu:1"]), cpu_threads=max(1, cores // 2))
+    one = PlacedGraph(gm, branch_placement(gm, ["cpu"]), cpu_threads=cores)
+    two = PlacedGraph(gm, branch_placement(gm, ["cpu:0", "cpu:1"]), cpu_threads=max(1, cores // 2))
     with torch.no_grad():
         expected = eager(x)
     for m in (one, two):

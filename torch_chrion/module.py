@@ -165,7 +165,7 @@ class ChrionModule(torch.nn.Module):
         self.plans.setdefault(bucket, plan)
         if signature == self._primary_signature:
             self._primary_graph = gm
-        executable = runtime.ChrionModule(
+        executable = runtime.PlacedGraph(
             gm, plan.placement, plan.order, cpu_threads=settings.cpu_threads, plan=plan
         )
         executable.enable_trace(self._trace)

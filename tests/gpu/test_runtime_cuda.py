@@ -13,7 +13,7 @@ from models import BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU, StackedLST
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
 from runtime_helpers import aten_graph, random_order, random_placement, schedulable  # noqa: E402
 
-from torch_chrion.runtime import ChrionModule  # noqa: E402
+from torch_chrion.runtime import PlacedGraph  # noqa: E402
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
@@ -36,7 +36,7 @@ def test_cpu_and_cuda_placements_match_eager(model_class, lanes):
     model = model_class().eval()
     gm = aten_graph(model, *model.example_inputs())
     for seed in range(3):
-        module = ChrionModule(gm, random_placement(gm, lanes, seed), random_order(gm, seed))
+        module = PlacedGraph(gm, random_placement(gm, lanes, seed), random_order(gm, seed))
         inputs = model.example_inputs()
         with torch.no_grad():
             expected = model(*inputs)
@@ -54,7 +54,7 @@ def test_transfers_are_pinned_and_counted():
     nodes = schedulable(gm)
     # alternate devices so that data crosses both ways several times
     placement = {n.name: ("cuda:0" if i % 2 else "cpu") for i, n in enumerate(nodes)}
-    module = ChrionModule(gm, placement)
+    module = PlacedGraph(gm, placement)
     x = model.example_inputs()[0]
     with torch.no_grad():
         torch.testing.assert_close(module(x), model(x), **TOL)
@@ -71,7 +71,7 @@ def test_outputs_on_the_gpu_are_ordered_with_the_callers_stream():
     gm = aten_graph(model, *inputs)  # traced on CUDA: outputs stay on the GPU
     # the LSTM on the CPU, its head on the GPU
     placement = {n.name: "cpu" if "chrion" in str(n.target) else "cuda:0" for n in schedulable(gm)}
-    module = ChrionModule(gm, placement)
+    module = PlacedGraph(gm, placement)
     side = torch.cuda.Stream()
     with torch.no_grad(), torch.cuda.stream(side):  # the caller works on a non-default stream
         expected = model(*inputs)
@@ -90,7 +90,7 @@ def test_concurrent_calls_with_a_cuda_lane_equal_serial_results():
     torch.manual_seed(0)
     model = SpeechConvBiGRU().eval()
     gm = aten_graph(model, *model.example_inputs())
-    module = ChrionModule(gm, random_placement(gm, ["cpu:0", "cpu:1", "cuda:0"], 5))
+    module = PlacedGraph(gm, random_placement(gm, ["cpu:0", "cpu:1", "cuda:0"], 5))
     inputs = [model.example_inputs() for _ in range(8)]
     serial = [module(*x) for x in inputs]
 
@@ -111,7 +111,7 @@ def _gpu_bytes_held(model, placement_of):
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     gm = aten_graph(model, *model.example_inputs(seq=4, batch=2))
-    module = ChrionModule(gm, {n.name: placement_of(n) for n in schedulable(gm)})
+    module = PlacedGraph(gm, {n.name: placement_of(n) for n in schedulable(gm)})
     x = model.example_inputs(seq=4, batch=2)
     with torch.no_grad():
         torch.testing.assert_close(module(*x), model(*x), **TOL)

@@ -6,14 +6,14 @@ import torch
 from models import BiGRUWithState
 from runtime_helpers import aten_graph, random_order, random_placement
 
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 
 def test_eight_threads_times_200_calls_equal_serial_results():
     torch.manual_seed(0)
     model = BiGRUWithState(features=6, hidden=8, layers=1).eval()
     gm = aten_graph(model, *model.example_inputs(seq=3, batch=2))
-    module = ChrionModule(gm, random_placement(gm, ["cpu:0", "cpu:1"], 1), random_order(gm, 1))
+    module = PlacedGraph(gm, random_placement(gm, ["cpu:0", "cpu:1"], 1), random_order(gm, 1))
     inputs = [model.example_inputs(seq=3, batch=2) for _ in range(16)]
     serial = [module(*x) for x in inputs]
 
@@ -60,7 +60,7 @@ def test_next_request_runs_on_a_free_lane_while_the_previous_is_in_flight():
     b = graph.call_function(second_stage, (a,))
     graph.output(b)
     gm = torch.fx.GraphModule(torch.nn.Module(), graph)
-    module = ChrionModule(gm, {a.name: "cpu:0", b.name: "cpu:1"})
+    module = PlacedGraph(gm, {a.name: "cpu:0", b.name: "cpu:1"})
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(module, torch.ones(2))
         assert first_done.wait(timeout=30)

@@ -8,7 +8,7 @@ import torch
 from runtime_helpers import aten_graph, schedulable
 
 from torch_chrion.errors import ExecutionError
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 
 def net(x, w, v):
@@ -21,7 +21,7 @@ def make():
     x, w, v = torch.randn(3, 4), torch.randn(4, 5), torch.randn(1, 5)
     gm = aten_graph(net, x, w, v)
     placement = {n.name: ("cpu:1" if n.name == "mm" else "cpu:0") for n in schedulable(gm)}
-    return ChrionModule(gm, placement), (x, w, v)
+    return PlacedGraph(gm, placement), (x, w, v)
 
 
 def test_failing_operator_names_node_lane_and_op_and_next_call_works():
@@ -44,7 +44,7 @@ def test_python_node_failure_is_an_execution_error():
     z = graph.call_function(boom, (y,))
     graph.output(z)
     gm = torch.fx.GraphModule(torch.nn.Module(), graph)
-    module = ChrionModule(gm, {y.name: "cpu:0", z.name: "cpu:1"})
+    module = PlacedGraph(gm, {y.name: "cpu:0", z.name: "cpu:1"})
     assert module.python_nodes == ["boom"]
     with pytest.raises(ExecutionError, match="planted failure") as info:
         module(torch.randn(2))

@@ -11,7 +11,7 @@ from models import (
 )
 from runtime_helpers import aten_graph, random_order, random_placement
 
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 LANE_SETS = [["cpu"], ["cpu:0", "cpu:1"], ["cpu:0", "cpu:1", "cpu:2"]]
 
@@ -29,7 +29,7 @@ def test_random_placements_match_eager(model_class, lanes, granularity):
     if model_class is not UnrolledLSTMCell:  # nn.LSTM / nn.GRU layers stay whole
         assert any("chrion" in str(n.target) for n in gm.graph.nodes)
     for seed in range(3):
-        module = ChrionModule(
+        module = PlacedGraph(
             gm, random_placement(gm, lanes, seed), random_order(gm, seed), cpu_threads=1
         )
         assert module.python_nodes == []

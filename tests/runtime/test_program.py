@@ -8,7 +8,7 @@ import torch
 from runtime_helpers import aten_graph, schedulable
 
 from torch_chrion.errors import OptionError, PlanError
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 
 def branches(x, w):
@@ -24,7 +24,7 @@ def two_lanes(gm):
 def test_alternating_lanes_match_eager():
     x, w = torch.randn(4, 4), torch.randn(4, 4)
     gm = aten_graph(branches, x, w)
-    module = ChrionModule(gm, two_lanes(gm))
+    module = PlacedGraph(gm, two_lanes(gm))
     assert module.lanes == ["cpu:0", "cpu:1"]
     assert module.python_nodes == []
     for _ in range(3):
@@ -39,7 +39,7 @@ def test_multi_output_operator_and_defaults():
 
     x = torch.randn(5, 3)
     gm = aten_graph(f, x)
-    module = ChrionModule(gm, two_lanes(gm))
+    module = PlacedGraph(gm, two_lanes(gm))
     x = torch.randn(5, 3)
     torch.testing.assert_close(module(x), f(x))
 
@@ -51,7 +51,7 @@ def test_factory_ops_and_device_constants():
 
     x = torch.randn(2, 2)
     gm = aten_graph(f, x)
-    module = ChrionModule(gm, {n.name: "cpu" for n in schedulable(gm)})
+    module = PlacedGraph(gm, {n.name: "cpu" for n in schedulable(gm)})
     torch.testing.assert_close(module(x), f(x))
 
 
@@ -64,9 +64,9 @@ def test_output_may_be_an_input_or_a_single_tensor():
 
     x, y = torch.randn(3), torch.randn(3)
     gm = aten_graph(single, x)
-    torch.testing.assert_close(ChrionModule(gm, two_lanes(gm))(x), torch.tanh(x))
+    torch.testing.assert_close(PlacedGraph(gm, two_lanes(gm))(x), torch.tanh(x))
     gm = aten_graph(passthrough, x, y)
-    out = ChrionModule(gm, two_lanes(gm))(x, y)
+    out = PlacedGraph(gm, two_lanes(gm))(x, y)
     assert out[0] is y
     torch.testing.assert_close(out[1], torch.tanh(x))
 
@@ -75,7 +75,7 @@ def test_python_callable_nodes_are_counted_and_run():
     gm = torch.fx.symbolic_trace(lambda x: torch.nn.functional.gelu(x) + 1)
     gm.graph.lint()
     placement = {n.name: "cpu:1" for n in gm.graph.nodes if n.op == "call_function"}
-    module = ChrionModule(gm, placement)
+    module = PlacedGraph(gm, placement)
     assert sorted(module.python_nodes) == sorted(placement)  # neither is an OpOverload
     x = torch.randn(6)
     torch.testing.assert_close(module(x), torch.nn.functional.gelu(x) + 1)
@@ -88,7 +88,7 @@ def test_order_is_respected_on_one_lane():
     x = torch.randn(3)
     gm = aten_graph(f, x)
     names = [n.name for n in schedulable(gm)]
-    module = ChrionModule(gm, dict.fromkeys(names, "cpu"), order=names[::-1])
+    module = PlacedGraph(gm, dict.fromkeys(names, "cpu"), order=names[::-1])
     module.enable_trace()
     module(x)
     assert [e.node for e in module.last_trace()] == names[::-1]
@@ -100,20 +100,20 @@ def test_bad_placements_are_refused():
     names = [n.name for n in schedulable(gm)]
     good = dict.fromkeys(names, "cpu")
     with pytest.raises(PlanError, match="no lane"):
-        ChrionModule(gm, {names[0]: "cpu"})
+        PlacedGraph(gm, {names[0]: "cpu"})
     with pytest.raises(PlanError, match="not in the graph"):
-        ChrionModule(gm, {**good, "nope": "cpu"})
+        PlacedGraph(gm, {**good, "nope": "cpu"})
     with pytest.raises(PlanError, match="placeholder"):
-        ChrionModule(gm, {**good, "x_1": "cpu"})
+        PlacedGraph(gm, {**good, "x_1": "cpu"})
     with pytest.raises(OptionError, match="unknown lane"):
-        ChrionModule(gm, {**good, names[0]: "gpu0"})
+        PlacedGraph(gm, {**good, names[0]: "gpu0"})
     with pytest.raises(PlanError, match="twice"):
-        ChrionModule(gm, good, order=[names[0], names[0]])
+        PlacedGraph(gm, good, order=[names[0], names[0]])
     with pytest.raises(PlanError, match="misses"):
-        ChrionModule(gm, good, order=names[:1])
+        PlacedGraph(gm, good, order=names[:1])
     if not torch.cuda.is_available():
         with pytest.raises(OptionError, match="CUDA"):
-            ChrionModule(gm, {**good, names[0]: "cuda:0"})
+            PlacedGraph(gm, {**good, names[0]: "cuda:0"})
 
 
 def test_getitem_never_becomes_a_step():
@@ -121,7 +121,7 @@ def test_getitem_never_becomes_a_step():
     gm = aten_graph(branches, x, w)
     getitems = [n for n in gm.graph.nodes if n.target is operator.getitem]
     assert getitems
-    module = ChrionModule(gm, two_lanes(gm))
+    module = PlacedGraph(gm, two_lanes(gm))
     module.enable_trace()
     module(x, w)
     traced = {e.node for e in module.last_trace()}

@@ -10,13 +10,13 @@ SCRIPT = textwrap.dedent(
     import sys, threading, torch
     sys.path[:0] = [{helpers!r}]
     from runtime_helpers import aten_graph, schedulable
-    from torch_chrion.runtime import ChrionModule
+    from torch_chrion.runtime import PlacedGraph
 
     def f(x):
         return torch.sin(x) @ torch.cos(x).T
     x = torch.randn(64, 64)
     gm = aten_graph(f, x)
-    kept = ChrionModule(gm, {{n.name: "cpu:" + str(i % 2) for i, n in enumerate(schedulable(gm))}})
+    kept = PlacedGraph(gm, {{n.name: "cpu:" + str(i % 2) for i, n in enumerate(schedulable(gm))}})
     kept(x)
     # a daemon thread still calling at exit
     threading.Thread(target=lambda: [kept(x) for _ in range(10**6)], daemon=True).start()

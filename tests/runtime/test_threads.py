@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 
 def lane_threads(x):
@@ -26,7 +26,7 @@ def graph_reading_thread_counts():
 def test_each_cpu_lane_has_its_own_thread_count_and_the_callers_is_kept():
     before = torch.get_num_threads()
     gm, a, b = graph_reading_thread_counts()
-    module = ChrionModule(gm, {a: "cpu:0", b: "cpu:1"}, cpu_threads=3)
+    module = PlacedGraph(gm, {a: "cpu:0", b: "cpu:1"}, cpu_threads=3)
     assert [t.item() for t in module(torch.zeros(1))] == [3.0, 3.0]
     assert torch.get_num_threads() == before  # the caller's count is untouched
 
@@ -36,13 +36,13 @@ def test_each_cpu_lane_has_its_own_thread_count_and_the_callers_is_kept():
     thread.join()
     assert seen == [before]  # and threads started later inherit the caller's, not a lane's
 
-    single = ChrionModule(gm, {a: "cpu", b: "cpu"}, cpu_threads=1)
+    single = PlacedGraph(gm, {a: "cpu", b: "cpu"}, cpu_threads=1)
     assert [t.item() for t in single(torch.zeros(1))] == [1.0, 1.0]
     assert torch.get_num_threads() == before
 
 
 def test_default_is_one_thread_per_cpu_lane():
     gm, a, b = graph_reading_thread_counts()
-    module = ChrionModule(gm, {a: "cpu:0", b: "cpu:1"})
+    module = PlacedGraph(gm, {a: "cpu:0", b: "cpu:1"})
     expected = 1
     assert [t.item() for t in module(torch.zeros(1))] == [expected, expected]

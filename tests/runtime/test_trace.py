@@ -5,7 +5,7 @@ import json
 import torch
 from runtime_helpers import aten_graph, schedulable
 
-from torch_chrion.runtime import ChrionModule
+from torch_chrion.runtime import PlacedGraph
 
 
 def f(x):
@@ -16,7 +16,7 @@ def test_trace_has_every_step_once_on_its_lane_and_saves_as_chrome_json(tmp_path
     x = torch.randn(8)
     gm = aten_graph(f, x)
     placement = {n.name: ("cpu:0" if n.name == "sin" else "cpu:1") for n in schedulable(gm)}
-    module = ChrionModule(gm, placement)
+    module = PlacedGraph(gm, placement)
     module(x)
     assert module.last_trace() == []  # off by default
     module.enable_trace()

@@ -200,7 +200,7 @@ def _measure_on_cpu_lane(
     debug executor does, the profile times the calls the lane will make: the whole graph runs on
     one traced lane, and each node's cost is the median of its steps' durations.
     """
-    from ..runtime import ChrionModule as PlacedGraph
+    from ..runtime import PlacedGraph
 
     placed = PlacedGraph(gm, {n.name: "cpu" for n in nodes}, cpu_threads=threads)
     durations: dict[str, list[float]] = {n.name: [] for n in nodes}

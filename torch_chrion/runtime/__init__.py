@@ -1,6 +1,6 @@
 """The online half of torch_chrion: a placed aten graph run by the C++ executor, one worker
 thread per lane ("cpu", "cpu:N", "cuda:N"), every lane busy at once."""
 
-from .module import ChrionModule
+from .placed_graph import PlacedGraph
 
-__all__ = ["ChrionModule"]
+__all__ = ["PlacedGraph"]

@@ -1,4 +1,4 @@
-"""ChrionModule: an nn.Module that runs a placed aten graph on the C++ executor."""
+"""PlacedGraph: an nn.Module that runs a placed aten graph on the C++ executor."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _stop_executor(executor: Any, timeout_s: float) -> bool:
     return executor.stop(timeout_s)
 
 
-class ChrionModule(nn.Module):
+class PlacedGraph(nn.Module):
     """Runs ``gm`` with each node on its lane, every lane a C++ worker thread.
 
     Args:
