@@ -12,9 +12,9 @@ from models import BiGRUWithState, StackedLSTM
 
 from torch_chrion.errors import ChrionError, OptionError, PlanError
 from torch_chrion.graph import capture, graph_hash
+from torch_chrion.graph.nodes import schedulable_nodes
 from torch_chrion.profile import Profile, profile_graph
 from torch_chrion.profile import profiler as profiler_module
-from torch_chrion.profile.profiler import schedulable_nodes
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
 
@@ -253,3 +253,38 @@ def test_cached_cuda_device_profile_round_trips(tmp_path):
     )
     profile.save(tmp_path / "cuda.json")
     assert Profile.load(tmp_path / "cuda.json") == profile
+
+
+def test_call_module_nodes_are_costed_placed_and_run(tmp_path):
+    """One definition of a schedulable node (torch_chrion.graph.nodes): a call_module or
+    call_method node, which the executor runs as a Python step, is also profiled and placed."""
+    from torch_chrion.runtime import PlacedGraph
+    from torch_chrion.schedule import make_plan
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 5)
+
+        def forward(self, x):
+            return torch.tanh(self.linear(x)).transpose(0, 1)
+
+    model = Net().eval()
+    gm = torch.fx.symbolic_trace(model)
+    ops = {n.op for n in schedulable_nodes(gm)}
+    assert {"call_module", "call_method"} <= ops
+    x = torch.randn(4, 6)
+    settings = ChrionSettings(
+        devices=("cpu:0", "cpu:1"), profile_warmup=1, profile_repeats=3, profile_budget_s=2
+    )
+    profile = profile_graph(gm, (x,), ["cpu:0", "cpu:1"], settings=settings, cache_dir=tmp_path)
+    assert set(profile.node_ms) == {n.name for n in schedulable_nodes(gm)}
+    plan = make_plan(gm, profile, settings)
+    assert set(plan.placement) == set(profile.node_ms)
+    placed = PlacedGraph(gm, plan.placement, plan.order, cpu_threads=1)
+    try:
+        torch.testing.assert_close(placed(x), model(x))
+    finally:
+        placed.stop()

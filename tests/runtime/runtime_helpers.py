@@ -10,8 +10,8 @@ from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion.graph import capture
+from torch_chrion.graph.nodes import is_schedulable
 from torch_chrion.ops import ensure_loaded
-from torch_chrion.runtime.lowering import is_schedulable
 
 
 def aten_graph(fn, *inputs, granularity: str = "layer") -> torch.fx.GraphModule:

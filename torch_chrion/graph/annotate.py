@@ -18,6 +18,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.utils._pytree import tree_leaves
 
 from ..errors import ModelError
+from .nodes import fetch_attr
 
 
 def tensor_bytes(value: object) -> int:
@@ -31,15 +32,8 @@ def _weight_bytes(gm: fx.GraphModule, node: fx.Node) -> int:
     total = 0
     for arg in node.all_input_nodes:
         if arg.op == "get_attr":
-            total += tensor_bytes(_fetch_attr(gm, arg.target))
+            total += tensor_bytes(fetch_attr(gm, arg.target))
     return total
-
-
-def _fetch_attr(gm: fx.GraphModule, target: str) -> object:
-    value: object = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def annotate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> fx.GraphModule:
@@ -70,7 +64,7 @@ def annotate(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> fx.G
         raise ModelError(f"shape propagation of the captured graph failed: {exc}") from exc
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            node.meta["val"] = mode.from_tensor(_fetch_attr(gm, node.target))
+            node.meta["val"] = mode.from_tensor(fetch_attr(gm, node.target))
         node.meta["chrion_out_bytes"] = tensor_bytes(node.meta.get("val"))
         node.meta["chrion_weight_bytes"] = (
             _weight_bytes(gm, node) if node.op == "call_function" else 0

@@ -14,7 +14,6 @@ import functools
 import itertools
 import logging
 import math
-import operator
 import os
 import statistics
 import time
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from .._extension import cache_root
 from ..errors import ChrionError, OptionError, PlanError
 from ..graph import graph_hash
+from ..graph.nodes import node_callable, schedulable_nodes
 from ..runtime.lanes import DEFAULT_CPU_THREADS
 from ..settings import ChrionSettings
 from . import timing
@@ -50,13 +50,6 @@ _PROGRESS_MIN_NODES = 8
 WARMUP_S = 1.0
 # seconds a profile must run before its progress bar appears ("more than a moment")
 PROGRESS_DELAY_S = 1.0
-
-
-def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The call_function nodes other than getitem, in graph order (what gets a lane)."""
-    return [
-        n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem
-    ]
 
 
 class _KeepValues(fx.Interpreter):
@@ -129,7 +122,9 @@ def _clone_tensors(value: object) -> object:
     return value
 
 
-def _node_call(node: fx.Node, values: dict[fx.Node, object]) -> Callable[[], object]:
+def _node_call(
+    gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, object]
+) -> Callable[[], object]:
     """A no-argument call of ``node`` on its recorded inputs."""
     args, kwargs = fx.node.map_arg((node.args, node.kwargs), values.__getitem__)
     schema = getattr(node.target, "_schema", None)
@@ -137,7 +132,7 @@ def _node_call(node: fx.Node, values: dict[fx.Node, object]) -> Callable[[], obj
         args, kwargs = _clone_tensors(
             (args, kwargs)
         )  # an in-place op must not touch the shared values
-    target = node.target
+    target = node_callable(gm, node)
 
     def call() -> object:
         return target(*args, **kwargs)
@@ -146,6 +141,7 @@ def _node_call(node: fx.Node, values: dict[fx.Node, object]) -> Callable[[], obj
 
 
 def _measure_on_cuda(
+    gm: fx.GraphModule,
     values: dict[fx.Node, object],
     nodes: list[fx.Node],
     device: torch.device,
@@ -163,7 +159,7 @@ def _measure_on_cuda(
     values = {node: _to_device(value, device) for node, value in values.items()}
     costs: dict[str, float] = {}
     notes: list[str] = []
-    calls = {node: _node_call(node, values) for node in nodes}
+    calls = {node: _node_call(gm, node, values) for node in nodes}
     with _progress(len(nodes), desc) as bar, torch.no_grad():
         _warm_up(list(calls.values()), device, min(WARMUP_S, 0.1 * budget.seconds))
         for node, call in calls.items():
@@ -404,7 +400,7 @@ def profile_graph(
                 )
             else:
                 costs, notes = _measure_on_cuda(
-                    values, nodes, device, budget, f"profiling on {group}"
+                    gm, values, nodes, device, budget, f"profiling on {group}"
                 )
             transfer = measure_transfers(device) if device.type == "cuda" else {}
             if budget.fewest < settings.profile_repeats:

@@ -28,7 +28,6 @@ the lane's device, which keeps factory ops such as ``new_zeros`` on the lane tha
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,20 +38,14 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from ..errors import PlanError, UnsupportedOperatorError
+from ..graph.nodes import fetch_attr, is_schedulable, node_callable
 from ..ops.python_call import is_python_call, lookup
 from .lanes import LaneSpec, lane_specs
-
-_SCHEDULABLE_OPS = ("call_function", "call_module", "call_method")
-
-
-def is_schedulable(node: torch.fx.Node) -> bool:
-    """A node that becomes a step: an operator call that is not ``operator.getitem``."""
-    return node.op in _SCHEDULABLE_OPS and node.target is not operator.getitem
 
 
 @dataclass
 class Lowered:
-    """What ChrionModule needs besides the C++ executor."""
+    """What PlacedGraph needs besides the C++ executor."""
 
     description: dict[str, Any]
     lanes: list[LaneSpec]
@@ -105,10 +98,6 @@ def _ranks(schedulable: list[torch.fx.Node], order: Sequence[str] | None) -> dic
     return ranks
 
 
-def _fetch_attr(gm: torch.fx.GraphModule, target: str) -> Any:
-    return functools.reduce(getattr, target.split("."), gm)
-
-
 class _Lowering:
     """One pass over the graph in topological order, building steps as it goes."""
 
@@ -152,7 +141,7 @@ class _Lowering:
     def _weight(self, node: torch.fx.Node, physical: str) -> Any:
         key = (node.target, physical)
         if key not in self.weights:
-            value = _fetch_attr(self.gm, node.target)
+            value = fetch_attr(self.gm, node.target)
             if isinstance(value, torch.Tensor):
                 value = value.detach().to(physical)
             self.weights[key] = value
@@ -245,7 +234,7 @@ class _Lowering:
                 template.append(device)
             else:
                 template.append(leaf)
-        fn = _python_callable(self.gm, node)
+        fn = node_callable(self.gm, node)
         self.python_nodes.append(node.name)
         return {
             "kind": "python",
@@ -302,7 +291,7 @@ class _Lowering:
                 kinds.append(("const", leaf))
                 continue
             if leaf.op == "get_attr":
-                kinds.append(("const", _fetch_attr(self.gm, leaf.target)))
+                kinds.append(("const", fetch_attr(self.gm, leaf.target)))
                 continue
             ref = self.refs[leaf]
             if ref[0] != "multi" and self.mixed and leaf.op != "placeholder":
@@ -407,15 +396,6 @@ class _Rebuild:
             leaves[position] = value
         args, kwargs = pytree.tree_unflatten(leaves, self.spec)
         return self.fn(*args, **kwargs)
-
-
-def _python_callable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Callable[..., Any]:
-    if node.op == "call_module":
-        return gm.get_submodule(node.target)
-    if node.op == "call_method":
-        method = node.target
-        return lambda self_, *args, **kwargs: getattr(self_, method)(*args, **kwargs)
-    return node.target
 
 
 def lower(

@@ -1,6 +1,7 @@
 """TaskGraph from an aten graph (``torch_chrion.graph.capture``) and a Profile.
 
-Tasks are the schedulable nodes: call_function nodes whose target is not ``operator.getitem``.
+Tasks are the schedulable nodes (``torch_chrion.graph.nodes.is_schedulable``): operator calls
+other than ``operator.getitem``.
 A getitem lives on its producer's lane and costs nothing, so it is folded: a node reading
 ``getitem(p, k)`` gets an edge from p, carrying the bytes of that element. Placeholders and
 get_attr nodes are inputs and weights, not tasks.
@@ -22,17 +23,8 @@ import torch
 import torch.fx as fx
 
 from ..errors import PlanError
+from ..graph.nodes import is_schedulable, schedulable_nodes
 from .task_graph import SharesMemory, TaskGraph, cpu_lanes_share_memory
-
-
-def is_schedulable(node: fx.Node) -> bool:
-    """A call_function node other than getitem."""
-    return node.op == "call_function" and node.target is not operator.getitem
-
-
-def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """The graph's schedulable nodes, in graph order."""
-    return [n for n in gm.graph.nodes if is_schedulable(n)]
 
 
 def producer_of(node: fx.Node) -> fx.Node | None:

@@ -19,9 +19,10 @@ import torch.fx as fx
 
 from .. import jsonfile
 from ..errors import InfeasiblePlanError, PlanError
+from ..graph.nodes import schedulable_nodes
 from ..jsonfile import Nullable
 from ..settings import GRANULARITIES, OBJECTIVES
-from .from_graph import producer_of, schedulable_nodes, task_graph_from
+from .from_graph import producer_of, task_graph_from
 from .simulate import simulate
 from .solve import solve
 

@@ -1,0 +1,42 @@
+"""What every stage agrees a node of the aten graph is: which nodes get a lane (and so a cost, a
+place in the plan and a step in the executor), and how a node's target is reached."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from torch import fx
+
+# Operator calls. A call_module/call_method node (left by a graph that was not fully lowered to
+# aten) runs as a Python step; it is placed and costed like any other operator call.
+_SCHEDULABLE_OPS = ("call_function", "call_module", "call_method")
+
+
+def is_schedulable(node: fx.Node) -> bool:
+    """A node that gets a lane: an operator call other than ``operator.getitem`` (a getitem
+    lives on its producer's lane and costs nothing)."""
+    return node.op in _SCHEDULABLE_OPS and node.target is not operator.getitem
+
+
+def schedulable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The graph's schedulable nodes, in graph (topological) order."""
+    return [n for n in gm.graph.nodes if is_schedulable(n)]
+
+
+def fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    """The value a get_attr node reads (a dotted path from ``gm``)."""
+    return functools.reduce(getattr, target.split("."), gm)
+
+
+def node_callable(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any]:
+    """What a schedulable node calls with its args and kwargs: the function, the submodule of a
+    call_module node, or, for call_method, a function of (self, *args)."""
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))
+    if node.op == "call_method":
+        method = str(node.target)
+        return lambda self_, *args, **kwargs: getattr(self_, method)(*args, **kwargs)
+    return node.target  # type: ignore[return-value]
