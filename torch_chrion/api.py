@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +15,11 @@ from .settings import ChrionSettings
 
 __all__ = ["ChrionModule", "compile_graph", "compile_onnx", "example_inputs_for", "load_onnx"]
 
+# The most bytes example_inputs_for allocates for one input. Past it, a declared shape is a
+# mistake (2**40 elements is 4 TiB of float32) or a model too large to plan from declared
+# shapes alone; either way the caller passes example inputs of the size meant.
+EXAMPLE_INPUT_BYTES_LIMIT = 2**32
+
 
 def example_inputs_for(
     model: Any, shapes: Mapping[str, Sequence[int]] | None = None
@@ -22,8 +28,11 @@ def example_inputs_for(
     integers); ``shapes`` gives or overrides the shape of inputs by name.
 
     Raises:
-        OptionError: ``shapes`` names an input the model does not have.
-        ModelError: inputs with symbolic dimensions and no shape given, every one named.
+        OptionError: ``shapes`` names an input the model does not have, or gives a negative
+            dimension or one past :data:`EXAMPLE_INPUT_BYTES_LIMIT`.
+        ModelError: inputs with symbolic dimensions and no shape given, every one named; a
+            declared negative dimension; a declared shape past
+            :data:`EXAMPLE_INPUT_BYTES_LIMIT` (checked before anything is allocated).
     """
     import numpy as np
     from onnx.helper import tensor_dtype_to_np_dtype
@@ -50,6 +59,7 @@ def example_inputs_for(
         dtype = torch.from_numpy(
             np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))
         ).dtype
+        _check_example_dims(value.name, list(dims), dtype, given=value.name in shapes)
         if dtype.is_floating_point:
             inputs.append(torch.randn(list(dims), generator=generator).to(dtype))
         else:
@@ -60,6 +70,24 @@ def example_inputs_for(
             f"needed: {'; '.join(symbolic)}"
         )
     return tuple(inputs)
+
+
+def _check_example_dims(name: str, dims: list[int], dtype: torch.dtype, given: bool) -> None:
+    """Refuse a shape no example input should be made of, naming the input and the dim."""
+    error = OptionError if given else ModelError
+    source = "the shape given for" if given else "the declared shape of"
+    for axis, size in enumerate(dims):
+        if int(size) < 0:
+            raise error(f"{source} input {name!r} {dims} has a negative dimension {axis}")
+    nbytes = math.prod(int(d) for d in dims) * dtype.itemsize
+    if nbytes > EXAMPLE_INPUT_BYTES_LIMIT:
+        largest = max(range(len(dims)), key=lambda axis: int(dims[axis]))
+        raise error(
+            f"{source} input {name!r} {dims} needs {nbytes / 2**30:.3g} GiB "
+            f"(dimension {largest} is {dims[largest]}), more than the "
+            f"{EXAMPLE_INPUT_BYTES_LIMIT / 2**30:.3g} GiB an example input is made of here; "
+            "pass example_inputs (or shapes) of the size the model is served at"
+        )
 
 
 def load_onnx(
@@ -116,9 +144,12 @@ def compile_onnx(
     from .schedule import Plan
 
     proto = chrion_onnx.load_model(model)
-    gm = chrion_onnx.to_fx(proto)
     if example_inputs is None:
         example_inputs = example_inputs_for(proto)
+    # the example shapes give the rank of values shape inference cannot tell from the model
+    tensors = all(isinstance(x, torch.Tensor) for x in example_inputs)
+    example_shapes = [tuple(x.shape) for x in example_inputs] if tensors else None
+    gm = chrion_onnx.to_fx(proto, example_shapes=example_shapes)
     if isinstance(plan, (str, os.PathLike)):
         plan = Plan.load(plan)
     if isinstance(recorded_profile, (str, os.PathLike)):

@@ -11,6 +11,7 @@ does not match torch fails here with an error saying which one to install.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import onnx
 from torch import fx
@@ -30,6 +31,7 @@ __all__ = ["OnnxDependencyError", "load_model", "to_fx"]
 def to_fx(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     fold: bool = False,
+    example_shapes: Sequence[Sequence[int]] | None = None,
 ) -> fx.GraphModule:
     """Load an ONNX model and convert it to a GraphModule.
 
@@ -40,9 +42,12 @@ def to_fx(
             converters read at conversion time. The result then traces with
             ``make_fx(tracing_mode="real")``; it is specialised to the input shapes the model
             declares, so use it only for models with static input shapes.
+        example_shapes: the shapes of example inputs, one per graph input (initializers
+            excluded), in order: where shape inference on the declared input shapes cannot tell
+            a value's rank, inference on these can (see :mod:`torch_chrion.onnx.shapes`).
 
     Returns:
-        A GraphModule taking the model's inputs (initializers excluded) in order and
+        A GraphModule in eval mode (ONNX inference semantics) taking the model's inputs (initializers excluded) in order and
         returning one tensor for a one-output model, else a tuple in the ONNX output order.
 
     Raises:
@@ -53,4 +58,4 @@ def to_fx(
     proto = load_model(model)
     if fold:
         proto = fold_constants(proto)
-    return model_to_module(proto)
+    return model_to_module(proto, example_shapes)

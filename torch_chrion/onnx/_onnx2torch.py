@@ -55,6 +55,7 @@ onnx2torch = _import_onnx2torch()
 from onnx2torch.node_converters import registry as _registry  # noqa: E402
 from onnx2torch.onnx_graph import OnnxGraph  # noqa: E402,F401
 from onnx2torch.onnx_node import OnnxNode  # noqa: E402,F401
+from onnx2torch.onnx_tensor import OnnxTensor  # noqa: E402,F401
 from onnx2torch.utils.common import (  # noqa: E402,F401
     OnnxMapping,
     OperationConverterResult,

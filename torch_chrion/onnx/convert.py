@@ -10,7 +10,13 @@ converters (onnx2torch's and ours, all in one registry) but also
 * returns the right element when a graph output comes from a multi-output node
   (see :mod:`torch_chrion.onnx.outputs`);
 * converts subgraphs (If / Loop / Scan bodies), whose nodes may read values of the
-  enclosing graphs: those become extra inputs of the subgraph's GraphModule.
+  enclosing graphs: those become extra inputs of the subgraph's GraphModule;
+* gives converters an :class:`~torch_chrion.onnx.scope.OnnxScope`, where Constant-node
+  outputs and the enclosing graphs' constants count as initializers (a Conv weight may be
+  either), and value_info is inferred (see :mod:`torch_chrion.onnx.shapes`);
+* returns a module in eval mode: ONNX operators have inference semantics (BatchNormalization
+  with its running statistics, Dropout as the identity), which onnx2torch's modules give only
+  when not training.
 """
 
 from __future__ import annotations
@@ -27,21 +33,27 @@ from torch import fx, nn
 
 from ..errors import ChrionError, UnsupportedOperatorError
 from . import _onnx2torch
-from ._onnx2torch import OnnxGraph
+from ._onnx2torch import OnnxMapping
 from .opsets import NodeKey, missing_converters, opset_imports, schema_version
 from .outputs import ValueTable, emit_outputs
+from .scope import OnnxScope
+from .shapes import with_value_info
 
 # the model's opsets while a conversion runs, for converters that convert subgraphs
 _OPSETS: contextvars.ContextVar[dict[str, int]] = contextvars.ContextVar("chrion_onnx_opsets")
+# the graph whose nodes are being converted, the enclosing scope of their subgraphs
+_SCOPE: contextvars.ContextVar[OnnxScope | None] = contextvars.ContextVar(
+    "chrion_onnx_scope", default=None
+)
 
 
 @contextmanager
-def _opsets_in_force(opsets: dict[str, int]) -> Iterator[None]:
-    token = _OPSETS.set(opsets)
+def _in_force(variable: contextvars.ContextVar, value: object) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _OPSETS.reset(token)
+        variable.reset(token)
 
 
 def raise_if_unsupported(model: onnx.ModelProto) -> None:
@@ -122,7 +134,7 @@ def graph_to_module(
     Raises:
         UnsupportedOperatorError: converters failed on some nodes (all of them listed).
     """
-    with _opsets_in_force(opsets):
+    with _in_force(_OPSETS, opsets):
         return _build(graph, opsets, outer_values, tuple_output)
 
 
@@ -141,7 +153,7 @@ def _build(
     outer_values: Sequence[str],
     tuple_output: bool,
 ) -> fx.GraphModule:
-    onnx_graph = OnnxGraph(graph)
+    onnx_graph = OnnxScope(graph, parent=_SCOPE.get())
     root = nn.Module()
     initializers = nn.Module()
     root.add_module("initializers", initializers)
@@ -152,7 +164,7 @@ def _build(
         return None if tensor is None else tensor.to_torch()
 
     table = ValueTable(fx_graph, initializers, load_initializer)
-    initializer_names = set(onnx_graph.initializers)
+    initializer_names = {init.name for init in graph.initializer}
     used: set[str] = set()
     for index, value in enumerate(graph.input):
         if value.name in initializer_names:
@@ -163,20 +175,8 @@ def _build(
         placeholder = fx_graph.placeholder(_placeholder_name(name, index, used, prefix="outer"))
         table.set(name, placeholder)
 
-    failures: list[str] = []
-    converted = []
-    for unique_name, onnx_node in onnx_graph.nodes.items():
-        key = _node_key(onnx_node, opsets, graph.name)
-        try:
-            converter = _onnx2torch.get_converter(key.domain, key.op_type, key.version)
-            module, mapping = converter(onnx_node, onnx_graph)
-        except ChrionError as exc:
-            failures.append(f"{key.describe()}: {exc}")
-            continue
-        except Exception as exc:  # converters raise bare NotImplementedError/KeyError/...
-            failures.append(f"{key.describe()}: {type(exc).__name__}: {exc}")
-            continue
-        converted.append((unique_name, module, mapping))
+    with _in_force(_SCOPE, onnx_graph):
+        converted, failures = _convert_nodes(onnx_graph, opsets, graph.name)
     if failures:
         raise UnsupportedOperatorError(
             f"{len(failures)} node(s) could not be converted:\n  " + "\n  ".join(failures),
@@ -197,7 +197,29 @@ def _build(
 
     emit_outputs(fx_graph, table, [value.name for value in graph.output], tuple_output)
     fx_graph.lint()
-    return fx.GraphModule(root, fx_graph, class_name=_class_name(graph.name))
+    module = fx.GraphModule(root, fx_graph, class_name=_class_name(graph.name))
+    return module.eval()  # inference semantics (see the module docstring)
+
+
+def _convert_nodes(
+    onnx_graph: OnnxScope, opsets: dict[str, int], graph_name: str
+) -> tuple[list[tuple[str, nn.Module, OnnxMapping]], list[str]]:
+    """Every node's module and mapping, and a description of every node that failed."""
+    converted = []
+    failures: list[str] = []
+    for unique_name, onnx_node in onnx_graph.nodes.items():
+        key = _node_key(onnx_node, opsets, graph_name)
+        try:
+            converter = _onnx2torch.get_converter(key.domain, key.op_type, key.version)
+            module, mapping = converter(onnx_node, onnx_graph)
+        except ChrionError as exc:
+            failures.append(f"{key.describe()}: {exc}")
+            continue
+        except Exception as exc:  # converters raise bare NotImplementedError/KeyError/...
+            failures.append(f"{key.describe()}: {type(exc).__name__}: {exc}")
+            continue
+        converted.append((unique_name, module, mapping))
+    return converted, failures
 
 
 def _node_key(onnx_node: _onnx2torch.OnnxNode, opsets: dict[str, int], graph_name: str) -> NodeKey:
@@ -238,15 +260,26 @@ def _class_name(graph_name: str) -> str:
     return f"Onnx_{name}" if name else "OnnxGraphModule"
 
 
-def model_to_module(model: onnx.ModelProto) -> fx.GraphModule:
+def model_to_module(
+    model: onnx.ModelProto, example_shapes: Sequence[Sequence[int]] | None = None
+) -> fx.GraphModule:
     """Convert a checked, opset-normalised model (see :func:`load_model`) to a GraphModule.
 
-    The GraphModule takes the graph inputs (initializers excluded) in order and returns one
-    tensor for a one-output graph, else a tuple in the ONNX output order. Their ONNX names
-    are in ``module.meta["onnx_inputs"]`` and ``module.meta["onnx_outputs"]``.
+    Args:
+        model: the model.
+        example_shapes: shapes of example inputs (one per graph input, initializers excluded),
+            which give the rank of values whose shape inference on the declared shapes cannot
+            tell (see :mod:`torch_chrion.onnx.shapes`). The module serves every shape.
+
+    Returns:
+        A GraphModule in eval mode taking the graph inputs (initializers excluded) in order and
+        returning one tensor for a one-output graph, else a tuple in the ONNX output order.
+        Their ONNX names are in ``module.meta["onnx_inputs"]`` and
+        ``module.meta["onnx_outputs"]``.
     """
     raise_if_unsupported(model)
-    module = graph_to_module(model.graph, opset_imports(model))
+    typed = with_value_info(model, example_shapes)
+    module = graph_to_module(typed.graph, opset_imports(model))
     initializers = {init.name for init in model.graph.initializer}
     # the ONNX names, for callers that feed inputs by name or label outputs
     module.meta["onnx_inputs"] = [v.name for v in model.graph.input if v.name not in initializers]

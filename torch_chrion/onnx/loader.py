@@ -7,11 +7,12 @@ from pathlib import Path
 
 import onnx
 import onnx.checker
+import onnx.defs
 import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from ..errors import ModelError
-from .opsets import normalise_opsets
+from .opsets import default_opset, normalise_opsets
 
 # onnx.checker.check_model refuses in-memory protos above protobuf's 2 GiB limit
 _CHECK_IN_MEMORY_LIMIT = 2**31 - 1
@@ -72,20 +73,60 @@ def _uses_external_data(proto: onnx.ModelProto) -> bool:
 
 
 def check_model(proto: onnx.ModelProto, name: str, path: Path | None = None) -> None:
-    """onnx.checker with shape inference (full_check).
+    """onnx.checker with shape inference (full_check), no stricter than onnxruntime.
 
-    A model past protobuf's 2 GiB limit is checked through its file (the checker reads the
-    external data itself) where there is one, else without shape inference.
+    The checker wants a ``shape`` on every main-graph input, output and value_info tensor
+    type; onnxruntime reads a missing one as "rank unknown", and so do we: those are checked
+    with an empty shape put in (a copy), and strict shape inference then runs on the model as
+    it is. A model past protobuf's 2 GiB limit is checked through its file (the checker reads
+    the external data itself, as strictly as it does) where there is one, else without shape
+    inference.
 
     Raises:
         ModelError: the checker's message, prefixed by the model's name.
     """
     fits = proto.ByteSize() < _CHECK_IN_MEMORY_LIMIT
-    target: onnx.ModelProto | str = proto if fits or path is None else str(path)
     try:
-        onnx.checker.check_model(target, full_check=fits or path is not None)
+        if not fits and path is not None:
+            onnx.checker.check_model(str(path), full_check=True)
+            return
+        onnx.checker.check_model(_with_declared_shapes(proto), full_check=False)
+        if fits:
+            onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"{name}: onnx.checker rejected the model: {exc}") from exc
+
+
+def _with_declared_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, or a copy in which every main-graph tensor type without a shape has an
+    empty one (for the structural checker only: an empty shape means rank 0)."""
+    graph = proto.graph
+    bare = [
+        i
+        for i, value in enumerate((*graph.input, *graph.output, *graph.value_info))
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape")
+    ]
+    if not bare:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    values = (*copy.graph.input, *copy.graph.output, *copy.graph.value_info)
+    for i in bare:
+        values[i].type.tensor_type.shape.SetInParent()
+    return copy
+
+
+def _check_opset(proto: onnx.ModelProto, name: str) -> None:
+    """Refuse a default-domain opset newer than the installed onnx defines (as onnxruntime
+    refuses opsets newer than it supports): its operators' meaning is not known yet."""
+    known = onnx.defs.onnx_opset_version()
+    opset = default_opset(proto)
+    if opset > known:
+        raise ModelError(
+            f"{name}: the model imports ONNX opset {opset}, newer than the latest this "
+            f"installation knows (opset {known}, onnx {onnx.__version__}); export it at "
+            f"opset {known} or lower"
+        )
 
 
 def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -101,10 +142,12 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         missing.
 
     Raises:
-        ModelError: the model cannot be read or fails onnx.checker.
+        ModelError: the model cannot be read, fails onnx.checker, or imports an opset newer
+            than the installed onnx knows.
         UnsupportedOperatorError: see :func:`torch_chrion.onnx.opsets.normalise_opsets`.
     """
     proto, name = _read(model)
     path = Path(name) if isinstance(model, (str, os.PathLike)) else None
+    _check_opset(proto, name)
     check_model(proto, name, path)
     return normalise_opsets(proto, name)

@@ -44,6 +44,11 @@ class NodeKey:
         )
 
 
+def is_default_domain(domain: str) -> bool:
+    """Whether a node or opset domain names the default ONNX domain ("" or "ai.onnx")."""
+    return domain in _DEFAULT_DOMAINS
+
+
 def opset_imports(model: onnx.ModelProto) -> dict[str, int]:
     """Domain -> opset version, with the default domain under "" whichever way it is spelt."""
     imports = {}

@@ -73,12 +73,23 @@ class ValueTable:
         raise ModelError(f"value {name!r} is used before it is defined (or never defined)")
 
 
+def _copied_if_alias(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    if node.op not in ("placeholder", "get_attr"):
+        return node
+    return graph.call_function(torch.clone, (node,))
+
+
 def emit_outputs(
     graph: fx.Graph, table: ValueTable, output_names: Sequence[str], as_tuple: bool
 ) -> None:
     """Write the graph's output node: one value, or a tuple in the ONNX output order (always
-    a tuple when ``as_tuple``, as subgraph callers expect). Repeated names stay repeated."""
-    values = [table.get(name) for name in output_names]
+    a tuple when ``as_tuple``, as subgraph callers expect). Repeated names stay repeated.
+
+    An output that is a graph input or an initializer is returned as a copy, as onnxruntime
+    returns it: the caller may write to its outputs without changing its inputs or the
+    model's weights (and a graph of no nodes still computes something).
+    """
+    values = [_copied_if_alias(graph, table.get(name)) for name in output_names]
     if len(values) == 1 and not as_tuple:
         graph.output(values[0])
     else:

@@ -2,7 +2,8 @@
 
 rnn: LSTM / GRU / RNN. control_flow: If / Loop / Scan. sequences: Sequence* and Optional*
 (what If and Loop carry). unsigned: Add/Sub/Mul/Div on wide unsigned types. shape_ops: shape-taking operators
-that read constant inputs at conversion time. newer_opsets: schema versions onnx2torch
+that read constant inputs at conversion time. normalization: LayerNormalization and Dropout
+with inference semantics. newer_opsets: schema versions onnx2torch
 lacks (ReduceX-18/20, Cast-19+, and every version bump that only adds types); it goes last
 because it fills the versions nothing else registered.
 """
@@ -11,7 +12,14 @@ from __future__ import annotations
 
 import importlib
 
-from . import control_flow, matrix_ops, sequences, shape_ops, unsigned  # noqa: F401
+from . import (  # noqa: F401
+    control_flow,
+    matrix_ops,
+    normalization,
+    sequences,
+    shape_ops,
+    unsigned,
+)
 
 try:
     rnn = importlib.import_module(f"{__name__}.rnn")

@@ -2,16 +2,15 @@
 
 Shape-taking operators (Reshape, Squeeze, Split, Pad, ...) are traceable with
 ``make_fx(tracing_mode="real")`` only when their shape arguments are Python values, not
-tensors inspected while running. Where such an input is an initializer or the output of a
-Constant node, the converters here read it once, when converting.
+tensors inspected while running. Where such an input is a constant (an initializer or the
+output of a Constant node, of this graph or an enclosing one), the converters here read it
+once, when converting.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 from .._onnx2torch import OnnxGraph, OnnxNode
 
@@ -19,36 +18,14 @@ from .._onnx2torch import OnnxGraph, OnnxNode
 def constant_input(node: OnnxNode, graph: OnnxGraph, index: int) -> torch.Tensor | None:
     """The value of input ``index`` when it is known at conversion time, else None.
 
-    Known means an initializer of the node's graph or the output of a Constant node in it.
+    Known means an initializer or Constant-node output of the node's graph or of an enclosing
+    graph (see :class:`torch_chrion.onnx.scope.OnnxScope`, the graph every converter gets).
     A missing or blank input is None too.
     """
     if index >= len(node.input_values) or not node.input_values[index]:
         return None
-    name = node.input_values[index]
-    if name in graph.initializers:
-        return graph.initializers[name].to_torch()
-    try:
-        producer, _ = graph.value_as_node_output(name)
-    except KeyError:
-        return None
-    if producer.operation_type != "Constant" or producer.domain not in ("", "ai.onnx"):
-        return None
-    return _constant_node_value(producer.proto)
-
-
-def _constant_node_value(proto: onnx.NodeProto) -> torch.Tensor | None:
-    for attribute in proto.attribute:
-        if attribute.name == "value":
-            return torch.from_numpy(numpy_helper.to_array(attribute.t).copy())
-        if attribute.name == "value_float":
-            return torch.tensor(attribute.f, dtype=torch.float32)
-        if attribute.name == "value_floats":
-            return torch.tensor(list(attribute.floats), dtype=torch.float32)
-        if attribute.name == "value_int":
-            return torch.tensor(attribute.i, dtype=torch.int64)
-        if attribute.name == "value_ints":
-            return torch.tensor(list(attribute.ints), dtype=torch.int64)
-    return None  # sparse_value / strings: not shape arguments
+    tensor = graph.initializers.get(node.input_values[index])
+    return None if tensor is None else tensor.to_torch()
 
 
 def constant_ints(node: OnnxNode, graph: OnnxGraph, index: int) -> list[int] | None:
