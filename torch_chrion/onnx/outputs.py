@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -73,10 +74,20 @@ class ValueTable:
         raise ModelError(f"value {name!r} is used before it is defined (or never defined)")
 
 
+def output_copy(value: Any) -> Any:
+    """A new value equal to ``value``: tensors cloned, sequences copied element by element,
+    None (an empty optional) as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(output_copy(v) for v in value)
+    return value
+
+
 def _copied_if_alias(graph: fx.Graph, node: fx.Node) -> fx.Node:
     if node.op not in ("placeholder", "get_attr"):
         return node
-    return graph.call_function(torch.clone, (node,))
+    return graph.call_function(output_copy, (node,))
 
 
 def emit_outputs(

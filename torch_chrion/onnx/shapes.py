@@ -108,11 +108,16 @@ def with_value_info(
         if _has_shape(value)
     }
     for graph in _graphs(typed.graph):
-        shaped = {value.name for value in graph.value_info if _has_shape(value)}
+        entries = {value.name: value for value in graph.value_info}
+        shaped = {name for name, value in entries.items() if _has_shape(value)}
         shaped |= {value.name for value in (*graph.input, *graph.output) if _has_shape(value)}
         for node in graph.node:
             for name in node.output:
-                if name and name not in shaped and name in ranks:
+                if not name or name in shaped or name not in ranks:
+                    continue
+                if name in entries:  # typed but unshaped: the rank goes into that entry
+                    entries[name].CopyFrom(_rank_only(ranks[name]))
+                else:
                     graph.value_info.append(_rank_only(ranks[name]))
     return typed
 

@@ -6,9 +6,9 @@
   module runs, so it holds for every input shape; Scale and B may broadcast to it, and the
   Mean and InvStdDev outputs are given.
 * Dropout: onnx2torch returns one tensor even where the graph reads the mask, and ignores a
-  ``training_mode`` input. Inference semantics are the identity and an all-true mask; a
-  ``training_mode`` that is not a constant false asks for random masks, which no inference
-  runtime reproduces, so such a node is refused.
+  ``training_mode`` input. Inference semantics are the identity and a constant mask; a
+  ``training_mode`` that is not a constant false asks for random masks (unless the ratio is a
+  constant 0), which no other runtime reproduces, so such a node is refused.
 
 BatchNormalization and InstanceNormalization keep onnx2torch's converters: in eval mode (every
 converted module is, see :mod:`torch_chrion.onnx.convert`) they compute ONNX's inference
@@ -72,32 +72,52 @@ def convert_layer_normalization(node: OnnxNode, graph: OnnxGraph) -> OperationCo
 
 
 class OnnxInferenceDropout(nn.Module):
-    """ONNX Dropout at inference: the input unchanged and, if asked for, an all-true mask."""
+    """ONNX Dropout at inference: the input unchanged and, if asked for, a mask of one value
+    (``mask_value``)."""
 
-    def __init__(self, with_mask: bool) -> None:
+    def __init__(self, with_mask: bool, mask_value: bool) -> None:
         super().__init__()
         self.with_mask = with_mask
+        self.mask_value = mask_value
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if not self.with_mask:
             return x
-        return x, torch.ones_like(x, dtype=torch.bool)
+        return x, torch.full_like(x, self.mask_value, dtype=torch.bool)
 
 
-@register_converter("Dropout", [10, 12, 13, 22], replace=True)
-def convert_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    if is_given(node, 2):
-        training = constant_input(node, graph, 2)
-        if training is None or bool(training.reshape(-1)[0]):
-            raise UnsupportedOperatorError(
-                f"Dropout {node.name!r}: its training_mode input "
-                f"{node.input_values[2]!r} is {'not a constant' if training is None else 'true'}"
-                "; training-mode dropout draws random masks, and torch_chrion runs inference "
-                "only (training_mode false)"
-            )
+def _drops_nothing(node: OnnxNode, graph: OnnxGraph) -> bool:
+    """Whether the ratio input is a constant 0, so that even training mode is the identity."""
+    ratio = constant_input(node, graph, 1)
+    return ratio is not None and float(ratio.reshape(-1)[0]) == 0.0
+
+
+def _inference_dropout(node: OnnxNode, mask_value: bool) -> OperationConverterResult:
     with_mask = len(node.output_values) > 1 and bool(node.output_values[1])
     outputs = tuple(node.output_values[: 2 if with_mask else 1])
     return OperationConverterResult(
-        torch_module=OnnxInferenceDropout(with_mask),
+        torch_module=OnnxInferenceDropout(with_mask, mask_value),
         onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=outputs),
     )
+
+
+@register_converter("Dropout", [10], replace=True)
+def convert_dropout_10(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    # the spec does not say what the mask holds at inference; onnxruntime, the reference users
+    # compare with, returns all false (onnx's reference evaluator all true)
+    return _inference_dropout(node, mask_value=False)
+
+
+@register_converter("Dropout", [12, 13, 22], replace=True)
+def convert_dropout(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Dropout-12 on: the mask is "kept", all true at inference."""
+    if is_given(node, 2) and not _drops_nothing(node, graph):
+        training = constant_input(node, graph, 2)
+        if training is None or bool(training.reshape(-1)[0]):
+            raise UnsupportedOperatorError(
+                f"its training_mode input {node.input_values[2]!r} is "
+                f"{'not a constant' if training is None else 'true'}; training-mode dropout "
+                "draws random masks, and torch_chrion runs inference only (training_mode "
+                "false, or a ratio of 0)"
+            )
+    return _inference_dropout(node, mask_value=True)
