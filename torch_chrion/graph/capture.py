@@ -5,7 +5,7 @@ the user's inputs in order, get_attr nodes the weights and constants, call_funct
 ``OpOverload`` (``aten::*`` or ``chrion::*``) or ``operator.getitem``, and one output node. Every
 node carries ``meta["val"]``, ``meta["chrion_out_bytes"]`` and ``meta["chrion_weight_bytes"]``.
 
-The steps, each a pass of its own:
+The steps, each a pass of its own (after tracing, in the order of ``PASSES``):
 1. trace with ``make_fx(tracing_mode="real")`` under ``torch.no_grad()``, recurrent functions
    redirected to ``torch.ops.chrion.*`` (recurrent_calls.py) so each stays one node, ONNX
    If / Loop / Scan modules called through ``chrion::python_call`` (python_calls.py) so each
@@ -25,7 +25,9 @@ The graph is specialised to the example inputs' shapes: one capture per input-sh
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.fx.experimental.proxy_tensor as proxy_tensor
@@ -51,14 +53,22 @@ from .recurrent_calls import RecurrentToChrion
 _CONSTANT_NUMEL_LIMIT = 1 << 16
 
 
+# make_fx reads the limit from a module global and has no per-call option, so capture sets it for
+# the length of one trace. The lock keeps two captures in different threads from restoring each
+# other's value (one could otherwise leave the raised limit set for good, or trace with the
+# default and fail); a make_fx of the user's own in another thread meanwhile still sees it.
+_CONSTANT_LIMIT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _constant_propagation(limit: int) -> Iterator[None]:
-    saved = proxy_tensor.CONSTANT_NUMEL_LIMIT
-    proxy_tensor.CONSTANT_NUMEL_LIMIT = limit
-    try:
-        yield
-    finally:
-        proxy_tensor.CONSTANT_NUMEL_LIMIT = saved
+    with _CONSTANT_LIMIT_LOCK:
+        saved = proxy_tensor.CONSTANT_NUMEL_LIMIT
+        proxy_tensor.CONSTANT_NUMEL_LIMIT = limit
+        try:
+            yield
+        finally:
+            proxy_tensor.CONSTANT_NUMEL_LIMIT = saved
 
 
 def _traced_device(example_inputs: tuple) -> torch.device:
@@ -94,6 +104,37 @@ def _trace(module: torch.nn.Module, example_inputs: tuple) -> fx.GraphModule:
                 ops=["_local_scalar_dense"],
             ) from exc
         raise ModelError(f"tracing {name} to an aten graph failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What the passes after tracing may read."""
+
+    example_inputs: tuple
+    device: torch.device
+    granularity: str
+    seq_chunks: int
+
+
+def _eliminate_dead_code(gm: fx.GraphModule) -> None:
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+# The passes after tracing, in the order they run; each takes (gm, context) and updates gm.
+PASSES: tuple[tuple[str, Callable[[fx.GraphModule, PassContext], object]], ...] = (
+    ("unpin_copies", lambda gm, c: unpin_copies(gm, c.device)),
+    ("fold_input_free", lambda gm, c: fold_input_free(gm)),
+    ("eliminate_dead_code", lambda gm, c: _eliminate_dead_code(gm)),
+    ("check_portable", lambda gm, c: check_portable(gm)),
+    ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),  # split_recurrent reads meta
+    (
+        "split_recurrent",
+        lambda gm, c: split_recurrent(gm, granularity=c.granularity, seq_chunks=c.seq_chunks),
+    ),
+    ("fold_input_free", lambda gm, c: fold_input_free(gm)),  # the pieces' slices of a state
+    ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),
+)
 
 
 def capture(
@@ -135,14 +176,8 @@ def capture(
             raise ModelError(f"example_inputs[{i}] is a {type(x).__name__}, not a tensor")
     example_inputs = tuple(example_inputs)
     ensure_loaded()
-    device = _traced_device(example_inputs)
+    context = PassContext(example_inputs, _traced_device(example_inputs), granularity, seq_chunks)
     gm = _trace(module, example_inputs)
-    unpin_copies(gm, device)
-    fold_input_free(gm)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    check_portable(gm)
-    annotate(gm, example_inputs)
-    split_recurrent(gm, granularity=granularity, seq_chunks=seq_chunks)
-    fold_input_free(gm)  # the pieces' slices of a folded initial state
-    return annotate(gm, example_inputs)
+    for _, run_pass in PASSES:
+        run_pass(gm, context)
+    return gm
