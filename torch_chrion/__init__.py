@@ -30,6 +30,8 @@ _LAZY = {
     "ChrionModule": "torch_chrion.module",
     "ChrionSettings": "torch_chrion.settings",
     "Plan": "torch_chrion.schedule",
+    "package": "torch_chrion.artifact",
+    "load_package": "torch_chrion.artifact",
 }
 
 __all__ = [

@@ -125,23 +125,10 @@ class ChrionModule(torch.nn.Module):
         return executable(*inputs)
 
     def _compile(self, signature: tuple, inputs: Sequence[Any]) -> Any:
-        from . import graph, profile, runtime, schedule
+        from . import profile, runtime, schedule
 
         settings = self.settings
-        try:
-            gm = graph.capture(
-                self.model,
-                tuple(inputs),
-                granularity=settings.granularity,
-                seq_chunks=settings.seq_chunks,
-            )
-        except ChrionError:
-            raise
-        except (RuntimeError, TypeError, ValueError) as exc:
-            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
-            raise ModelError(
-                f"could not capture the model for inputs of shapes {shapes}: {exc}"
-            ) from exc
+        gm = self._capture(signature, inputs)
         bucket = _bucket(signature)
         shared_key = (
             _structure(gm),
@@ -174,6 +161,25 @@ class ChrionModule(torch.nn.Module):
             dropped = next(k for k in self._executables if k != self._primary_signature)
             del self._executables[dropped]
         return executable
+
+    def _capture(self, signature: tuple, inputs: Sequence[Any]) -> torch.fx.GraphModule:
+        """The aten graph for inputs of this signature (a packaged module reads it from disk)."""
+        from . import graph
+
+        try:
+            return graph.capture(
+                self.model,
+                tuple(inputs),
+                granularity=self.settings.granularity,
+                seq_chunks=self.settings.seq_chunks,
+            )
+        except ChrionError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as exc:
+            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
+            raise ModelError(
+                f"could not capture the model for inputs of shapes {shapes}: {exc}"
+            ) from exc
 
     def _reusable_plan(
         self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None
