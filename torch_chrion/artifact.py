@@ -116,6 +116,8 @@ def _with_batch(inputs: tuple, axis: int | None) -> tuple:
 
 
 def _export_torch(model: torch.nn.Module, example: tuple, batch_axis: int | None) -> Any:
+    """The torch.export program of ``model`` calling the chrion recurrent ops, with every axis
+    that the model lets vary left symbolic."""
     from .graph.recurrent_calls import RecurrentToChrion
     from .ops import ensure_loaded
 
@@ -197,6 +199,7 @@ def package(
             source = exported.module()
             kind, model_file = "torch", "model.pt2"
             names = input_names or _forward_names(model, len(sets[0]))
+            dynamic_axes = _exported_dynamic_axes(exported)
             module = compile_graph(source, sets[0], settings)
             default_outputs = None
         else:
@@ -207,6 +210,15 @@ def package(
             initializers = {i.name for i in proto.graph.initializer}
             names = input_names or [v.name for v in proto.graph.input if v.name not in initializers]
             default_outputs = [v.name for v in proto.graph.output]
+            dynamic_axes = [
+                [
+                    a
+                    for a, d in enumerate(v.type.tensor_type.shape.dim)
+                    if not d.HasField("dim_value")
+                ]
+                for v in proto.graph.input
+                if v.name not in initializers
+            ]
             kind, model_file = "onnx", "model.onnx"
             module = compile_onnx(proto, sets[0], settings)
             source = module.model
@@ -250,8 +262,13 @@ def package(
             "kind": kind,
             "model": model_file,
             "inputs": [
-                {"name": n, "dtype": _dtype_name(x.dtype), "shape": list(x.shape)}
-                for n, x in zip(names, sets[0], strict=True)
+                {
+                    "name": n,
+                    "dtype": _dtype_name(x.dtype),
+                    "shape": list(x.shape),
+                    "dynamic_axes": axes,
+                }
+                for n, x, axes in zip(names, sets[0], dynamic_axes, strict=True)
             ],
             "outputs": [
                 {"name": n, "dtype": _dtype_name(y.dtype), "shape": list(y.shape)}
@@ -271,6 +288,18 @@ def package(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return target
+
+
+def _exported_dynamic_axes(exported: Any) -> list[list[int]]:
+    """Per user input of a torch.export program, the axes it left symbolic (any size)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    user = set(exported.graph_signature.user_inputs)
+    return [
+        [a for a, d in enumerate(node.meta["val"].shape) if not is_concrete_int(d)]
+        for node in exported.graph.nodes
+        if node.op == "placeholder" and node.name in user
+    ]
 
 
 def _forward_names(model: torch.nn.Module, count: int) -> list[str]:

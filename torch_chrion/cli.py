@@ -1,8 +1,9 @@
-"""The ``chrion`` command line: profile, plan, run, bench, show, demo."""
+"""The ``chrion`` command line: profile, plan, run, bench, show, package, serve, demo."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -171,6 +172,80 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(frames=args.frames)
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    from . import onnx as chrion_onnx
+    from .artifact import package
+
+    proto = chrion_onnx.load_model(args.model)
+    example = _example_inputs(proto, _shapes(args.shape))
+    base = _shapes(args.shape)
+    more = [
+        _example_inputs(proto, {**base, **_shapes(group.split(";"))}) for group in args.more or []
+    ]
+    settings = _settings(args)
+    options = {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if getattr(settings, f.name) != f.default
+    }
+    path = package(
+        args.model,
+        example,
+        args.output,
+        more_inputs=more,
+        batch_axis=args.batch_axis,
+        overwrite=args.overwrite,
+        **options,
+    )
+    print(f"package of {args.model} ({1 + len(more)} shape(s)) -> {path}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from .serve import create_app, load_served
+    except ImportError as exc:
+        raise OptionError(
+            f"chrion serve needs the serve extra (pip install 'torch_chrion[serve]'): {exc}"
+        ) from exc
+    name = args.name or Path(args.path).stem
+    options = {"strict": True} if args.strict else {}
+    if not Path(args.path).is_dir():
+        options.update(shapes=_shapes(args.shape), batch_axis=args.batch_axis)
+    if args.ray:
+        from .serve.ray_app import run_on_ray
+
+        return run_on_ray(
+            args.path,
+            name=name,
+            host=args.host,
+            port=args.port,
+            replicas=args.replicas,
+            max_batch=args.max_batch,
+            batch_timeout_ms=args.batch_timeout_ms,
+            max_body_mb=args.max_body_mb,
+            slo_ms=args.slo_ms,
+            address=args.ray_address,
+            **options,
+        )
+    from .serve.server import serve
+
+    model = load_served(args.path, **options)
+    app = create_app(
+        model,
+        name=name,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        max_body_mb=args.max_body_mb,
+        slo_ms=args.slo_ms,
+        workers=args.workers,
+    )
+    serve(app, host=args.host, port=args.port, name=name)
+    return 0
+
+
 def _model_options(parser: argparse.ArgumentParser, planning: bool = True) -> None:
     parser.add_argument("model", help="path of the ONNX model")
     parser.add_argument(
@@ -235,6 +310,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gantt", help="write the CPU/GPU timeline as a PNG here")
     p.add_argument("--trace", help="write the predicted timeline as Chrome/Perfetto JSON here")
     p.set_defaults(run=_cmd_show)
+
+    p = commands.add_parser(
+        "package",
+        help="write a deployable package (model, graphs, plans, profiles) of an ONNX file",
+    )
+    _model_options(p)
+    p.add_argument("-o", "--output", required=True, help="package directory to write")
+    p.add_argument(
+        "--more",
+        action="append",
+        metavar="NAME=D0,...[;NAME=...]",
+        help="one more input shape to plan and store (inputs not named keep --shape); repeatable",
+    )
+    p.add_argument(
+        "--batch-axis", type=int, help="axis requests are batched along (e.g. 1 for T,N,F)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.set_defaults(run=_cmd_package)
+
+    p = commands.add_parser(
+        "serve", help="serve a package or ONNX file over the Open Inference Protocol (KServe v2)"
+    )
+    p.add_argument("path", help="a package directory (chrion package) or an ONNX file")
+    p.add_argument("--name", help="model name in the URLs (default: the file's stem)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--max-batch", type=int, default=8, help="most requests per batch (default 8)")
+    p.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=2.0,
+        help="longest wait to fill a batch (default 2)",
+    )
+    p.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="largest request body (default 16)"
+    )
+    p.add_argument("--slo-ms", type=float, help="latency SLO for /metrics (default: the plan's)")
+    p.add_argument("--workers", type=int, default=2, help="batches run at once (default 2)")
+    p.add_argument("--strict", action="store_true", help="refuse a package made on another machine")
+    p.add_argument("--shape", action="append", metavar="NAME=D0,D1,...", help="ONNX input shape")
+    p.add_argument("--batch-axis", type=int, help="ONNX files: axis requests are batched along")
+    p.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one process")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
+    p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+    p.set_defaults(run=_cmd_serve)
 
     p = commands.add_parser(
         "demo", help="a bundled speech model end to end: load, plan, run, compare"

@@ -94,3 +94,81 @@ def onnx_package(onnx_file, tmp_path_factory):
         cache_dir=str(root / "cache"),
         **FAST,
     )
+
+
+class EmbeddedServer:
+    """A v2 app on uvicorn in a thread, on an ephemeral loopback port."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        from torch_chrion.serve.server import bind, make_server
+
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = make_server(app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self):
+        import httpx
+
+        self.thread.start()
+        wait_ready(self.url)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        return self
+
+    def __exit__(self, *exc):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not become ready in {timeout_s} s")
+
+
+def infer_json(client, model: str, x: torch.Tensor, name: str = "features"):
+    body = {
+        "inputs": [
+            {"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}
+        ]
+    }
+    return client.post(f"/v2/models/{model}/infer", json=body)
+
+
+def infer_binary(client, model: str, x: torch.Tensor, name: str = "features"):
+    from torch_chrion.serve.protocol import encode_binary_request
+
+    body, headers = encode_binary_request({name: x.numpy()})
+    return client.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+
+
+def outputs_of(response) -> dict:
+    from torch_chrion.serve.protocol import decode_response
+
+    assert response.status_code == 200, response.text
+    return decode_response(response.content, response.headers)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

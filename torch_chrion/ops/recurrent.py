@@ -24,6 +24,15 @@ import torch
 from .._extension import load
 
 
+def _check_input_size(input: torch.Tensor, params: list[torch.Tensor]) -> None:
+    # ties the input's feature size to the first layer's weights, so that torch.export (with
+    # dynamic shapes) knows it is fixed, as PyTorch's own recurrent kernels tell it
+    torch._check(
+        input.shape[-1] == params[0].shape[1],
+        lambda: f"input has {input.shape[-1]} features, the weights take {params[0].shape[1]}",
+    )
+
+
 def _output(
     input: torch.Tensor, h0: torch.Tensor, bidirectional: bool, batch_first: bool
 ) -> torch.Tensor:
@@ -48,6 +57,7 @@ def _lstm_fake(
     batch_first: bool,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_input_size(input, params)
     return (
         _output(input, h0, bidirectional, batch_first),
         torch.empty_like(h0),
@@ -65,6 +75,7 @@ def _gru_fake(
     batch_first: bool,
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
+    _check_input_size(input, params)
     return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
 
 
@@ -79,6 +90,7 @@ def _rnn_fake(
     reverse: bool,
     nonlinearity: str,
 ) -> tuple[Tensor, Tensor]:
+    _check_input_size(input, params)
     return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
 
 
