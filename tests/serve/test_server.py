@@ -156,7 +156,7 @@ def test_a_model_failure_is_a_500_for_that_request_only(served, tagger):
         text = server.client.get("/metrics").text
     assert [r.status_code for r in responses] == [200, 200, 200, 500]
     assert "poisoned input" in responses[3].json()["error"]
-    for x, response in zip(inputs[:3], responses[:3]):
+    for x, response in zip(inputs[:3], responses[:3], strict=True):
         (y,) = outputs_of(response).values()
         np.testing.assert_allclose(y, tagger(x).detach().numpy(), atol=1e-5, rtol=1e-5)
     assert metric(text, "chrion_request_errors_total", reason="model_error") == 1

@@ -60,7 +60,10 @@ class ServeMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "chrion_requests_in_flight", "Infer requests received and not yet answered", ["model"], registry=r
+            "chrion_requests_in_flight",
+            "Infer requests received and not yet answered",
+            ["model"],
+            registry=r,
         )
         self.slo = Gauge(
             "chrion_slo_seconds", "The latency SLO (absent: none)", ["model"], registry=r
