@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import frames
+from serve_helpers import frames
 
 import torch_chrion
 from torch_chrion.artifact import PackageMismatchError

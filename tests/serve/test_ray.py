@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import FEATURES, frames, infer_binary, infer_json, outputs_of, wait_ready
+from serve_helpers import FEATURES, frames, infer_binary, infer_json, outputs_of, wait_ready
 
 import torch_chrion.serve
 

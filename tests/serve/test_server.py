@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from serve_helpers import (
     FEATURES,
     EmbeddedServer,
     frames,
