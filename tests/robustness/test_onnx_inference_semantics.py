@@ -66,11 +66,38 @@ def test_batchnorm_node_uses_running_statistics():
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in stats.items()],
     )
     x = (rng.standard_normal((4, 3, 6)) * 3 + 2).astype(np.float32)
+    want = onnxruntime_outputs(proto, {"x": x})[0]
     gm = to_fx(proto)
     assert not any(module.training for module in gm.modules())
-    with torch.no_grad():
-        got = gm(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, onnxruntime_outputs(proto, {"x": x})[0], atol=1e-5, rtol=0)
+    for mode in (False, True):  # a caller's .train() does not change ONNX semantics
+        with torch.no_grad():
+            got = gm.train(mode)(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    names = ["scale", "bias", "mean", "var"]
+    proto = make_model(
+        [
+            helper.make_node(
+                "BatchNormalization",
+                ["x", *names],
+                ["y", "running_mean", "running_var"],
+                training_mode=1,
+                name="bn",
+            )
+        ],
+        [helper.make_tensor_value_info("x", F, [2, 3])],
+        [
+            helper.make_tensor_value_info("y", F, [2, 3]),
+            helper.make_tensor_value_info("running_mean", F, [3]),
+            helper.make_tensor_value_info("running_var", F, [3]),
+        ],
+        [numpy_helper.from_array(np.ones(3, np.float32), name) for name in names],
+        opset=15,
+    )
+    with pytest.raises(UnsupportedOperatorError, match=r"'bn'.*training"):
+        to_fx(proto)
 
 
 @pytest.mark.parametrize("opset", [10, 13, 22])
@@ -100,12 +127,14 @@ def test_dropout_is_the_identity_with_an_all_true_mask(opset):
         opset=opset,
     )
     x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    with torch.no_grad():
-        got = to_fx(proto)(torch.from_numpy(x))
     want = onnxruntime_outputs(proto, {"x": x})
-    for ours, theirs in zip(got, want, strict=True):
-        assert ours.numpy().dtype == theirs.dtype
-        np.testing.assert_array_equal(ours.numpy(), theirs)
+    gm = to_fx(proto)
+    for mode in (False, True):  # a caller's .train() does not change ONNX semantics
+        with torch.no_grad():
+            got = gm.train(mode)(torch.from_numpy(x))
+        for ours, theirs in zip(got, want, strict=True):
+            assert ours.numpy().dtype == theirs.dtype
+            np.testing.assert_array_equal(ours.numpy(), theirs)
 
 
 def test_training_mode_dropout_is_refused():

@@ -1,4 +1,7 @@
-"""LayerNormalization and Dropout, in place of onnx2torch's converters.
+"""LayerNormalization, BatchNormalization and Dropout, in place of onnx2torch's converters.
+
+Each computes ONNX's inference semantics whatever the module's ``training`` flag says (a
+caller's ``.train()`` changes nothing), and none needs value_info:
 
 * LayerNormalization: onnx2torch builds ``nn.LayerNorm`` with the normalised shape read from
   value_info, where a symbolic dimension reads as 0 (``normalized_shape = [0, 128]``) and a
@@ -10,9 +13,13 @@
   ``training_mode`` that is not a constant false asks for random masks (unless the ratio is a
   constant 0), which no other runtime reproduces, so such a node is refused.
 
-BatchNormalization and InstanceNormalization keep onnx2torch's converters: in eval mode (every
-converted module is, see :mod:`torch_chrion.onnx.convert`) they compute ONNX's inference
-semantics.
+* BatchNormalization: onnx2torch's ``nn.BatchNormXd`` uses batch statistics in training mode
+  (a module's default) and reads the input's rank from value_info. Here it is always the
+  running statistics, for any rank; ``training_mode=1`` (batch statistics and updated running
+  statistics as outputs) is refused.
+
+InstanceNormalization keeps onnx2torch's converter: its modules normalise with the input's own
+statistics in either mode, which is ONNX's semantics.
 """
 
 from __future__ import annotations
@@ -69,6 +76,34 @@ def convert_layer_normalization(node: OnnxNode, graph: OnnxGraph) -> OperationCo
         float_stats=int(attributes.get("stash_type", _FLOAT_STASH)) == _FLOAT_STASH,
     )
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+class OnnxInferenceBatchNormalization(nn.Module):
+    """ONNX BatchNormalization at inference: normalised with the running mean and variance."""
+
+    def __init__(self, epsilon: float) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+
+    def forward(self, x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        return torch.nn.functional.batch_norm(
+            x, mean, var, scale, bias, training=False, eps=self.epsilon
+        )
+
+
+@register_converter("BatchNormalization", [9, 14, 15], replace=True)
+def convert_batch_normalization(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    if int(node.attributes.get("training_mode", 0)) or any(node.output_values[1:]):
+        raise UnsupportedOperatorError(
+            "training mode (training_mode=1, or the running or saved statistics as outputs: "
+            "batch statistics); torch_chrion runs inference only"
+        )
+    return OperationConverterResult(
+        torch_module=OnnxInferenceBatchNormalization(float(node.attributes.get("epsilon", 1e-5))),
+        onnx_mapping=OnnxMapping(
+            inputs=tuple(node.input_values[:5]), outputs=node.output_values[:1]
+        ),
+    )
 
 
 class OnnxInferenceDropout(nn.Module):
