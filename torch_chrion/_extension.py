@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,7 +29,19 @@ def cache_root() -> Path:
     return Path(root)
 
 
+def _built_from_other_sources(name: str, wanted_hash: str) -> bool:
+    """Whether the prebuilt module was built from other sources, read from its file without
+    importing it: importing the kernels extension registers the chrion:: operators, and a
+    second, current build could then not register them again (the process aborts)."""
+    spec = importlib.util.find_spec(f"torch_chrion._{name}")
+    if spec is None or spec.origin is None:
+        return False  # absent: the import below says so
+    return _sources.build_tag(wanted_hash).encode() not in Path(spec.origin).read_bytes()
+
+
 def _prebuilt(name: str, wanted_hash: str | None) -> types.ModuleType | None:
+    if wanted_hash is not None and _built_from_other_sources(name, wanted_hash):
+        return None  # an editable install whose csrc/ changed since the install
     try:
         module = importlib.import_module(f"torch_chrion._{name}")
     except ImportError:  # absent, or built against another torch (undefined symbols)

@@ -1,0 +1,72 @@
+// CPU kernels of chrion::lstm / gru / rnn: the per-instruction-set part.
+//
+// Note [CPU recurrent kernel]
+// A layer direction runs in two phases (recurrent.cpp drives them):
+//  1. the input projection of every time step, X·W_ihᵀ + biases, as ONE GEMM before the time
+//     loop (at::addmm_out: MKL/oneDNN, near the core's FLOP peak);
+//  2. the time loop, here: per step, per block of V hidden units (V = one SIMD vector of
+//     floats), the recurrent product h_{t-1}·W_hhᵀ for the G gates of those units, then the gate
+//     activations and the cell update on the accumulators while they are still in registers, and
+//     h_t written straight into the layer's output sequence. No gate buffer, no allocation.
+// The recurrent weights are packed once per weight tensor (packed_weights.h) into panels, one
+// per block of V hidden units: panel[j][k][g][0..V) = W_hh[g*H + j*V + v, k], zero-padded past
+// H, so each step streams the weights contiguously and reuses each loaded vector for every
+// batch row in a group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent
+// kernels): the weights' trip through the cache is the cost, so nothing else is read twice.
+//
+// Each instruction set (AVX-512, AVX2, portable) compiles the same code
+// (recurrent_cpu_impl.h) with its own at::vec::Vectorized<float> in its own translation unit;
+// `cpu_kernels()` picks the one ATen itself dispatches to (at::get_cpu_capability, which
+// honours ATEN_CPU_CAPABILITY), so results do not depend on which ISA the build machine had.
+#pragma once
+
+#include <cstdint>
+
+namespace chrion::recurrent {
+
+enum class Cell { lstm, gru, rnn_tanh, rnn_relu };
+
+/// Gates per hidden unit: 4 (i, f, g, o) for LSTM, 3 (r, z, n) for GRU, 1 for a plain RNN.
+constexpr int64_t gate_count(Cell cell) {
+  return cell == Cell::lstm ? 4 : cell == Cell::gru ? 3 : 1;
+}
+
+/// One direction of one layer, time loop only. Strides are in floats.
+struct Steps {
+  Cell cell;
+  int64_t steps;   ///< T
+  int64_t batch;   ///< B
+  int64_t hidden;  ///< H
+  /// input projection plus folded biases, G*H floats per (t, b), at t*gates_t + b*gates_b.
+  /// LSTM / RNN: both biases. GRU: r and z both biases, n only b_in (b_hn is hidden_bias).
+  const float* gates_x;
+  int64_t gates_t, gates_b;
+  const float* h0;           ///< [B, H] contiguous
+  float* c;                  ///< LSTM: [B, H] contiguous, c0 in, c_T out (updated in place)
+  float* out;                ///< h_t written at out + t*out_t + b*out_b (H floats)
+  int64_t out_t, out_b;
+  const float* packed;       ///< W_hh packed by `pack` for this instruction set
+  const float* hidden_bias;  ///< GRU: b_hn [H] (inside r * (W_hn h + b_hn)), or null
+  bool reverse;              ///< run t = T-1 .. 0
+};
+
+/// The kernels of one instruction set.
+struct CpuKernels {
+  const char* name;  ///< "AVX512", "AVX2" or "DEFAULT", as at::get_cpu_capability() names it
+  /// floats in the packed form of a [G*H, H] recurrent weight
+  int64_t (*packed_size)(int64_t gates, int64_t hidden);
+  /// pack a contiguous [G*H, H] recurrent weight into `packed` (packed_size floats)
+  void (*pack)(const float* w_hh, int64_t gates, int64_t hidden, float* packed);
+  /// run the time loop of one layer direction
+  void (*run)(const Steps& steps);
+};
+
+/// Kernels compiled for each instruction set; null where this build or compiler has none.
+const CpuKernels* cpu_kernels_avx512();
+const CpuKernels* cpu_kernels_avx2();
+const CpuKernels* cpu_kernels_default();
+
+/// The kernels for this CPU: the instruction set ATen dispatches its own kernels to.
+const CpuKernels& cpu_kernels();
+
+}  // namespace chrion::recurrent
