@@ -1,9 +1,9 @@
 """ONNX LSTM / GRU / RNN converters (torch_chrion/onnx/converters/rnn.py) against onnxruntime and
 ONNX's own backend test data.
 
-Every case is a one-node model built with onnx.helper, converted with onnx2torch.convert (our
-converters are registered in its registry) and compared with onnxruntime's CPU kernels on the
-same model. onnxruntime refuses ``layout=1`` (batch-major) nodes, so for those the reference is
+Every case is a one-node model built with onnx.helper, converted by torch_chrion's graph builder
+(its own copy of onnx2torch's registry, with our converters) and compared with onnxruntime's CPU
+kernels on the same model; a converter's own errors are read by calling it on the node. onnxruntime refuses ``layout=1`` (batch-major) nodes, so for those the reference is
 onnxruntime on the same node with ``layout=0`` and the inputs / outputs transposed; opset 1 nodes
 (which onnxruntime does not implement) are checked against the same node at opset 7.
 """
@@ -14,7 +14,6 @@ import itertools
 
 import numpy as np
 import onnx
-import onnx2torch
 import onnxruntime as ort
 import pytest
 import torch
@@ -23,6 +22,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import torch_chrion.onnx.converters.rnn as rnn_converters
 from torch_chrion.errors import ModelError, UnsupportedOperatorError
+from torch_chrion.onnx import _onnx2torch
+from torch_chrion.onnx.convert import model_to_module
 
 ort.set_default_logger_severity(3)
 
@@ -174,16 +175,31 @@ def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str,
     }
 
 
+def convert(model: onnx.ModelProto) -> torch.fx.GraphModule:
+    """The model through torch_chrion's graph builder: one output, or a tuple of the graph's."""
+    return model_to_module(model)
+
+
+def convert_node(model: onnx.ModelProto) -> object:
+    """The model's last node through its converter alone, so the converter's own error shows."""
+    node = model.graph.node[-1]
+    version = model.opset_import[0].version
+    schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=version)
+    converter = _onnx2torch.get_converter("", node.op_type, schema.since_version)
+    graph = _onnx2torch.OnnxGraph(model.graph)
+    return converter(graph.nodes[next(iter(graph.nodes))], graph)
+
+
 def node_outputs(module: torch.nn.Module, model: onnx.ModelProto, feeds: dict) -> dict:
-    """Run the converted model; onnx2torch returns the node's whole output (tuple) here."""
+    """Run the converted model; the module returns the graph outputs (a tuple for several)."""
     args = [torch.from_numpy(feeds[vi.name]) for vi in model.graph.input]
     with torch.no_grad():
         result = module(*args)
-    declared = list(model.graph.node[-1].output)
+    declared = [vi.name for vi in model.graph.output]
     if len(declared) == 1:
         return {declared[0]: result.numpy()}
     assert isinstance(result, tuple) and len(result) == len(declared)
-    return {name: result[k].numpy() for k, name in enumerate(declared) if name}
+    return {name: result[k].numpy() for k, name in enumerate(declared)}
 
 
 def recurrent_module(converted: torch.fx.GraphModule) -> torch.nn.Module:
@@ -196,7 +212,7 @@ def recurrent_module(converted: torch.fx.GraphModule) -> torch.nn.Module:
 
 
 def check_against_ort(model: onnx.ModelProto, feeds: dict) -> torch.fx.GraphModule:
-    converted = onnx2torch.convert(model)
+    converted = convert(model)
     got = node_outputs(converted, model, feeds)
     want = reference(model, feeds)
     assert set(got) == set(want)
@@ -380,7 +396,7 @@ def test_spec_defaults(name, explicit_alpha, explicit_beta):
         attrs["activation_beta"] = [explicit_beta]
     explicit_model, feeds = make_case("RNN", **attrs)
     implicit_model, _ = make_case("RNN", activations=[name])
-    got = node_outputs(onnx2torch.convert(implicit_model), implicit_model, feeds)
+    got = node_outputs(convert(implicit_model), implicit_model, feeds)
     want = reference(explicit_model, feeds)
     for out in want:
         np.testing.assert_allclose(got[out], want[out], rtol=RTOL, atol=ATOL)
@@ -460,7 +476,7 @@ def test_float64(op, fast):
     if not fast:
         kwargs["lens"] = "varying_input"
     model, feeds = make_case(op, dtype=np.float64, **kwargs)
-    converted = onnx2torch.convert(model)
+    converted = convert(model)
     got = node_outputs(converted, model, feeds)
     want = reference(*make_case(op, **kwargs))
     for name in want:
@@ -506,7 +522,7 @@ def test_hidden_size_attribute_omitted(op, weights_as_inputs, clip):
     if clip is not None:
         kwargs["clip"] = clip
     model, feeds = make_case(op, hidden_attr=False, **kwargs)
-    got = node_outputs(onnx2torch.convert(model), model, feeds)
+    got = node_outputs(convert(model), model, feeds)
     want = reference(*make_case(op, **kwargs))  # onnxruntime insists on the attribute
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
@@ -516,12 +532,12 @@ def test_hidden_size_contradicting_r_is_a_model_error():
     model, _ = make_case("RNN")
     model.graph.node[-1].attribute[0].i = 7  # hidden_size; R says 5
     with pytest.raises(ModelError, match="hidden_size=7"):
-        onnx2torch.convert(model)
+        convert_node(model)
 
 
 def test_fast_path_is_one_chrion_call_on_constant_weights():
     model, feeds = make_case("LSTM", direction="bidirectional", initial=True)
-    converted = onnx2torch.convert(model)
+    converted = convert(model)
     args = [torch.from_numpy(feeds[vi.name]) for vi in model.graph.input]
     traced = make_fx(converted, tracing_mode="real")(*args)
     calls = [n for n in traced.graph.nodes if n.op == "call_function"]
@@ -537,7 +553,7 @@ def test_loop_path_traces_with_runtime_lengths():
     model, feeds = make_case(
         "GRU", direction="bidirectional", lens="varying_input", clip=0.5, initial=True
     )
-    converted = onnx2torch.convert(model)
+    converted = convert(model)
     args = [torch.from_numpy(feeds[vi.name]) for vi in model.graph.input]
     want = converted(*args)
     traced = make_fx(converted, tracing_mode="real")(*args)
@@ -570,7 +586,7 @@ def test_unsupported_attribute_values(attrs, text):
     if "layout" in attrs:
         model.graph.node[-1].attribute.append(helper.make_attribute("layout", 2))
     with pytest.raises(UnsupportedOperatorError) as info:
-        onnx2torch.convert(model)
+        convert_node(model)
     message = str(info.value)
     assert text in message and "LSTM" in message and "lstm_node" in message
     assert "opset 14" in message
@@ -587,7 +603,7 @@ def test_unsupported_attribute_values(attrs, text):
 def test_wrong_activation_count_is_a_model_error(direction, activations, needed):
     model, _ = make_case("GRU", direction=direction, activations=activations)
     with pytest.raises(ModelError, match=f"needs {needed}"):
-        onnx2torch.convert(model)
+        convert_node(model)
 
 
 @pytest.mark.parametrize(
@@ -600,7 +616,7 @@ def test_wrong_activation_count_is_a_model_error(direction, activations, needed)
 def test_torch_export(op, kwargs):
     """torch.export keeps the chrion kernel whole on the fast path and runs the loop path."""
     model, feeds = make_case(op, **kwargs)
-    converted = onnx2torch.convert(model)
+    converted = convert(model)
     args = tuple(torch.from_numpy(feeds[vi.name]) for vi in model.graph.input)
     exported = torch.export.export(converted, args)
     for got, want in zip(exported.module()(*args), converted(*args), strict=True):
@@ -639,9 +655,27 @@ def test_onnx_backend_cases_are_all_found():
 
 @pytest.mark.parametrize("case", ONNX_CASES, ids=[c.name for c in ONNX_CASES])
 def test_onnx_backend_node_case(case):
-    converted = onnx2torch.convert(case.model)
+    converted = convert(case.model)
     for inputs, expected in case.data_sets:
         feeds = {vi.name: v for vi, v in zip(case.model.graph.input, inputs, strict=True)}
         got = node_outputs(converted, case.model, feeds)
         for vi, want in zip(case.model.graph.output, expected, strict=True):
             np.testing.assert_allclose(got[vi.name], want, rtol=case.rtol, atol=case.atol)
+
+
+def test_converters_live_in_a_private_registry_not_onnx2torchs():
+    """torch_chrion's converters (LSTM, and its replacements such as Reshape's) are added to a
+    copy of onnx2torch's registry: onnx2torch.convert elsewhere in the process is unchanged."""
+    import onnx2torch
+    from onnx2torch.node_converters import registry
+
+    import torch_chrion.onnx  # noqa: F401  (registers every converter of ours)
+
+    lstm = registry.OperationDescription("", "LSTM", 14)
+    assert _onnx2torch.has_converter("", "LSTM", 14)
+    assert lstm not in registry._CONVERTER_REGISTRY
+    reshape = registry.OperationDescription("", "Reshape", 14)
+    assert registry._CONVERTER_REGISTRY[reshape] is not _onnx2torch.get_converter("", "Reshape", 14)
+    model, _ = make_case("LSTM")
+    with pytest.raises(NotImplementedError, match="LSTM"):
+        onnx2torch.convert(model)

@@ -18,7 +18,7 @@ from torch import fx
 
 from . import (
     _onnx2torch,  # noqa: F401  (first: the clear error for a broken torchvision)
-    converters,  # noqa: F401  (registers our converters in onnx2torch's registry)
+    converters,  # noqa: F401  (registers our converters in torch_chrion's registry)
 )
 from ._onnx2torch import OnnxDependencyError
 from .convert import model_to_module

@@ -1,4 +1,8 @@
-"""The one place torch_chrion imports onnx2torch, and the registry helpers built on it.
+"""The one place torch_chrion imports onnx2torch, and torch_chrion's converter registry.
+
+torch_chrion's registry is a private copy of onnx2torch's, taken once its own converters are
+registered: torch_chrion's converters are added to the copy only, so ``onnx2torch.convert``
+elsewhere in the process keeps onnx2torch's own behaviour.
 
 onnx2torch imports torchvision at import time. A torchvision built for another torch fails
 there with an error about operators or C++ symbols that says nothing about the cause; this
@@ -64,28 +68,31 @@ from onnx2torch.utils.common import (  # noqa: E402,F401
 
 ONNX_DOMAIN = ""
 
+# (domain, op_type, since_version) -> converter: onnx2torch's converters, then ours
+_CONVERTERS: dict[Any, Callable[..., Any]] = dict(_registry._CONVERTER_REGISTRY)
+
 
 def converter_keys() -> set[tuple[str, str, int]]:
-    """Every (domain, op_type, since_version) onnx2torch's registry holds, ours included."""
-    return {(k.domain, k.operation_type, k.version) for k in _registry._CONVERTER_REGISTRY}
+    """Every (domain, op_type, since_version) torch_chrion's registry holds."""
+    return {(k.domain, k.operation_type, k.version) for k in _CONVERTERS}
 
 
 def has_converter(domain: str, op_type: str, version: int) -> bool:
     """Whether the registry holds a converter for exactly this schema version."""
     key = _registry.OperationDescription(domain=domain, operation_type=op_type, version=version)
-    return key in _registry._CONVERTER_REGISTRY
+    return key in _CONVERTERS
 
 
 def get_converter(domain: str, op_type: str, version: int) -> Callable[..., Any]:
     """The converter registered for exactly this (domain, op, since_version)."""
     key = _registry.OperationDescription(domain=domain, operation_type=op_type, version=version)
-    return _registry._CONVERTER_REGISTRY[key]
+    return _CONVERTERS[key]
 
 
 def register_converter(
     op_type: str, versions: Iterable[int], domain: str = ONNX_DOMAIN, replace: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a converter in onnx2torch's own registry for several schema versions.
+    """Register a converter in torch_chrion's registry for several schema versions.
 
     Args:
         op_type: the ONNX operator.
@@ -101,9 +108,9 @@ def register_converter(
             key = _registry.OperationDescription(
                 domain=domain, operation_type=op_type, version=version
             )
-            if key in _registry._CONVERTER_REGISTRY and not replace:
+            if key in _CONVERTERS and not replace:
                 raise ValueError(f"a converter for {key} is already registered")
-            _registry._CONVERTER_REGISTRY[key] = converter
+            _CONVERTERS[key] = converter
         return converter
 
     return deco

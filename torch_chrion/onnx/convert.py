@@ -1,7 +1,7 @@
-"""ONNX graph -> torch.fx.GraphModule, node by node through onnx2torch's converter registry.
+"""ONNX graph -> torch.fx.GraphModule, node by node through torch_chrion's converter registry.
 
 This is torch_chrion's own graph builder, not ``onnx2torch.convert``: it takes the same
-converters (onnx2torch's and ours, all in one registry) but also
+converters (onnx2torch's and ours, in a private copy of its registry) but also
 
 * lists every unsupported operator at once, before converting anything;
 * reports every converter failure (unsupported attribute values) at once, as a

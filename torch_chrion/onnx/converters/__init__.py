@@ -1,4 +1,4 @@
-"""torch_chrion's converters, registered in onnx2torch's registry when imported.
+"""torch_chrion's converters, registered in its copy of onnx2torch's registry when imported.
 
 rnn: LSTM / GRU / RNN. control_flow: If / Loop / Scan. sequences: Sequence* and Optional*
 (what If and Loop carry). unsigned: Add/Sub/Mul/Div on wide unsigned types. shape_ops: shape-taking operators

@@ -1,4 +1,4 @@
-"""ONNX LSTM, GRU and RNN converters, registered in onnx2torch's own converter registry.
+"""ONNX LSTM, GRU and RNN converters, registered in torch_chrion's converter registry.
 
 onnx2torch has no recurrent converters. Importing this module adds ``LSTM`` (opsets 1, 7, 14,
 22), ``GRU`` (1, 3, 7, 14, 22) and ``RNN`` (1, 7, 14, 22). Each node becomes one of two modules:
@@ -21,7 +21,6 @@ import functools
 from dataclasses import dataclass
 
 import torch
-from onnx2torch.node_converters.registry import add_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (
@@ -34,6 +33,7 @@ from torch import nn
 
 from ...errors import ModelError, UnsupportedOperatorError
 from ...ops import ensure_loaded
+from .._onnx2torch import register_converter
 from .rnn_cells import (
     Activation,
     CellConfig,
@@ -473,7 +473,7 @@ def _register() -> None:
         for version in versions:
             converter = functools.partial(convert_recurrent, opset=version)
             functools.update_wrapper(converter, convert_recurrent)
-            add_converter(operation_type=op, version=version)(converter)
+            register_converter(op, [version])(converter)
 
 
 _register()
