@@ -154,6 +154,10 @@ def compile_onnx(
         plan = Plan.load(plan)
     if isinstance(recorded_profile, (str, os.PathLike)):
         recorded_profile = Profile.load(recorded_profile)
-    return compile_graph(
+    from .session import onnx_node_args
+
+    module = compile_graph(
         gm, tuple(example_inputs), settings, plan=plan, recorded_profile=recorded_profile
     )
+    module._node_args = onnx_node_args(proto)  # names and types for inputs by name, run, metadata
+    return module

@@ -42,3 +42,8 @@ class ExecutionError(ChrionError, RuntimeError):
 
 class BuildError(ChrionError, RuntimeError):
     """The C++ extension could not be built or loaded."""
+
+
+class NotPicklableError(ChrionError, TypeError):
+    """A ChrionModule was pickled or deep-copied: it owns running lane threads. The message
+    names the way to persist it (``torch_chrion.package`` / ``load_package``, or a saved plan)."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import ChrionError, ModelError, PlanError
+from .session import SessionMixin, to_numpy
 from .settings import ChrionSettings
 
 # Compiled executables kept per exact input shape; the oldest is dropped past this many.
@@ -65,7 +66,7 @@ def _structure(gm: torch.fx.GraphModule) -> tuple:
     return tuple(key)
 
 
-class ChrionModule(torch.nn.Module):
+class ChrionModule(SessionMixin, torch.nn.Module):
     """A model placed over CPU and GPU lanes; call it like the original model.
 
     Attributes:
@@ -115,7 +116,12 @@ class ChrionModule(torch.nn.Module):
         """The aten graph captured for the example inputs (what the plan places)."""
         return self._primary_graph
 
-    def forward(self, *inputs: Any) -> Any:
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        """Run on ``inputs`` (torch tensors, or numpy arrays for numpy outputs), positional or
+        by input name (see torch_chrion.session)."""
+        inputs, as_numpy = self._session_inputs(inputs, named)
+        if as_numpy:
+            return to_numpy(self.forward(*inputs))
         signature = _signature(inputs)
         executable = self._executables.get(signature)
         if executable is None:
