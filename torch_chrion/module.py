@@ -13,6 +13,7 @@ sequence length is neither profiled nor scheduled again.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ import torch
 from .errors import ChrionError, ModelError, PlanError
 from .session import SessionMixin, to_numpy
 from .settings import ChrionSettings
+
+log = logging.getLogger(__name__)
 
 # Compiled executables kept per exact input shape; the oldest is dropped past this many.
 _MAX_SHAPES = 32
@@ -144,6 +147,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         )
         plan = self._reusable_plan(bucket, gm, _PLANS.get(shared_key))
         if plan is None:
+            log.info("input shape bucket %s has no plan yet: profiling and planning", bucket)
             prof = profile.profile_graph(
                 gm,
                 tuple(inputs),
@@ -194,12 +198,16 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         candidates += [self.plans[bucket]] if bucket in self.plans else []
         candidates += [shared] if shared is not None else []
         for plan in candidates:
+            if plan is self._given_plan and not self.plans:
+                # the user's plan must fit the model and settings they gave with it
+                plan.check_use(gm, self.settings)
+                log.info("using the given plan (%s nodes)", len(plan.order))
+                return plan
             try:
                 plan.validate(gm)
             except PlanError:
-                if plan is self._given_plan and not self.plans:
-                    raise  # the user's plan does not fit the model they gave with it
                 continue
+            log.info("reusing the plan of input shape bucket %s", bucket)
             return plan
         return None
 

@@ -152,6 +152,64 @@ class Plan:
                         f"the plan's order runs node {v.name!r} before its input {u.name!r}"
                     )
 
+    def check_use(self, gm: fx.GraphModule, settings: Any) -> None:
+        """Check a saved plan before it runs ``gm`` under ``settings`` (a ChrionSettings).
+
+        Refused with a PlanError, as the plan cannot run as asked: lanes other than
+        ``settings.devices`` (when given); another ``granularity`` or ``seq_chunks`` (the graph
+        then has other nodes); any node of ``gm`` it does not place (naming both graph hashes).
+        Run as saved, with a logged warning: another ``objective`` or ``slo_ms`` (the plan keeps
+        its own); another graph hash over the same nodes (other input or weight shapes, so its
+        predictions may not hold); an SLO it was predicted to miss.
+        """
+        from ..graph import graph_hash
+
+        if settings.devices is not None and sorted(settings.devices) != sorted(self.devices):
+            raise PlanError(
+                f"the plan runs on lanes {self.devices}, but devices={list(settings.devices)} was "
+                "asked: make the plan again for these lanes, or leave devices unset to use the "
+                "plan's"
+            )
+        for name in ("granularity", "seq_chunks"):
+            saved, asked = getattr(self, name), getattr(settings, name)
+            if saved is not None and saved != asked:
+                raise PlanError(
+                    f"the plan was made with {name}={saved!r}, but {name}={asked!r} was asked: "
+                    f"load it with {name}={saved!r} or make the plan again"
+                )
+        ghash = graph_hash(gm)
+        try:
+            self.validate(gm)
+        except PlanError as exc:
+            if self.graph_hash and self.graph_hash != ghash:
+                raise PlanError(
+                    f"the plan was made for another graph ({self.graph_hash}; this model's is "
+                    f"{ghash}): {exc}"
+                ) from exc
+            raise
+        if self.graph_hash and self.graph_hash != ghash:
+            log.warning(
+                "the plan was made for graph %s, not this one (%s): the same nodes with other "
+                "shapes, so its predictions may not hold",
+                self.graph_hash,
+                ghash,
+            )
+        if (self.objective, self.slo_ms) != (settings.objective, settings.slo_ms):
+            log.warning(
+                "the plan was made for objective=%r, slo_ms=%r, but objective=%r, slo_ms=%r was "
+                "asked: running the plan as saved",
+                self.objective,
+                self.slo_ms,
+                settings.objective,
+                settings.slo_ms,
+            )
+        if self.slo_met is False:
+            log.warning(
+                "the plan is predicted to miss its %g ms SLO (%.4f ms)",
+                self.slo_ms,
+                self.predicted_ms,
+            )
+
     # -- views -----------------------------------------------------------------------------
     def lane_order(self, lane: str) -> list[str]:
         """The nodes ``lane`` runs, in order."""
