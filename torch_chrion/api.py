@@ -21,6 +21,50 @@ __all__ = ["ChrionModule", "compile_graph", "compile_onnx", "example_inputs_for"
 EXAMPLE_INPUT_BYTES_LIMIT = 2**32
 
 
+def declared_inputs(model: Any) -> list[tuple[str, torch.dtype, list[int | str] | None]]:
+    """(name, dtype, dims) of each input an ONNX model declares (initializers excluded); a
+    dimension is its size, or its symbolic name ("?" when unnamed); dims is None when the model
+    does not declare the input's rank."""
+    import numpy as np
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    initializers = {i.name for i in model.graph.initializer}
+    declared = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = torch.from_numpy(
+            np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        ).dtype
+        dims: list[int | str] | None = (
+            [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in tensor_type.shape.dim
+            ]
+            if tensor_type.HasField("shape")
+            else None
+        )
+        declared.append((value.name, dtype, dims))
+    return declared
+
+
+def check_shape(name: str, dims: Sequence[int | str] | None, shape: Sequence[int]) -> None:
+    """OptionError unless ``shape`` fits input ``name`` declared with ``dims``: the same rank,
+    positive sizes, the declared size wherever one is fixed (any rank when ``dims`` is None)."""
+    if dims is None:
+        dims = ["?"] * len(shape)
+    fits = len(shape) == len(dims) and all(
+        isinstance(s, int) and s > 0 and (not isinstance(d, int) or d == s)
+        for s, d in zip(shape, dims, strict=False)
+    )
+    if not fits:
+        raise OptionError(
+            f"input {name!r} is declared with shape {list(dims)}, got {list(shape)}: give "
+            "positive sizes, one per declared dimension, equal to the fixed ones"
+        )
+
+
 def example_inputs_for(
     model: Any, shapes: Mapping[str, Sequence[int]] | None = None
 ) -> tuple[torch.Tensor, ...]:
@@ -28,38 +72,31 @@ def example_inputs_for(
     integers); ``shapes`` gives or overrides the shape of inputs by name.
 
     Raises:
-        OptionError: ``shapes`` names an input the model does not have, or gives a negative
-            dimension or one past :data:`EXAMPLE_INPUT_BYTES_LIMIT`.
+        OptionError: ``shapes`` names an input the model does not have, or gives a shape that
+            does not fit its declaration (rank, positive sizes, fixed sizes) or one past
+            :data:`EXAMPLE_INPUT_BYTES_LIMIT`.
         ModelError: inputs with symbolic dimensions and no shape given, every one named; a
             declared negative dimension; a declared shape past
             :data:`EXAMPLE_INPUT_BYTES_LIMIT` (checked before anything is allocated).
     """
-    import numpy as np
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     shapes = dict(shapes or {})
-    initializers = {i.name for i in model.graph.initializer}
-    declared = [v for v in model.graph.input if v.name not in initializers]
-    unknown = sorted(set(shapes) - {v.name for v in declared})
+    declared = declared_inputs(model)
+    unknown = sorted(set(shapes) - {name for name, _, _ in declared})
     if unknown:
         raise OptionError(
             f"shapes given for unknown inputs {unknown}; the model's inputs are "
-            f"{[v.name for v in declared]}"
+            f"{[name for name, _, _ in declared]}"
         )
     generator = torch.Generator().manual_seed(0)
     inputs, symbolic = [], []
-    for value in declared:
-        tensor_type = value.type.tensor_type
-        dims = shapes.get(value.name) or [
-            d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
-        ]
-        if None in dims:
-            symbolic.append(f"{value.name} {[d.dim_param or '?' for d in tensor_type.shape.dim]}")
+    for name, dtype, dims in declared:
+        if name in shapes:
+            check_shape(name, dims, shapes[name])
+            dims = list(shapes[name])
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            symbolic.append(f"{name} {dims if dims is not None else '(rank not declared)'}")
             continue
-        dtype = torch.from_numpy(
-            np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        ).dtype
-        _check_example_dims(value.name, list(dims), dtype, given=value.name in shapes)
+        _check_example_dims(name, list(dims), dtype, given=name in shapes)
         if dtype.is_floating_point:
             inputs.append(torch.randn(list(dims), generator=generator).to(dtype))
         else:

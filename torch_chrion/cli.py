@@ -1,23 +1,38 @@
-"""The ``chrion`` command line: profile, plan, run, bench, show, package, serve, demo."""
+"""The ``chrion`` command line: profile, plan, run, bench, show, package, serve, demo.
+
+Every ChrionSettings option is a flag (generated from its fields and docstring, so the two
+cannot drift); every error is one line on stderr and a non-zero exit: 2 for a bad input, file
+or option, 1 for anything unexpected (``chrion --traceback ...`` shows where).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-from typing import Any
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
 
+from . import __version__
 from .errors import ChrionError, OptionError
+from .settings import OPTION_CHOICES, ChrionSettings, option_docs
+
+# settings that only planning reads: `chrion profile` has no such flags
+_PLANNING_ONLY = ("objective", "slo_ms", "strict")
 
 
 def _shapes(values: list[str] | None) -> dict[str, list[int]]:
-    shapes = {}
+    shapes: dict[str, list[int]] = {}
     for value in values or []:
         name, _, dims = value.partition("=")
         try:
-            shapes[name] = [int(d) for d in dims.split(",")]
+            shape = [int(d) for d in dims.split(",")]
         except ValueError:
             raise OptionError(f"--shape wants NAME=D0,D1,... (integers), got {value!r}") from None
+        if name in shapes:
+            raise OptionError(f"--shape gives input {name!r} twice ({value!r}); give it once")
+        shapes[name] = shape
     return shapes
 
 
@@ -27,18 +42,63 @@ def _example_inputs(proto: Any, shapes: dict[str, list[int]]) -> tuple:
     return example_inputs_for(proto, shapes)
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from .settings import ChrionSettings
+def _model_inputs(proto: Any, args: argparse.Namespace) -> tuple:
+    """The inputs of ``run --input FILE``, else example inputs of the ``--shape`` shapes."""
+    source = getattr(args, "input", None)
+    if source is None:
+        return _example_inputs(proto, _shapes(args.shape))
+    if args.shape:
+        raise OptionError("--input gives the input shapes: drop --shape")
+    return _inputs_from_file(proto, Path(source))
 
+
+def _inputs_from_file(proto: Any, path: Path) -> tuple:
+    """The model's inputs from a .npy (a one-input model) or a .npz (arrays by input name)."""
+    import numpy as np
+    import torch
+
+    from .api import check_shape, declared_inputs
+
+    declared = declared_inputs(proto)
+    names = [name for name, _, _ in declared]
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"--input {path}: not a readable .npy or .npz file: {exc}") from exc
+    if isinstance(loaded, np.ndarray):
+        if len(names) != 1:
+            raise OptionError(
+                f"--input {path} holds one array; the model takes inputs {names}: give an .npz "
+                "with one array per input name"
+            )
+        arrays = {names[0]: loaded}
+    else:
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    if sorted(arrays) != sorted(names):
+        raise OptionError(
+            f"--input {path} holds arrays {sorted(arrays)}; the model's inputs are {names}"
+        )
+    inputs = []
+    for name, dtype, dims in declared:
+        tensor = torch.from_numpy(np.ascontiguousarray(arrays[name]))
+        if tensor.dtype != dtype:
+            raise OptionError(
+                f"--input {path}: input {name!r} is declared {dtype}, the array is "
+                f"{arrays[name].dtype}"
+            )
+        check_shape(name, dims, list(tensor.shape))
+        inputs.append(tensor)
+    return tuple(inputs)
+
+
+def _settings(args: argparse.Namespace) -> ChrionSettings:
     return ChrionSettings.from_options(
-        {},
-        objective=getattr(args, "objective", None),
-        slo_ms=getattr(args, "slo_ms", None),
-        devices=tuple(args.devices) if getattr(args, "devices", None) else None,
-        granularity=getattr(args, "granularity", None),
-        seq_chunks=getattr(args, "seq_chunks", None),
-        cache_dir=getattr(args, "cache_dir", None),
-        strict=getattr(args, "strict", None) or None,
+        {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(ChrionSettings)
+            if getattr(args, f.name, None) is not None
+        }
     )
 
 
@@ -47,7 +107,7 @@ def _load(args: argparse.Namespace, plan: str | None = None) -> Any:
     from .api import compile_onnx
 
     proto = chrion_onnx.load_model(args.model)
-    inputs = _example_inputs(proto, _shapes(args.shape))
+    inputs = _model_inputs(proto, args)
     module = compile_onnx(
         proto, inputs, _settings(args), plan=plan, recorded_profile=getattr(args, "profile", None)
     )
@@ -61,7 +121,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .profile import profile_graph
 
     proto = chrion_onnx.load_model(args.model)
-    inputs = _example_inputs(proto, _shapes(args.shape))
+    inputs = _model_inputs(proto, args)
     settings = _settings(args)
     gm = graph.capture(
         chrion_onnx.to_fx(proto),
@@ -246,37 +306,68 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
+    return value
+
+
+def _setting_flags(parser: argparse.ArgumentParser, planning: bool) -> None:
+    """One flag per ChrionSettings field (``--slo-ms`` for ``slo_ms``), typed from the field and
+    documented from its docstring; an absent flag leaves the setting's default."""
+    docs = option_docs()
+    for field in dataclasses.fields(ChrionSettings):
+        if not planning and field.name in _PLANNING_ONLY:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        doc = docs[field.name].replace("%", "%%")
+        if field.default is not None:
+            doc += f" (default: {field.default})"
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=doc)
+        elif kind.startswith("tuple"):
+            parser.add_argument(flag, nargs="+", metavar="LANE", help=doc)
+        else:
+            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
+            parser.add_argument(
+                flag, type=convert, choices=OPTION_CHOICES.get(field.name), help=doc
+            )
+
+
 def _model_options(parser: argparse.ArgumentParser, planning: bool = True) -> None:
     parser.add_argument("model", help="path of the ONNX model")
     parser.add_argument(
         "--shape",
         action="append",
         metavar="NAME=D0,D1,...",
-        help="shape of an input (needed for symbolic dimensions); repeatable",
+        help="shape of an input (needed for symbolic dimensions); once per input",
     )
-    parser.add_argument(
-        "--devices",
-        nargs="+",
-        metavar="LANE",
-        help="lanes such as cpu cuda:0 or cpu:0 cpu:1 (default: cpu and cuda:0 if present)",
-    )
-    parser.add_argument(
-        "--granularity", choices=("op", "layer"), help="split recurrent layers (default layer)"
-    )
-    parser.add_argument("--seq-chunks", type=int, help="also split sequences into this many chunks")
-    parser.add_argument("--cache-dir", help="where profiles are cached")
+    _setting_flags(parser, planning)
     if planning:
-        parser.add_argument("--objective", choices=("latency", "memory"), help="default latency")
-        parser.add_argument("--slo-ms", type=float, help="latency SLO in milliseconds")
-        parser.add_argument("--strict", action="store_true", help="fail when no plan meets the SLO")
         parser.add_argument(
             "--profile", help="a profile recorded with `chrion profile` on the target machine"
         )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the usage is a --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chrion", description="Serve recurrent models on the host CPU and the GPU at once."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the traceback of an unexpected error"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -295,14 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", help="run the model once on example inputs and time it")
     _model_options(p)
     p.add_argument("--plan", help="a saved plan: skips profiling and scheduling")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="run on this data instead of random inputs: a .npy for a one-input model, or a .npz"
+        " with one array per input name",
+    )
+    p.add_argument("--repeats", type=_positive_int, default=20, help="timed runs (default 20)")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace of one run here")
     p.add_argument("--output", help="write the outputs here (.npz)")
     p.set_defaults(run=_cmd_run)
 
     p = commands.add_parser("bench", help="chrion against eager CPU/GPU, inductor and onnxruntime")
     _model_options(p)
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per engine (default 20)")
+    p.add_argument(
+        "--repeats", type=_positive_int, default=20, help="timed runs per engine (default 20)"
+    )
     p.set_defaults(run=_cmd_bench)
 
     p = commands.add_parser("show", help="print a saved plan; draw its timeline")
@@ -359,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "demo", help="a bundled speech model end to end: load, plan, run, compare"
     )
-    p.add_argument("--frames", type=int, default=64, help="input length in frames (default 64)")
+    p.add_argument(
+        "--frames", type=_positive_int, default=64, help="input length in frames (default 64)"
+    )
     p.set_defaults(run=_cmd_demo)
     return parser
 
@@ -368,12 +469,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ChrionError as exc:
-        print(f"chrion {args.command}: error: {exc}", file=sys.stderr)
+    except (ChrionError, OSError) as exc:
+        print(f"chrion {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (OSError, FileNotFoundError) as exc:
-        print(f"chrion {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if args.traceback:
+            traceback.print_exc()
+        else:
+            print(
+                f"chrion {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
+                "(chrion --traceback ... shows where)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from .errors import OptionError
 
 OBJECTIVES = ("latency", "memory")
 GRANULARITIES = ("op", "layer")
+# the options that take one of a few words
+OPTION_CHOICES = {"objective": OBJECTIVES, "granularity": GRANULARITIES}
 # A lane: "cpu", "cpu:N", "cuda" (= "cuda:0") or "cuda:N". The one spelling of it.
 LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
@@ -53,9 +56,11 @@ class ChrionSettings:
             resident on the accelerator (weights plus peak activations) while the predicted
             latency stays within ``slo_ms``.
         slo_ms: latency objective in milliseconds for one request. Required by "memory"; with
-            "latency" a plan predicted above it is reported (and refused when ``strict``).
+            "latency" a plan predicted above it is logged as a warning (and refused when
+            ``strict``).
         devices: lanes to place operators on, such as ("cpu", "cuda:0") or ("cpu:0", "cpu:1").
-            None means "cpu" plus "cuda:0" when CUDA is available.
+            None means "cpu" and "cuda:0" when CUDA is available, else "cpu:0" and "cpu:1" (one
+            "cpu" on a one-core machine).
         granularity: "op" keeps every recurrent operator whole; "layer" splits multi-layer and
             bidirectional recurrent operators into one node per layer and direction.
         seq_chunks: with "layer", also split each sequence into this many chunks (the state is
@@ -63,8 +68,8 @@ class ChrionSettings:
         cpu_threads: intra-op threads of each CPU lane; None means 1 (batch-1 recurrent steps
             gain little from more, and more lanes give parallelism instead; see
             runtime/lanes.py).
-        cache_dir: where profiles are cached; None means $TORCH_CHRION_CACHE or
-            ~/.cache/torch_chrion.
+        cache_dir: where profiles are cached; None means $TORCH_CHRION_CACHE/profiles, by
+            default ~/.cache/torch_chrion/profiles.
         strict: raise InfeasiblePlanError when no plan meets ``slo_ms``, instead of running the
             best plan found and reporting it.
         profile_warmup: untimed runs of each node before timing it.
@@ -93,16 +98,12 @@ class ChrionSettings:
         return super().__new__(cls)
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise OptionError(
-                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
-                + closest(self.objective, OBJECTIVES)
-            )
-        if self.granularity not in GRANULARITIES:
-            raise OptionError(
-                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
-                + closest(self.granularity, GRANULARITIES)
-            )
+        for name, choices in OPTION_CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise OptionError(
+                    f"{name} must be one of {choices}, got {value!r}{closest(value, choices)}"
+                )
         for name in ("slo_ms", "profile_budget_s"):
             value = getattr(self, name)
             if not (value is None and name == "slo_ms") and not (
@@ -158,6 +159,22 @@ class ChrionSettings:
 # Settings that change the graph or the placement; the others only change how it is measured/run.
 # cpu_threads: a lane's thread count changes every CPU cost, hence the placement.
 _PLAN_INVARIANT = ("objective", "slo_ms", "devices", "granularity", "seq_chunks", "cpu_threads")
+
+
+def option_docs() -> dict[str, str]:
+    """Each option's documentation, one line, read from ChrionSettings' docstring (the one
+    place options are documented), for the CLI's flags."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(ChrionSettings.__doc__ or "").splitlines()
+    for line in lines[lines.index("Args:") + 1 :]:
+        if line.startswith("    ") and not line.startswith("     "):
+            name, _, text = line.strip().partition(": ")
+            docs[name] = text
+        elif line.startswith("     "):
+            docs[name] += " " + line.strip()
+        elif line.strip():
+            break
+    return docs
 
 
 def _is_int(value: object) -> bool:

@@ -1,5 +1,8 @@
 """Every chrion command in a subprocess, on a model the test exports."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -9,6 +12,10 @@ import matplotlib.image
 import numpy as np
 import onnxruntime
 import pytest
+
+from torch_chrion import __version__
+from torch_chrion.cli import main
+from torch_chrion.settings import ChrionSettings
 
 COMMANDS = ["profile", "plan", "run", "bench", "show", "demo"]
 
@@ -151,3 +158,101 @@ def test_errors_are_one_line_and_nonzero(stacked_lstm_onnx, tmp_path, args, mess
     assert result.returncode != 0
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "{model}", "--shape", "x=64,1"], "input 'x' is declared with shape ['seq', 2, 16], got [64, 1]"),
+        (["run", "{model}", "--shape", "x=-1,2,16"], "got [-1, 2, 16]: give positive sizes"),
+        (["run", "{model}", "--shape", "x=8,2,16", "--shape", "x=9,2,16"], "input 'x' twice"),
+        (["run", "{model}", "--repeats", "0"], "--repeats: wants a positive integer, got '0'"),
+        (["plan", "{model}", "--shape", "x=8,2,16", "--profile-budget-s", "-1", "-o", "p.json"],
+         "profile_budget_s must be a positive, finite number, got -1.0"),
+        (["plan", "{model}", "--shape", "x=8,2,16", "--objective", "fast", "-o", "p.json"],
+         "invalid choice: 'fast'"),
+        (["run", "{model}", "--input", "{tmp}/missing.npz"], "missing.npz"),
+        (["run", "{model}", "--input", "{tmp}/x.npy", "--shape", "x=8,2,16"], "drop --shape"),
+        (["run", "{model}", "--input", "{tmp}/wrong.npz"], "holds arrays ['y']; the model's inputs are ['x']"),
+        (["run", "{model}", "--input", "{tmp}/double.npy"], "'x' is declared torch.float32, the array is float64"),
+        (["show", "{tmp}/plan.json", "--gantt", "{tmp}/g.jpgx"], "extension must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_and_nonzero(stacked_lstm_onnx, tmp_path, args, message):
+    model, _ = stacked_lstm_onnx
+    x = np.random.default_rng(0).standard_normal((8, 2, 16))
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.save(tmp_path / "double.npy", x)
+    np.savez(tmp_path / "wrong.npz", y=x.astype(np.float32))
+    plan = {"placement": {"a": "cpu"}, "order": ["a"], "start_ms": {"a": 0}, "finish_ms": {"a": 1},
+            "predicted_ms": 1, "device_bytes": {}, "objective": "latency", "slo_ms": None,
+            "slo_met": None, "devices": ["cpu"], "graph_hash": "", "schema_version": 1}  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    returncode, stderr = chrion_in_process(*[a.format(model=model, tmp=tmp_path) for a in args])
+    assert returncode == 2, stderr
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert not list(tmp_path.glob("*.jpgx"))
+
+
+def chrion_in_process(*args):
+    """(exit status, stderr) of ``chrion *args`` run by cli.main in this process: the same code
+    as the console script without a new interpreter per case."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            returncode = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            returncode = exc.code
+    return returncode, stderr.getvalue()
+
+
+def test_a_bad_shape_from_the_console_script(stacked_lstm_onnx):
+    model, _ = stacked_lstm_onnx
+    result = chrion("plan", model, "--shape", "x=64,1", "-o", "p.json")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "chrion plan: error: input 'x' is declared with shape ['seq', 2, 16], got [64, 1]: give "
+        "positive sizes, one per declared dimension, equal to the fixed ones\n"
+    )
+
+
+def test_version():
+    result = chrion("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chrion {__version__}"
+
+
+def test_every_setting_is_a_flag():
+    def help_of(command):
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit):
+            main([command, "--help"])
+        return stdout.getvalue()
+
+    plan_help, profile_help = help_of("plan"), help_of("profile")
+    for field in dataclasses.fields(ChrionSettings):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in plan_help
+        assert (flag in profile_help) == (field.name not in ("objective", "slo_ms", "strict"))
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz"])
+def test_run_on_input_data_matches_onnxruntime(stacked_lstm_onnx, tmp_path, kind):
+    model, _ = stacked_lstm_onnx
+    x = np.random.default_rng(1).standard_normal((11, 2, 16)).astype(np.float32)
+    data = tmp_path / f"x.{kind}"
+    np.save(data, x) if kind == "npy" else np.savez(data, x=x)
+    outputs = tmp_path / "out.npz"
+    args = ["run", model, "--input", data, "--devices", "cpu", "--repeats", 1, "--output", outputs,
+            "--cpu-threads", 1, "--profile-warmup", 1, "--profile-repeats", 3,
+            "--profile-budget-s", 2, "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    if kind == "npz":
+        result = chrion(*args)
+        assert result.returncode == 0, result.stderr
+    else:
+        assert chrion_in_process(*args) == (0, "")
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        np.load(outputs)["arr_0"], session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5
+    )

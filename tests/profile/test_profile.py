@@ -238,6 +238,7 @@ def test_progress_bar_on_a_terminal_unless_silenced(captured, tmp_path, monkeypa
         monkeypatch.setenv("TORCH_CHRION_NO_PROGRESS", "1")
     profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
     assert ("profiling on cpu" in terminal.getvalue()) is not quiet
+    assert ("graph run/s" in terminal.getvalue()) is not quiet  # the CPU lane counts graph runs
 
 
 def test_cached_cuda_device_profile_round_trips(tmp_path):

@@ -96,11 +96,13 @@ class _Budget:
         return warmup, repeats, number
 
 
-def _progress(total: int, desc: str) -> tqdm:
+def _progress(total: int, desc: str, unit: str) -> tqdm:
+    """A progress bar of ``total`` steps called ``unit`` (what one step is), on a terminal only
+    and only for a slow profile; TORCH_CHRION_NO_PROGRESS=1 turns it off."""
     quiet = os.environ.get("TORCH_CHRION_NO_PROGRESS") == "1" or total < _PROGRESS_MIN_NODES
     # disable=None: tqdm's own test, off when stderr is not a terminal; delay: only when slow
     return tqdm(
-        total=total, desc=desc, unit="node", delay=PROGRESS_DELAY_S, disable=True if quiet else None
+        total=total, desc=desc, unit=unit, delay=PROGRESS_DELAY_S, disable=True if quiet else None
     )
 
 
@@ -160,7 +162,7 @@ def _measure_on_cuda(
     costs: dict[str, float] = {}
     notes: list[str] = []
     calls = {node: _node_call(gm, node, values) for node in nodes}
-    with _progress(len(nodes), desc) as bar, torch.no_grad():
+    with _progress(len(nodes), desc, " node") as bar, torch.no_grad():
         _warm_up(list(calls.values()), device, min(WARMUP_S, 0.1 * budget.seconds))
         for node, call in calls.items():
             try:
@@ -202,7 +204,7 @@ def _measure_on_cpu_lane(
     durations: dict[str, list[float]] = {n.name: [] for n in nodes}
     notes: list[str] = []
     try:
-        with torch.no_grad(), _progress(repeats, desc) as bar:
+        with torch.no_grad(), _progress(repeats, desc, " graph run") as bar:
             stop = time.monotonic() + budget_s
             deadline = time.monotonic() + min(WARMUP_S, 0.1 * budget_s)
             for run in itertools.count():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..errors import OptionError
+
 if TYPE_CHECKING:
     from .plan import Plan
 
@@ -17,6 +19,14 @@ def draw_gantt(plan: Plan, path: str | os.PathLike[str], title: str | None = Non
 
     lanes = list(plan.devices)
     fig = Figure(figsize=(12, 1.2 + 0.8 * len(lanes)))
+    # the format follows the extension: check it before drawing, not deep inside savefig
+    extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if extension not in formats:
+        raise OptionError(
+            f"cannot draw the timeline as {os.fspath(path)!r}: the extension must be one of "
+            f"{', '.join(sorted(formats))}"
+        )
     ax = fig.add_subplot()
     span = max(plan.predicted_ms, 1e-9)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
