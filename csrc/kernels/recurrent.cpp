@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -183,6 +184,16 @@ LayerBiases layer_biases(Cell cell, at::TensorList p, bool has_biases, int64_t h
           b_hh.narrow(0, rz, hidden).contiguous()};
 }
 
+// Threads of the calling thread's intra-op budget (a lane's cpu_threads; torch's threads in
+// eager) that split each step's hidden units. A barrier per step costs about a microsecond, so a
+// step of fewer than ~128K multiply-adds (under ~2 us on one core) stays on one thread.
+int recurrent_threads(int64_t batch, int64_t gates, int64_t hidden) {
+  constexpr int64_t kMinStepFmas = 128 * 1024;
+  const int threads = at::get_num_threads();
+  if (threads <= 1 || batch * gates * hidden * hidden < kMinStepFmas) return 1;
+  return threads;
+}
+
 // Returns (output, h_n, c_n); c_n is undefined for GRU / RNN.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tensor& input,
                                                        const at::Tensor& h0,
@@ -210,6 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
   if (c0 != nullptr) cn = (batched ? *c0 : c0->unsqueeze(1)).contiguous().clone();
 
   if (steps > 0 && batch > 0) {
+    const int step_threads = recurrent_threads(batch, gates, hidden);
     // row (t, b) of a [T*B, n] view of a sequence: time-major t*B + b, batch-first b*T + t
     const int64_t row_t = bf ? 1 : batch;
     const int64_t row_b = bf ? steps : 1;
@@ -249,6 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         s.packed = packed.data_ptr<float>();
         s.hidden_bias = biases.hidden.defined() ? biases.hidden.data_ptr<float>() : nullptr;
         s.reverse = reverse || d == 1;
+        s.threads = step_threads;
         kernels.run(s);
         const int64_t last = s.reverse ? 0 : steps - 1;
         hn[index].copy_(layer_out.select(bf ? 1 : 0, last).narrow(-1, d * hidden, hidden));

@@ -14,6 +14,13 @@
 // batch row in a group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent
 // kernels): the weights' trip through the cache is the cost, so nothing else is read twice.
 //
+// Row split: with `threads` > 1 the blocks of hidden units are divided once among that many
+// OpenMP threads for the whole time loop, with one barrier per step (h_t must be complete
+// before any thread reads it). Each thread always computes the same blocks, so its share of the
+// packed weights stays in its own core's cache, and every block is computed exactly as with one
+// thread (the time loop's results do not depend on the thread count; the input projection's
+// GEMM, threaded by MKL, may round differently).
+//
 // Each instruction set (AVX-512, AVX2, portable) compiles the same code
 // (recurrent_cpu_impl.h) with its own at::vec::Vectorized<float> in its own translation unit;
 // `cpu_kernels()` picks the one ATen itself dispatches to (at::get_cpu_capability, which
@@ -48,6 +55,7 @@ struct Steps {
   const float* packed;       ///< W_hh packed by `pack` for this instruction set
   const float* hidden_bias;  ///< GRU: b_hn [H] (inside r * (W_hn h + b_hn)), or null
   bool reverse;              ///< run t = T-1 .. 0
+  int threads;               ///< OpenMP threads splitting the hidden units (1: this thread)
 };
 
 /// The kernels of one instruction set.

@@ -12,6 +12,9 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <cstdint>
 
 #include "recurrent_cpu.h"
@@ -155,14 +158,15 @@ inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int
   cell_block<C, R>(s, panel, o, n, h_prev, gx, h_out, c);
 }
 
-template <Cell C>
-void run_cell(const Steps& s) {
+// Steps over the hidden blocks [j0, j1); `sync` runs after each step (a barrier, or nothing).
+template <Cell C, typename Sync>
+void run_blocks(const Steps& s, int64_t j0, int64_t j1, Sync sync) {
   constexpr int64_t G = gate_count(C);
   const int64_t H = s.hidden;
   for (int64_t step = 0; step < s.steps; ++step) {
     const int64_t t = s.reverse ? s.steps - 1 - step : step;
     const int64_t t_prev = s.reverse ? t + 1 : t - 1;
-    for (int64_t j = 0; j < hidden_blocks(H); ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       const float* panel = s.packed + j * H * G * kLanes;
       const int64_t o = j * kLanes;
       const int64_t n = std::min(kLanes, H - o);
@@ -171,7 +175,31 @@ void run_cell(const Steps& s) {
         row_group<C, kRows>(s, t, t_prev, step == 0, b, panel, o, n);
       for (; b < s.batch; ++b) row_group<C, 1>(s, t, t_prev, step == 0, b, panel, o, n);
     }
+    sync();
   }
+}
+
+template <Cell C>
+void run_cell(const Steps& s) {
+  const int64_t blocks = hidden_blocks(s.hidden);
+#ifdef _OPENMP
+  if (s.threads > 1 && blocks > 1) {
+#pragma omp parallel num_threads(s.threads)
+    {
+      const int64_t parts = std::min<int64_t>(omp_get_num_threads(), blocks);
+      const int64_t part = omp_get_thread_num();
+      // every thread runs every step (so every thread meets every barrier); one past `parts`
+      // owns no blocks
+      const int64_t j0 = part < parts ? blocks * part / parts : blocks;
+      const int64_t j1 = part < parts ? blocks * (part + 1) / parts : blocks;
+      run_blocks<C>(s, j0, j1, [] {
+#pragma omp barrier
+      });
+    }
+    return;
+  }
+#endif
+  run_blocks<C>(s, 0, blocks, [] {});
 }
 
 void run(const Steps& s) {

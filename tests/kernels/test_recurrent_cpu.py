@@ -326,3 +326,29 @@ def test_other_instruction_sets_match_aten(capability: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == capability.upper()
+
+
+@pytest.mark.parametrize("kind,batch", [("lstm", 1), ("gru", 2), ("rnn_relu", 3)])
+def test_row_split_over_threads_is_exact(kind: str, batch: int) -> None:
+    """With 2 intra-op threads each step's hidden units are split over both (hidden 256 is
+    over the split threshold): the one-thread result and aten's, to tolerance (not bitwise: the
+    input projection's GEMM itself may round differently with more threads)."""
+    torch.manual_seed(10)
+    module = _module(kind, 24, 256, 2, True)
+    x, h0 = torch.randn(9, batch, 24), torch.randn(4, batch, 256)
+    c0 = torch.randn(4, batch, 256) if kind == "lstm" else None
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                results[n] = _chrion(kind, module, x, h0, c0, batch_first=False)
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(results[1], results[2], strict=True):
+        torch.testing.assert_close(one, two, **TOL)
+    with torch.no_grad():
+        want = _reference(kind, module, x, h0, c0)
+    for g, w in zip(results[2], want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
