@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .errors import ModelError, OptionError
+from .inputs import DECLARED_INPUTS, declared_onnx_inputs
 from .module import ChrionModule, compile_graph
 from .settings import ChrionSettings
 
@@ -181,12 +182,15 @@ def compile_onnx(
     from .schedule import Plan
 
     proto = chrion_onnx.load_model(model)
+    declared = declared_onnx_inputs(proto)  # what every call is checked against
     if example_inputs is None:
         example_inputs = example_inputs_for(proto)
+    declared.check(tuple(example_inputs))  # before conversion reads their shapes
     # the example shapes give the rank of values shape inference cannot tell from the model
     tensors = all(isinstance(x, torch.Tensor) for x in example_inputs)
     example_shapes = [tuple(x.shape) for x in example_inputs] if tensors else None
     gm = chrion_onnx.to_fx(proto, example_shapes=example_shapes)
+    gm.meta[DECLARED_INPUTS] = declared
     if isinstance(plan, (str, os.PathLike)):
         plan = Plan.load(plan)
     if isinstance(recorded_profile, (str, os.PathLike)):

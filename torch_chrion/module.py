@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import ChrionError, ModelError, PlanError
+from .inputs import InputSignature
 from .session import SessionMixin, to_numpy
 from .settings import ChrionSettings
 
@@ -100,10 +101,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self._last: Any | None = None
         self._trace = False
         example_inputs = tuple(example_inputs)
+        self.input_signature = InputSignature.of(model, example_inputs)  # checks the example
         signature = _signature(example_inputs)
         self._primary = _bucket(signature)
         self._primary_signature = signature
         self._compile(signature, example_inputs)
+        self.input_signature = self.input_signature.with_recurrent_sizes(self.captured_graph())
 
     @property
     def plan(self) -> Any:
@@ -125,6 +128,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         inputs, as_numpy = self._session_inputs(inputs, named)
         if as_numpy:
             return to_numpy(self.forward(*inputs))
+        self.input_signature.check(inputs)  # before any capture, profile or run (inputs.py)
         signature = _signature(inputs)
         executable = self._executables.get(signature)
         if executable is None:
