@@ -33,7 +33,7 @@ from .errors import ModelError
 DECLARED_INPUTS = "chrion_declared_inputs"
 
 _RECURRENT_OPS = ("lstm", "gru", "rnn")
-_STATE_ARGUMENTS = ("h0", "c0")
+_STATE_ARGUMENTS = (("h0", "h0's hidden size"), ("c0", "c0's hidden size"))
 # ops that keep every element where it was: a size fixed on their output is fixed on their input
 _SAME_LAYOUT_OPS = ("_to_copy", "clone", "alias", "detach", "lift_fresh_copy")
 
@@ -264,13 +264,14 @@ def _recurrent_sizes(gm: fx.GraphModule) -> list[tuple[fx.Node, int, int, str]]:
         ):
             continue
         bound = dict(zip((a.name for a in target._schema.arguments), node.args, strict=False))
-        x = bound["input"]
-        starts = [(x, x.meta["val"].dim() - 1, "the input size")]
-        for state in _STATE_ARGUMENTS:
-            if isinstance(bound.get(state), fx.Node):
-                value = bound[state].meta["val"]
-                starts += [(bound[state], 0, f"{state}'s layer count")]
-                starts += [(bound[state], value.dim() - 1, f"{state}'s hidden size")]
+        starts = []
+        for argument, what in (("input", "the input size"), *_STATE_ARGUMENTS):
+            value = bound.get(argument)
+            if isinstance(value, fx.Node) and "val" in value.meta:  # a graph not annotated: none
+                last = value.meta["val"].dim() - 1
+                starts += [(value, last, what)]
+                if argument != "input":
+                    starts += [(value, 0, f"{argument}'s layer count")]
         for start, dim, what in starts:
             origin = _origin(start, dim)
             if origin is not None:
