@@ -37,6 +37,19 @@ def test_graph_output_with_a_type_but_no_shape_loads(tmp_path):
     )
 
 
+def test_graph_input_without_a_shape_needs_example_inputs(tmp_path):
+    proto = _relu(None, None)  # onnxruntime runs it with any shape
+    with pytest.raises(ModelError, match=r"x \(rank not declared\)"):
+        torch_chrion.load_onnx(proto, **LOAD_OPTIONS)  # not a scalar made up for it
+    x = torch.randn(3, 4)
+    chrion = torch_chrion.load_onnx(
+        proto, example_inputs=(x,), cache_dir=str(tmp_path), **LOAD_OPTIONS
+    )
+    np.testing.assert_array_equal(
+        chrion(x).numpy(), onnxruntime_outputs(proto, {"x": x.numpy()})[0]
+    )
+
+
 def test_malformed_models_are_still_refused():
     undefined_input = make_model(
         [helper.make_node("Add", ["x", "nowhere"], ["y"])],

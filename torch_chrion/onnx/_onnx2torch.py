@@ -100,7 +100,10 @@ def register_converter(
         domain: the operator's domain ("" for the default ONNX domain).
         replace: take the place of onnx2torch's converter for these versions. Used for the
             shape-taking ops, whose onnx2torch modules read shapes from tensor values at run
-            time and so stop tracing; ours read them at conversion time.
+            time and so stop tracing (ours read them at conversion time), and for the
+            normalisation and dropout ops, whose onnx2torch modules follow the module's
+            training flag and need value_info (ours have inference semantics, see
+            ``converters/normalization``).
     """
 
     def deco(converter: Callable[..., Any]) -> Callable[..., Any]:
