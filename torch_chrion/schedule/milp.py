@@ -30,8 +30,6 @@ import dataclasses
 import time
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_matrix
 
 from ..errors import OptionError
 from .heft import heft
@@ -222,6 +220,10 @@ def milp_schedule(
                 if np.isfinite(cost[i, d]):
                     working = float(out[i] + sum(out[u] for u in graph.preds[i]))
                     rows.add({pc: 1.0, xcol(i, d): -working}, 0.0)
+
+    # imported here: scipy.optimize takes ~0.3 s to import, and a served package never solves
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
 
     a = coo_matrix((rows.v, (rows.r, rows.c)), shape=(len(rows.lb), ncols)).tocsr()
     began = time.perf_counter()
