@@ -234,3 +234,34 @@ def test_sigterm_drains_requests_in_flight(torch_package, tagger):
     for k, x in enumerate(inputs):
         (y,) = outputs_of(results[k]).values()
         np.testing.assert_allclose(y, tagger(x).detach().numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_failed_warm_up_is_reported_not_ready(served):
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("weights missing")
+
+    model = ServedModel(broken, served.inputs, served.outputs, warmup_inputs=served.warmup_inputs)
+    app = create_app(model, name="tagger")
+    sock_server = EmbeddedServer(app)
+    sock_server.thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                live = httpx.get(f"{sock_server.url}/v2/health/live")
+                if live.status_code == 500:
+                    break
+            except httpx.TransportError:  # not listening yet
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "weights missing" in live.json()["error"]
+        ready = httpx.get(f"{sock_server.url}/v2/health/ready")
+        assert ready.status_code == 503 and "warm-up failed" in ready.json()["error"]
+        assert (
+            infer_json(httpx.Client(base_url=sock_server.url), "tagger", frames(10)).status_code
+            == 503
+        )
+    finally:
+        sock_server.server.should_exit = True
+        sock_server.thread.join(30)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -84,7 +85,7 @@ def create_app(
     """
     metrics = ServeMetrics(name, slo_ms if slo_ms is not None else model.slo_ms)
     limit = int(max_body_mb * 2**20)
-    state = {"ready": warmed_up}
+    state: dict[str, Any] = {"ready": warmed_up, "failed": None}
     batcher = None
     if submit is None:
         from .batching import AdaptiveBatcher
@@ -99,7 +100,12 @@ def create_app(
         submit = batcher.submit
 
     async def warm_up() -> None:
-        await asyncio.to_thread(model.warmup)
+        try:
+            await asyncio.to_thread(model.warmup)
+        except Exception as exc:  # noqa: BLE001 - reported by /v2/health/live and /ready
+            _log.exception("model %s failed its warm-up", name)
+            state["failed"] = f"warm-up failed: {type(exc).__name__}: {exc}"
+            return
         state["ready"] = True
         _log.info("model %s warmed up (%d shapes): ready", name, len(model.warmup_inputs))
 
@@ -119,13 +125,17 @@ def create_app(
         return _error(404, f"unknown model {requested!r}; this server serves {name!r}")
 
     async def live(request: Request) -> Response:
+        if state.get("failed"):  # not live: an orchestrator should restart it
+            return JSONResponse({"live": False, "error": state["failed"]}, status_code=500)
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
         requested = request.path_params.get("name", name)
         if requested != name:
             return unknown(requested)
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        if not state["ready"]:
+            return JSONResponse({"ready": False, "error": state.get("failed")}, status_code=503)
+        return JSONResponse({"ready": True})
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse(
