@@ -126,11 +126,16 @@ def start(command: list[str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
     deadline = time.monotonic() + 600
-    while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                return process, url
+        except httpx.TransportError:  # not listening yet
+            pass
         if time.monotonic() > deadline:
+            process.kill()
             raise RuntimeError(f"{url} never became ready")
         time.sleep(0.1)
-    return process, url
 
 
 def load(url: str, requests: int, concurrency: int, seed: int) -> list[float]:
@@ -184,24 +189,15 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, package = build(Path(tmp))
-        servers = {
-            "torch_chrion": start(
-                [
-                    sys.executable,
-                    "-m",
-                    "torch_chrion.cli",
-                    "serve",
-                    str(package),
-                    "--port",
-                    "0",
-                    "--name",
-                    "bilstm",
-                    *SERVER_FLAGS,
-                ]
-            ),
-            "onnxruntime": start([sys.executable, __file__, "--ort-server", str(onnx_path), "0"]),
-        }
+        servers: dict[str, tuple[subprocess.Popen, str]] = {}
+        chrion = [sys.executable, "-m", "torch_chrion.cli", "serve", str(package)]
         try:
+            servers["torch_chrion"] = start(
+                [*chrion, "--port", "0", "--name", "bilstm", *SERVER_FLAGS]
+            )
+            servers["onnxruntime"] = start(
+                [sys.executable, __file__, "--ort-server", str(onnx_path), "0"]
+            )
             for _, url in servers.values():  # warm-up: connections, allocator, caches
                 load(url, 64, 4, seed=99)
             results: dict[tuple[str, int], list[float]] = {}
