@@ -265,3 +265,25 @@ def test_a_failed_warm_up_is_reported_not_ready(served):
     finally:
         sock_server.server.should_exit = True
         sock_server.thread.join(30)
+
+
+def test_an_onnx_file_is_served_directly(onnx_file, tmp_path):
+    import onnxruntime as ort
+
+    from torch_chrion.serve.model import load_served
+
+    model = load_served(
+        onnx_file,
+        shapes={"features": [10, 1, FEATURES]},
+        batch_axis=1,
+        cache_dir=str(tmp_path),
+        profile_warmup=1,
+        profile_repeats=3,
+    )
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    with EmbeddedServer(create_app(model, name="tagger")) as server:
+        assert server.client.get("/v2/models/tagger").json()["inputs"][0]["shape"] == [-1, -1, 8]
+        x = frames(12, seed=7)
+        (y,) = outputs_of(infer_binary(server.client, "tagger", x)).values()
+    (expected,) = session.run(None, {"features": x.numpy()})
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
