@@ -3,7 +3,8 @@
 Both servers run the same v2 app (torch_chrion.serve.create_app: same protocol code, same
 adaptive batching, same uvicorn), each in its own process; only the model call differs: the
 torch_chrion package, or an onnxruntime session on the same ONNX file. A fixed number of
-requests is sent at concurrency 1, 4 and 16 (binary tensors, keep-alive clients), lengths drawn
+requests is sent at concurrency 1, 4 and 16 (binary tensors, asyncio clients on keep-alive
+connections), lengths drawn
 from a fixed-seed list; the two servers are loaded in alternating rounds, never at once.
 
 Model: 2-layer bidirectional LSTM (40 features, hidden 96) + linear head, time-major (T, N, 40).
@@ -18,7 +19,6 @@ planned while timed.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import statistics
 import subprocess
@@ -138,8 +138,11 @@ def start(command: list[str]) -> tuple[subprocess.Popen, str]:
         time.sleep(0.1)
 
 
-def load(url: str, requests: int, concurrency: int, seed: int) -> list[float]:
-    """Latency (s) of each of ``requests`` requests sent by ``concurrency`` clients."""
+def load(url: str, requests: int, concurrency: int, seed: int) -> tuple[list[float], float]:
+    """Latency (s) of each of ``requests`` requests sent by ``concurrency`` asyncio clients over
+    keep-alive connections, and the wall time of the whole run."""
+    import asyncio
+
     import httpx
 
     from torch_chrion.serve.protocol import decode_response, encode_binary_request
@@ -149,22 +152,28 @@ def load(url: str, requests: int, concurrency: int, seed: int) -> list[float]:
         encode_binary_request({"features": rng.standard_normal((int(t), 1, 40), np.float32)})
         for t in rng.choice(LENGTHS, size=requests)
     ]
-    share = [bodies[k::concurrency] for k in range(concurrency)]
 
-    def client(mine: list) -> list[float]:
-        latencies = []
-        with httpx.Client(base_url=url, timeout=120) as c:
-            for body, headers in mine:
-                begin = time.perf_counter()
-                r = c.post("/v2/models/bilstm/infer", content=body, headers=headers)
-                latencies.append(time.perf_counter() - begin)
-                if r.status_code != 200:
-                    raise RuntimeError(f"{url}: {r.status_code} {r.text}")
-                decode_response(r.content, r.headers)
-        return latencies
+    async def run() -> tuple[list[float], float]:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            queue = list(reversed(bodies))
+            latencies: list[float] = []
 
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        return [t for part in pool.map(client, share) for t in part]
+            async def worker() -> None:
+                while queue:
+                    body, headers = queue.pop()
+                    begin = time.perf_counter()
+                    r = await client.post("/v2/models/bilstm/infer", content=body, headers=headers)
+                    latencies.append(time.perf_counter() - begin)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{url}: {r.status_code} {r.text}")
+                    decode_response(r.content, r.headers)
+
+            begin = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return latencies, time.perf_counter() - begin
+
+    return asyncio.run(run())
 
 
 def summary(latencies: list[float], seconds: float) -> dict[str, float]:
@@ -206,10 +215,9 @@ def main() -> None:
                 for round_ in range(args.rounds):
                     order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
                     for name in order:
-                        begin = time.perf_counter()
-                        lat = load(servers[name][1], args.requests, concurrency, seed=round_)
+                        lat, seconds = load(servers[name][1], args.requests, concurrency, round_)
                         key = (name, concurrency)
-                        elapsed[key] = elapsed.get(key, 0.0) + time.perf_counter() - begin
+                        elapsed[key] = elapsed.get(key, 0.0) + seconds
                         results.setdefault(key, []).extend(lat)
         finally:
             for process, _ in servers.values():
