@@ -36,6 +36,9 @@ LENGTHS = (40, 45, 50, 55, 60)
 BATCHES = (1, 2, 4, 8, 16)
 CONCURRENCY = (1, 4, 16)
 SLO_MS = 25.0
+# onnxruntime peers: its default intra-op threads (all cores), and one thread per run (two runs
+# at once with --workers 2, as torch_chrion's two one-thread lanes)
+PEERS = {"onnxruntime": "0", "onnxruntime (1 thread)": "1"}
 SERVER_FLAGS = ["--max-batch", "16", "--batch-timeout-ms", "2", "--workers", "2"]
 
 
@@ -81,15 +84,17 @@ def build(folder: Path) -> tuple[Path, Path]:
     return onnx_path, package
 
 
-def ort_server(onnx_path: str, port: int) -> None:
-    """The onnxruntime peer: the same app over an onnxruntime session."""
+def ort_server(onnx_path: str, port: int, threads: int) -> None:
+    """The onnxruntime peer: the same app over an onnxruntime session (threads 0: its default)."""
     import onnxruntime as ort
     import torch
 
     from torch_chrion.serve import ServedModel, TensorSpec, create_app
     from torch_chrion.serve.server import serve
 
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
     def call(features: torch.Tensor) -> torch.Tensor:
         (y,) = session.run(None, {"features": features.numpy()})
@@ -191,10 +196,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per level and round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per level")
     parser.add_argument("--write", action="store_true", help=f"write {RESULT.relative_to(ROOT)}")
-    parser.add_argument("--ort-server", nargs=2, metavar=("ONNX", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ort-server", nargs=3, metavar=("ONNX", "PORT", "THREADS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.ort_server:
-        ort_server(args.ort_server[0], int(args.ort_server[1]))
+        ort_server(args.ort_server[0], int(args.ort_server[1]), int(args.ort_server[2]))
         return
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, package = build(Path(tmp))
@@ -204,16 +211,17 @@ def main() -> None:
             servers["torch_chrion"] = start(
                 [*chrion, "--port", "0", "--name", "bilstm", *SERVER_FLAGS]
             )
-            servers["onnxruntime"] = start(
-                [sys.executable, __file__, "--ort-server", str(onnx_path), "0"]
-            )
+            for name, threads in PEERS.items():
+                peer = [sys.executable, __file__, "--ort-server", str(onnx_path), "0", threads]
+                servers[name] = start(peer)
             for _, url in servers.values():  # warm-up: connections, allocator, caches
                 load(url, 64, 4, seed=99)
             results: dict[tuple[str, int], list[float]] = {}
             elapsed: dict[tuple[str, int], float] = {}
             for concurrency in CONCURRENCY:
                 for round_ in range(args.rounds):
-                    order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+                    names = list(servers)
+                    order = names if round_ % 2 == 0 else list(reversed(names))
                     for name in order:
                         lat, seconds = load(servers[name][1], args.requests, concurrency, round_)
                         key = (name, concurrency)
@@ -236,7 +244,7 @@ def report(results: dict, elapsed: dict, args: argparse.Namespace) -> None:
         f"rounds; lengths {LENGTHS[0]}-{LENGTHS[-1]} frames (step 5), batch 1 per request; "
         f"server flags `{' '.join(SERVER_FLAGS)}`; SLO {SLO_MS:g} ms (the plan's).",
         "Model: 2-layer BiLSTM (40 features, hidden 96) + linear head. onnxruntime: "
-        "CPUExecutionProvider, default threads.",
+        "CPUExecutionProvider, default intra-op threads, and 1 thread.",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, shared with other work (noisy); the "
         "client runs on the same cores.",
         "Command: `python bench/serve_load.py --write`",
@@ -248,18 +256,20 @@ def report(results: dict, elapsed: dict, args: argparse.Namespace) -> None:
     for concurrency in CONCURRENCY:
         rows = {
             name: summary(results[(name, concurrency)], elapsed[(name, concurrency)])
-            for name in ("torch_chrion", "onnxruntime")
+            for name in ("torch_chrion", *PEERS)
         }
         for name, s in rows.items():
             lines.append(
                 f"| {concurrency} | {name} | {s['throughput']:.0f} | {s['p50']:.2f} | "
                 f"{s['p99']:.2f} | {100 * s['slo']:.0f}% |"
             )
-        c, o = rows["torch_chrion"], rows["onnxruntime"]
-        ratios.append(
-            f"- concurrency {concurrency}: throughput {c['throughput'] / o['throughput']:.2f}x "
-            f"onnxruntime's, p99 {c['p99'] / o['p99']:.2f}x"
-        )
+        c = rows["torch_chrion"]
+        for peer in PEERS:
+            o = rows[peer]
+            ratios.append(
+                f"- concurrency {concurrency}, vs {peer}: throughput "
+                f"{c['throughput'] / o['throughput']:.2f}x, p99 {c['p99'] / o['p99']:.2f}x"
+            )
     lines += [
         "",
         "torch_chrion relative to onnxruntime (goal at 16: throughput >= 1.0x, p99 <= 1.2x):",
