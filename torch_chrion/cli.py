@@ -210,14 +210,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     print(plan.table())
     if args.gantt:
-        plan.gantt(args.gantt)
+        from .runtime.trace import load_chrome_trace
+
+        measured = load_chrome_trace(args.measured) if args.measured else None
+        plan.gantt(args.gantt, measured=measured)
         print(f"gantt -> {args.gantt}")
     if args.trace:
         from .runtime.trace import TraceEvent, save_chrome_trace
 
+        ops = plan.ops or {}
         events = [
             TraceEvent(
-                node, "predicted", lane, 0, plan.start_ms[node] * 1e3, plan.finish_ms[node] * 1e3
+                node,
+                ops.get(node, "predicted"),
+                lane,
+                0,
+                plan.start_ms[node] * 1e3,
+                plan.finish_ms[node] * 1e3,
             )
             for node, lane in plan.placement.items()
         ]
@@ -407,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("show", help="print a saved plan; draw its timeline")
     p.add_argument("plan", help="plan JSON")
     p.add_argument("--gantt", help="write the CPU/GPU timeline as a PNG here")
+    p.add_argument(
+        "--measured",
+        help="a trace written by `chrion run --trace`: the gantt draws it under the prediction",
+    )
     p.add_argument("--trace", help="write the predicted timeline as Chrome/Perfetto JSON here")
     p.set_defaults(run=_cmd_show)
 

@@ -221,6 +221,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         for executable in self._executables.values():
             executable.enable_trace(enabled)
 
+    def last_trace(self) -> list[Any]:
+        """The TraceEvents of the last traced call (``plan.gantt(path, measured=...)``)."""
+        if self._last is None:
+            raise PlanError("no call has run yet: call the module with tracing enabled first")
+        return self._last.last_trace()
+
     def save_trace(self, path: str) -> None:
         if self._last is None:
             raise PlanError("no call has run yet: call the module with tracing enabled first")

@@ -1,6 +1,7 @@
 """Plan from an aten graph and a (fake, duck-typed) Profile: TaskGraph building with getitem
 folding, make_plan, JSON round trip, atomic save, validation errors, pictures."""
 
+import dataclasses
 import json
 import math
 import operator
@@ -206,3 +207,74 @@ def test_gantt_and_table(tmp_path, plan_and_graph):
     text = plan.table()
     assert all(name in text for name in plan.order)
     assert "predicted" in text
+
+
+@pytest.fixture
+def split_plan():
+    """A plan whose mm runs on cuda:0 and the rest on CPU lanes: cross-device copies."""
+    gm = aten_graph()
+    profile = FakeProfile(gm)
+    for name, costs in profile.node_ms.items():
+        fast_on_gpu = name.startswith("mm")
+        costs.update(
+            {"cpu:0": 9.0, "cpu:1": 9.0, "cuda:0": 0.1} if fast_on_gpu else {"cuda:0": 9.0}
+        )
+    return make_plan(gm, profile, ChrionSettings(devices=tuple(LANES))), gm
+
+
+def test_plan_records_ops_transfers_and_memory(tmp_path, split_plan):
+    plan, gm = split_plan
+    assert plan.ops == {
+        n.name: str(n.target)
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target is not operator.getitem
+    }
+    assert plan.transfers, "mm on cuda:0 feeds CPU nodes"
+    for src, dst, from_lane, to_lane, start, finish in plan.transfers:
+        assert (from_lane, to_lane) == (plan.placement[src], plan.placement[dst])
+        assert from_lane != to_lane and start == plan.finish_ms[src]
+        assert start < finish <= plan.start_ms[dst] + 1e-9  # the consumer waits for its copy
+    for lane, points in plan.memory.items():
+        times = [t for t, _ in points]
+        assert times == sorted(times)
+        assert max(b for _, b in points) == pytest.approx(plan.device_bytes[lane])
+    path = tmp_path / "p.plan.json"
+    plan.save(path)
+    assert Plan.load(path) == plan
+
+
+def test_gantt_scales_to_the_plan_not_to_a_far_slo(tmp_path, split_plan):
+    plan, _ = split_plan
+    far = dataclasses.replace(plan, slo_ms=100 * plan.predicted_ms, slo_met=True)
+    figure = far.gantt(tmp_path / "far.png")
+    predicted, memory = figure.axes  # timeline (lanes + transfers), then cuda:0 memory
+    assert predicted.get_xlim()[1] <= 1.1 * plan.predicted_ms
+    assert "off the axis" in predicted.get_title()
+    labels = [t.get_text() for t in predicted.get_yticklabels()]
+    assert labels == [*LANES, "transfers"]
+    assert [line.get_label() for line in memory.get_lines()] == ["cuda:0"]
+    near = dataclasses.replace(plan, slo_ms=plan.predicted_ms, slo_met=True)
+    figure = near.gantt(tmp_path / "near.png")
+    assert "(red)" in figure.axes[0].get_title()
+
+
+def test_show_writes_op_names_and_draws_a_measured_trace(tmp_path, split_plan, capsys):
+    from torch_chrion.cli import main
+    from torch_chrion.runtime.trace import TraceEvent, load_chrome_trace, save_chrome_trace
+
+    plan, _ = split_plan
+    plan.save(tmp_path / "p.plan.json")
+    measured = [
+        TraceEvent(
+            node, plan.ops[node], lane, 0, plan.start_ms[node] * 900, plan.finish_ms[node] * 900
+        )
+        for node, lane in plan.placement.items()
+    ]
+    save_chrome_trace(measured, list(plan.devices), tmp_path / "run.json")
+    args = ["show", str(tmp_path / "p.plan.json"), "--trace", str(tmp_path / "predicted.json")]
+    args += ["--gantt", str(tmp_path / "g.png"), "--measured", str(tmp_path / "run.json")]
+    assert main(args) == 0
+    predicted = load_chrome_trace(tmp_path / "predicted.json")
+    assert {e.node: e.op for e in predicted} == plan.ops
+    assert load_chrome_trace(tmp_path / "run.json") == measured
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -52,3 +52,9 @@ def save_chrome_trace(events: list[TraceEvent], lanes: list[str], path: str | Pa
     path = Path(path)
     path.write_text(json.dumps(chrome_trace(events, lanes)))
     return path
+
+
+def load_chrome_trace(path: str | Path) -> list[TraceEvent]:
+    """The TraceEvents of a trace written by ``save_chrome_trace``."""
+    document = json.loads(Path(path).read_text())
+    return [TraceEvent(**e["args"]) for e in document["traceEvents"] if e.get("ph") == "X"]

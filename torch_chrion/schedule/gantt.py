@@ -1,63 +1,149 @@
-"""The timeline of a Plan as a PNG (matplotlib, Agg backend: no display needed)."""
+"""The timeline of a Plan as a PNG (matplotlib, Agg backend: no display needed).
+
+Panels, on one time axis scaled to the plan (and to the measured run, when given): the
+predicted timeline (one row per lane, a row of the predicted cross-device copies), the measured
+timeline of a traced run (its copy steps drawn as transfers), and the predicted resident memory
+of each GPU lane (of each lane on a CPU-only plan). An SLO beyond the axis is named in the
+legend rather than stretching the axis to it.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OptionError
 
 if TYPE_CHECKING:
     from .plan import Plan
 
+_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+_TRANSFER = "tab:gray"
+_LABEL_SHARE = 0.04  # a bar wider than this share of the axis is labelled with its node
 
-def draw_gantt(plan: Plan, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """One row per lane, one bar per node (labelled with its name where the bar is wide
-    enough), the predicted latency and the SLO as vertical lines. A Figure made without pyplot
-    renders with Agg and leaves the caller's matplotlib backend alone."""
+
+def draw_gantt(
+    plan: Plan,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    measured: Sequence[Any] | None = None,
+) -> Any:
+    """Draw ``plan`` (and ``measured``, the TraceEvents of a traced run) to ``path``; returns
+    the matplotlib Figure. A Figure made without pyplot renders with Agg and leaves the
+    caller's backend alone."""
     from matplotlib.figure import Figure
 
     lanes = list(plan.devices)
-    fig = Figure(figsize=(12, 1.2 + 0.8 * len(lanes)))
     # the format follows the extension: check it before drawing, not deep inside savefig
     extension = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
-    formats = fig.canvas.get_supported_filetypes()
+    formats = Figure().canvas.get_supported_filetypes()
     if extension not in formats:
         raise OptionError(
             f"cannot draw the timeline as {os.fspath(path)!r}: the extension must be one of "
             f"{', '.join(sorted(formats))}"
         )
-    ax = fig.add_subplot()
-    span = max(plan.predicted_ms, 1e-9)
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    for row, lane in enumerate(lanes):
-        for node in plan.lane_order(lane):
-            start, finish = plan.start_ms[node], plan.finish_ms[node]
-            width = max(finish - start, span * 1e-4)
-            ax.barh(
-                row,
-                width,
-                left=start,
-                height=0.6,
-                color=colours[row % len(colours)],
-                edgecolor="black",
-                linewidth=0.4,
-            )
-            if width > span * 0.04:
-                ax.text(
-                    start + width / 2, row, node, ha="center", va="center", fontsize=6, clip_on=True
-                )
-    ax.axvline(
-        plan.predicted_ms, color="black", linewidth=1, label=f"predicted {plan.predicted_ms:.3f} ms"
-    )
-    if plan.slo_ms is not None:
-        ax.axvline(
-            plan.slo_ms, color="red", linestyle="--", linewidth=1, label=f"SLO {plan.slo_ms:g} ms"
-        )
-    ax.set_yticks(range(len(lanes)), lanes)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms")
-    ax.set_title(title or f"{plan.objective} plan, {len(plan.order)} nodes")
-    ax.legend(loc="upper right", fontsize=7)
+    measured = list(measured or [])
+    for event in measured:
+        if event.lane not in lanes:
+            lanes.append(event.lane)
+    measured_ms = max((e.end_us for e in measured), default=0.0) / 1e3
+    span = max(plan.predicted_ms, measured_ms, 1e-9) * 1.05
+    memory = _memory_rows(plan)
+    panels = [("predicted", len(lanes) + (1 if plan.transfers else 0))]
+    if measured:
+        panels.append(("measured", len(lanes)))
+    if memory:
+        panels.append(("memory", 2))
+    fig = Figure(figsize=(12, 1.4 + 0.5 * sum(rows + 1 for _, rows in panels)))
+    axes = fig.subplots(
+        len(panels), 1, sharex=True, squeeze=False, height_ratios=[r + 1 for _, r in panels]
+    )[:, 0]
+    for ax, (kind, _) in zip(axes, panels, strict=True):
+        if kind == "predicted":
+            _draw_predicted(ax, plan, lanes, span)
+        elif kind == "measured":
+            _draw_measured(ax, measured, lanes, span)
+        else:
+            _draw_memory(ax, memory, span)
+    slo_note = _draw_slo(axes, plan, span)
+    axes[-1].set_xlim(0, span)
+    axes[-1].set_xlabel("ms from the request")
+    heading = title or f"{plan.objective} plan, {len(plan.order)} nodes"
+    measured_note = f", measured {measured_ms:.3f} ms" if measured else ""
+    axes[0].set_title(f"{heading}: predicted {plan.predicted_ms:.3f} ms{measured_note}{slo_note}")
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=120)
+    return fig
+
+
+def _bar(
+    ax: Any, row: int, start: float, width: float, colour: str, label: str, span: float
+) -> None:
+    width = max(width, span * 1e-4)
+    ax.barh(row, width, left=start, height=0.6, color=colour, edgecolor="black", linewidth=0.4)
+    if label and width > span * _LABEL_SHARE:
+        ax.text(start + width / 2, row, label, ha="center", va="center", fontsize=6, clip_on=True)
+
+
+def _lane_axis(ax: Any, labels: list[str], panel: str) -> None:
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_ylabel(panel)
+
+
+def _draw_predicted(ax: Any, plan: Plan, lanes: list[str], span: float) -> None:
+    for node in plan.order:
+        row = lanes.index(plan.placement[node])
+        start = plan.start_ms[node]
+        colour = _COLOURS[row % len(_COLOURS)]
+        _bar(ax, row, start, plan.finish_ms[node] - start, colour, node, span)
+    labels = list(lanes)
+    if plan.transfers:
+        row = len(labels)
+        labels.append("transfers")
+        for src, _, _, to_lane, start, finish in plan.transfers:
+            _bar(ax, row, start, finish - start, _TRANSFER, f"{src}->{to_lane}", span)
+    ax.axvline(plan.predicted_ms, color="black", linewidth=1)
+    _lane_axis(ax, labels, "predicted")
+
+
+def _draw_measured(ax: Any, events: list[Any], lanes: list[str], span: float) -> None:
+    for event in events:
+        row = lanes.index(event.lane)
+        copy = event.node.startswith("copy:")
+        colour = _TRANSFER if copy else _COLOURS[row % len(_COLOURS)]
+        start, end = event.start_us / 1e3, event.end_us / 1e3
+        _bar(ax, row, start, end - start, colour, event.node, span)
+    ax.axvline(max(e.end_us for e in events) / 1e3, color="black", linewidth=1)
+    _lane_axis(ax, lanes, "measured")
+
+
+def _memory_rows(plan: Plan) -> dict[str, list[list[float]]]:
+    """The lanes whose predicted memory is drawn: the GPU lanes, or every lane without one."""
+    if not plan.memory:
+        return {}
+    gpus = {lane: points for lane, points in plan.memory.items() if lane.startswith("cuda")}
+    return gpus or dict(plan.memory)
+
+
+def _draw_memory(ax: Any, memory: dict[str, list[list[float]]], span: float) -> None:
+    for k, (lane, points) in enumerate(memory.items()):
+        times = [t for t, _ in points] + [span]
+        mib = [b / 2**20 for _, b in points]
+        ax.step(times, mib + mib[-1:], where="post", color=_COLOURS[k % len(_COLOURS)], label=lane)
+    gpu = any(lane.startswith("cuda") for lane in memory)
+    ax.set_ylabel("GPU MiB" if gpu else "resident MiB")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=7, title="predicted", title_fontsize=7)
+
+
+def _draw_slo(axes: Sequence[Any], plan: Plan, span: float) -> str:
+    """The SLO as a line where it is on the axis; else a note for the title."""
+    if plan.slo_ms is None:
+        return ""
+    if plan.slo_ms <= span:
+        for ax in axes:
+            ax.axvline(plan.slo_ms, color="red", linestyle="--", linewidth=1)
+        return f", SLO {plan.slo_ms:g} ms (red)"
+    return f", SLO {plan.slo_ms:g} ms (off the axis, {plan.slo_ms / plan.predicted_ms:.1f}x)"

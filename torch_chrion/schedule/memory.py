@@ -79,14 +79,13 @@ def activation_intervals(
     return devs, allocs, frees, sizes
 
 
-def peak_activation_bytes(
+def _live_activation_steps(
     graph: TaskGraph, device: Sequence[int], start: Sequence[float], finish: Sequence[float]
-) -> np.ndarray:
-    """Peak live activation bytes per device (a sweep over alloc/free events)."""
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per device with activations: event times and the live activation bytes after each."""
     devs, allocs, frees, sizes = activation_intervals(graph, device, start, finish)
-    peak = np.zeros(graph.m)
     if not devs:
-        return peak
+        return {}
     dev = np.asarray(devs)
     alloc = np.asarray(allocs)
     free = np.asarray(frees)
@@ -98,11 +97,39 @@ def peak_activation_bytes(
     where = np.concatenate([dev, dev])
     # by device, then time, frees (negative deltas) before allocs at the same time
     order = np.lexsort((deltas, times, where))
-    deltas, where = deltas[order], where[order]
+    times, deltas, where = times[order], deltas[order], where[order]
+    steps = {}
     for d in np.unique(where):
         mask = where == d
-        peak[d] = max(0.0, float(np.cumsum(deltas[mask]).max()))
+        steps[int(d)] = (times[mask], np.cumsum(deltas[mask]))
+    return steps
+
+
+def peak_activation_bytes(
+    graph: TaskGraph, device: Sequence[int], start: Sequence[float], finish: Sequence[float]
+) -> np.ndarray:
+    """Peak live activation bytes per device (a sweep over alloc/free events)."""
+    peak = np.zeros(graph.m)
+    for d, (_, live) in _live_activation_steps(graph, device, start, finish).items():
+        peak[d] = max(0.0, float(live.max()))
     return peak
+
+
+def resident_timeline(
+    graph: TaskGraph, device: Sequence[int], start: Sequence[float], finish: Sequence[float]
+) -> list[list[tuple[float, float]]]:
+    """Per device, (time, resident bytes from then on) steps: its weights from time 0, plus the
+    live activations counted there; the maximum of each is ``resident_bytes``."""
+    weights = weight_bytes_per_device(graph, device)
+    steps = _live_activation_steps(graph, device, start, finish)
+    timeline = []
+    for d in range(graph.m):
+        points = [(0.0, float(weights[d]))]
+        times, live = steps.get(d, ((), ()))
+        for t, b in zip(times, live, strict=True):
+            points.append((float(t), float(weights[d] + b)))
+        timeline.append(points)
+    return timeline
 
 
 def weight_bytes_per_device(graph: TaskGraph, device: Sequence[int]) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch.fx as fx
@@ -23,8 +24,10 @@ from ..graph.nodes import schedulable_nodes
 from ..jsonfile import Nullable
 from ..settings import GRANULARITIES, OBJECTIVES
 from .from_graph import producer_of, task_graph_from
+from .memory import resident_timeline
 from .simulate import simulate
 from .solve import solve
+from .task_graph import TaskGraph
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,12 @@ _SCHEMA = {
     "granularity": Nullable(str),
     "seq_chunks": Nullable(int),
     "schema_version": int,
+    "ops": {str: str},
+    "transfers": [(str, str, str, str, float, float)],
+    "memory": {str: [(float, float)]},
 }
-# written since granularity and seq_chunks were recorded; older plans lack them
-_OPTIONAL = ("granularity", "seq_chunks")
+# written since these were recorded; older plans lack them
+_OPTIONAL = ("granularity", "seq_chunks", "ops", "transfers", "memory")
 
 
 @dataclasses.dataclass
@@ -68,6 +74,10 @@ class Plan:
         graph_hash: hash of the graph it was made for (given by the caller).
         granularity, seq_chunks: the recurrent splitting of that graph (None: not recorded).
         schema_version: JSON schema version.
+        ops: node name -> its operator (for pictures and traces; None: not recorded).
+        transfers: predicted cross-device copies, each (from node, to node, from lane, to lane,
+            start ms, finish ms).
+        memory: lane -> predicted resident bytes over time, as (ms, bytes from then on) steps.
     """
 
     placement: dict[str, str]
@@ -84,6 +94,9 @@ class Plan:
     granularity: str | None = None
     seq_chunks: int | None = None
     schema_version: int = SCHEMA_VERSION
+    ops: dict[str, str] | None = None
+    transfers: list[list[Any]] | None = None
+    memory: dict[str, list[list[float]]] | None = None
 
     def __post_init__(self) -> None:
         _check_structure(self, "<Plan>")
@@ -232,11 +245,19 @@ class Plan:
             lines.append(f"  {lane}: {count} nodes, {nbytes / 2**20:.3f} MiB resident")
         return "\n".join(lines)
 
-    def gantt(self, path: str | os.PathLike[str], title: str | None = None) -> None:
-        """Save the timeline as a PNG: one row per lane, one labelled bar per node."""
+    def gantt(
+        self,
+        path: str | os.PathLike[str],
+        title: str | None = None,
+        measured: Sequence[Any] | None = None,
+    ) -> Any:
+        """Save the timeline as a PNG: one row per lane, one labelled bar per node, transfers
+        and the predicted memory per lane; with ``measured`` (the TraceEvents of a traced run,
+        ``model.last_trace()``), the measured timeline under the predicted one. Returns the
+        matplotlib Figure."""
         from .gantt import draw_gantt
 
-        draw_gantt(self, path, title=title)
+        return draw_gantt(self, path, title=title, measured=measured)
 
 
 def _check_structure(plan: Plan, source: str) -> None:
@@ -323,6 +344,12 @@ def make_plan(
             sim.makespan,
             devices,
         )
+    # lists, not tuples: what the plan reads back from JSON compares equal to what it wrote
+    transfers = [
+        [names[u], names[v], devices[schedule.device[u]], devices[schedule.device[v]], t0, t1]
+        for u, v, t0, t1 in _transfers(graph, schedule.device, sim.finish)
+    ]
+    timeline = resident_timeline(graph, schedule.device, sim.start, sim.finish)
     position = {t: k for k, t in enumerate(graph.topo_order)}
     # by start, zero-length nodes before a longer one starting with them (as lanes ran them)
     order = sorted(range(graph.n), key=lambda i: (sim.start[i], sim.finish[i], position[i]))
@@ -342,4 +369,20 @@ def make_plan(
         else str(getattr(profile, "graph_hash", "")),
         granularity=getattr(settings, "granularity", None),
         seq_chunks=getattr(settings, "seq_chunks", None),
+        ops={n.name: str(n.target) for n in schedulable_nodes(gm)},
+        transfers=transfers,
+        memory={d: [list(p) for p in points] for d, points in zip(devices, timeline, strict=True)},
     )
+
+
+def _transfers(
+    graph: TaskGraph, device: Sequence[int], finish: Sequence[float]
+) -> list[tuple[int, int, float, float]]:
+    """(producer, consumer, start, finish) of every copy between memories (as simulated)."""
+    group = graph.memory_group
+    copies = []
+    for u in range(graph.n):
+        for v, cost in zip(graph.succs[u], graph.succ_cost[u], strict=True):
+            if group[device[u]] != group[device[v]] and cost > 0:
+                copies.append((u, v, finish[u], finish[u] + cost))
+    return copies
