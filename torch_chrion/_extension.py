@@ -29,19 +29,23 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def _built_from_other_sources(name: str, wanted_hash: str) -> bool:
-    """Whether the prebuilt module was built from other sources, read from its file without
-    importing it: importing the kernels extension registers the chrion:: operators, and a
-    second, current build could then not register them again (the process aborts)."""
+def _built_for_something_else(name: str, wanted_hash: str | None) -> bool:
+    """Whether the prebuilt module was built from other sources or for another torch (a wheel
+    installed next to a newer torch), read from its file without importing it: importing the
+    kernels extension registers the chrion:: operators, and a second, current build could then
+    not register them again (the process aborts)."""
     spec = importlib.util.find_spec(f"torch_chrion._{name}")
     if spec is None or spec.origin is None:
         return False  # absent: the import below says so
-    return _sources.build_tag(wanted_hash).encode() not in Path(spec.origin).read_bytes()
+    binary = Path(spec.origin).read_bytes()
+    wanted = [torch.__version__] + ([wanted_hash] if wanted_hash is not None else [])
+    # the tags are C strings: the NUL keeps torch 2.14.1 from matching a build for 2.14.10
+    return any(_sources.build_tag(text).encode() + b"\0" not in binary for text in wanted)
 
 
 def _prebuilt(name: str, wanted_hash: str | None) -> types.ModuleType | None:
-    if wanted_hash is not None and _built_from_other_sources(name, wanted_hash):
-        return None  # an editable install whose csrc/ changed since the install
+    if _built_for_something_else(name, wanted_hash):
+        return None  # an editable install whose csrc/ changed, or another torch
     try:
         module = importlib.import_module(f"torch_chrion._{name}")
     except ImportError:  # absent, or built against another torch (undefined symbols)

@@ -10,17 +10,34 @@ import hashlib
 import re
 from pathlib import Path
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+# where an installed wheel keeps the sources, under the package (setup.py copies them there)
+INSTALLED_CSRC = "_csrc"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _csrc() -> Path:
+    """The source tree's csrc/ (a checkout or an editable install), else the copy a wheel
+    installed in the package."""
+    checkout = _PACKAGE.parent / "csrc"
+    return checkout if checkout.is_dir() else _PACKAGE / INSTALLED_CSRC
+
+
+CSRC = _csrc()
 
 # extension name -> folder under csrc/ holding its .cpp/.h files
 EXTENSIONS = {"kernels": "kernels", "executor": "executor"}
 
 
-def source_files(name: str) -> list[Path]:
+def source_files(name: str, csrc: Path = CSRC) -> list[Path]:
     """The extension's own files plus the headers at the top of csrc/ shared by all."""
-    own = (CSRC / EXTENSIONS[name]).rglob("*")
-    shared = CSRC.glob("*.h")
+    own = (csrc / EXTENSIONS[name]).rglob("*")
+    shared = csrc.glob("*.h")
     return sorted(p for p in [*own, *shared] if p.suffix in {".cpp", ".h"})
+
+
+def all_source_files(csrc: Path = CSRC) -> list[Path]:
+    """Every file any extension builds from (what a wheel ships)."""
+    return sorted({p for name in EXTENSIONS for p in source_files(name, csrc)})
 
 
 def build_tag(text: str) -> str:
