@@ -54,7 +54,8 @@ def read_text(path: str | os.PathLike[str], what: str) -> str:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise refuse("not a regular file")
         # O_NONBLOCK: if a FIFO replaced the file since the stat, open returns instead of waiting
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise refuse("not a regular file")

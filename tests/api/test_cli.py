@@ -256,3 +256,22 @@ def test_run_on_input_data_matches_onnxruntime(stacked_lstm_onnx, tmp_path, kind
     np.testing.assert_allclose(
         np.load(outputs)["arr_0"], session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5
     )
+
+
+def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(monkeypatch):
+    import torch_chrion.cli
+
+    def broken(args):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch_chrion.cli, "_cmd_show", broken)
+    returncode, stderr = chrion_in_process("show", "plan.json")
+    assert returncode == 1
+    assert stderr == (
+        "chrion show: unexpected IndexError: list index out of range "
+        "(chrion --traceback ... shows where)\n"
+    )
+    returncode, stderr = chrion_in_process("--traceback", "show", "plan.json")
+    assert returncode == 1
+    assert stderr.startswith("Traceback (most recent call last):")
+    assert stderr.rstrip().endswith("IndexError: list index out of range")
