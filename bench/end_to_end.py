@@ -36,27 +36,33 @@ def export(model: torch.nn.Module, inputs: tuple, path: Path) -> Path:
     return path
 
 
-def models(folder: Path) -> list[tuple[str, Path, dict[str, list[int]]]]:
+def models(
+    folder: Path,
+) -> list[tuple[str, Path, dict[str, list[int]], torch.nn.Module | None]]:
+    """(name, ONNX file, input shapes, the nn.Module it was exported from or None)."""
     torch.manual_seed(0)
     big_lstm = StackedLSTM(features=64, hidden=256, layers=2)
     bigru = BiGRUWithState(features=64, hidden=128, layers=2)
     speech = SpeechConvBiGRU(features=40, channels=128, hidden=128)
     return [
-        ("demo speech LSTM (2x bi-LSTM 128, T=64)", DEMO_ONNX, {"features": [64, 1, 40]}),
+        ("demo speech LSTM (2x bi-LSTM 128, T=64)", DEMO_ONNX, {"features": [64, 1, 40]}, None),
         (
             "stacked LSTM 2x256, T=32, B=1",
             export(big_lstm, big_lstm.example_inputs(32, 1), folder / "lstm.onnx"),
             {},
+            big_lstm,
         ),
         (
             "bi-GRU 2x128 with state, T=32, B=1",
             export(bigru, bigru.example_inputs(32, 1), folder / "bigru.onnx"),
             {},
+            bigru,
         ),
         (
             "conv + bi-GRU speech, T=100, B=1",
             export(speech, speech.example_inputs(100, 1), folder / "speech.onnx"),
             {},
+            speech,
         ),
     ]
 
@@ -85,8 +91,8 @@ def main() -> None:
         "",
     ]
     with tempfile.TemporaryDirectory() as folder:
-        for name, path, shapes in models(Path(folder)):
-            rows = run_peers(str(path), shapes, settings, repeats=args.repeats)
+        for name, path, shapes, module in models(Path(folder)):
+            rows = run_peers(str(path), shapes, settings, repeats=args.repeats, module=module)
             chrion_ms = rows[0][1]
             lines += [
                 f"## {name}",

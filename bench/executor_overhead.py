@@ -2,9 +2,9 @@
 torch.fx.Interpreter, the GraphModule's generated Python and eager PyTorch, measured in the same
 run. Goal: at most 2 us per node for the executor.
 
-    python bench/executor_overhead.py [--nodes 2000] [--repeats 30]
+    python bench/executor_overhead.py [--nodes 2000] [--repeats 30] [--write]
 
-Writes bench/results/executor_overhead.md.
+With --write, writes bench/results/executor_overhead.md.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion import _extension
 from torch_chrion.bench_peers import time_ms
+from torch_chrion.graph.nodes import is_schedulable
 from torch_chrion.runtime import PlacedGraph
-from torch_chrion.runtime.lowering import is_schedulable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "executor_overhead.md"
 
@@ -38,7 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the table")
+    parser.add_argument("--write", action="store_true", help="write the table to --out")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where --write puts the table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     x = torch.ones(1)
@@ -92,8 +93,9 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if args.write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
     one_lane.stop()
     two_lanes.stop()
 

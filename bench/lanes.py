@@ -2,26 +2,32 @@
 LSTM split by direction (a forward and a reverse chrion.lstm node that can run at once) and a
 multi-branch GRU model (four GRUs over the same input, summed).
 
-    python bench/lanes.py [--repeats 20] [--seq 64] [--batch 4]
+    python bench/lanes.py [--repeats 20] [--seq 64] [--batch 4] [--write]
 
-"1 lane" gets every core as intra-op threads; "2 lanes" splits them (cores / 2 each) and
-puts independent branches on different lanes. Writes bench/results/lanes.md.
+Both run lanes as torch_chrion does by default: one intra-op thread per lane ("1 lane" is not
+given every core: a batch-1 recurrent step over many OpenMP threads is barrier-bound, which
+the project measured as the slowest setup). "2 lanes" puts independent branches on different
+lanes. Eager PyTorch, with torch's default threads, is the reference. Engines are timed in
+interleaved rounds (torch_chrion.bench_peers.time_engines). With --write, the table goes to
+bench/results/lanes.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from torch_chrion.bench_peers import time_ms
+from torch_chrion.bench_peers import Engine, time_engines
+from torch_chrion.graph.nodes import is_schedulable
 from torch_chrion.ops import ensure_loaded
 from torch_chrion.runtime import PlacedGraph
-from torch_chrion.runtime.lowering import is_schedulable
+from torch_chrion.runtime.lanes import DEFAULT_CPU_THREADS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lanes.md"
 
@@ -65,22 +71,24 @@ def branch_placement(gm: torch.fx.GraphModule, lanes: list[str]) -> dict[str, st
     return placement
 
 
-def measure(name: str, f, eager, x, cores: int, repeats: int) -> list[str]:
+def measure(name: str, f, eager, x, repeats: int) -> list[str]:
     with torch.no_grad():
         gm = make_fx(f, tracing_mode="real")(x)
-    one = PlacedGraph(gm, branch_placement(gm, ["cpu"]), cpu_threads=cores)
-    two = PlacedGraph(gm, branch_placement(gm, ["cpu:0", "cpu:1"]), cpu_threads=max(1, cores // 2))
+    threads = DEFAULT_CPU_THREADS
+    one = PlacedGraph(gm, branch_placement(gm, ["cpu"]), cpu_threads=threads)
+    two = PlacedGraph(gm, branch_placement(gm, ["cpu:0", "cpu:1"]), cpu_threads=threads)
     with torch.no_grad():
         expected = eager(x)
     for m in (one, two):
         torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():
-        eager_ms = time_ms(eager, (x,), repeats, warmup=3)
-    one_ms = time_ms(one, (x,), repeats, warmup=3)
-    two_ms = time_ms(two, (x,), repeats, warmup=3)
+    engines = [Engine("eager", eager, (x,)), Engine("one", one, (x,)), Engine("two", two, (x,))]
+    ms = time_engines(engines, repeats, warmup=3)
     one.stop()
     two.stop()
-    return [f"| {name} | {eager_ms:.2f} | {one_ms:.2f} | {two_ms:.2f} | {one_ms / two_ms:.2f}x |"]
+    return [
+        f"| {name} | {ms['eager']:.2f} | {ms['one']:.2f} | {ms['two']:.2f} "
+        f"| {ms['one'] / ms['two']:.2f}x |"
+    ]
 
 
 def main() -> None:
@@ -88,12 +96,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the table")
+    parser.add_argument("--write", action="store_true", help="write the table to --out")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where --write puts the table")
     args = parser.parse_args()
     ensure_loaded()
     torch.manual_seed(0)
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
     x = torch.randn(args.seq, args.batch, 128)
 
     bilstm = nn.LSTM(128, 256, bidirectional=True).eval()
@@ -107,18 +115,20 @@ def main() -> None:
         split_bilstm(bilstm),
         lambda x: bilstm(x)[0],
         x,
-        cores,
         args.repeats,
     )
     rows += measure(
-        "4 GRU branches 128->192, summed", multi_branch(grus), eager_multi, x, cores, args.repeats
+        "4 GRU branches 128->192, summed", multi_branch(grus), eager_multi, x, args.repeats
     )
     lines = [
         "# Two CPU lanes against one",
         "",
-        f"seq {args.seq}, batch {args.batch}, median of {args.repeats} calls, {cores} cores, "
-        f"torch {torch.__version__}. 1 lane: {cores} intra-op threads; 2 lanes: "
-        f"{max(1, cores // 2)} each, independent recurrent nodes on different lanes.",
+        f"Command: `python bench/lanes.py {' '.join(sys.argv[1:])}`. seq {args.seq}, batch "
+        f"{args.batch}, median of {args.repeats} interleaved rounds, {cores} cores, torch "
+        f"{torch.__version__}. Each lane has {DEFAULT_CPU_THREADS} intra-op thread(s) (the "
+        f"default); 2 lanes put independent recurrent nodes on different lanes; eager uses "
+        f"torch's {torch.get_num_threads()} threads. H100 host figures (an earlier, sequential "
+        "method): [lanes_h100_2026-11-25.md](lanes_h100_2026-11-25.md).",
         "",
         "| model | eager ms | 1 lane ms | 2 lanes ms | speedup 2 vs 1 |",
         "|---|---:|---:|---:|---:|",
@@ -126,8 +136,9 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if args.write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 eager PyTorch (the onnx2torch module) on CPU and GPU, torch.compile (inductor) and onnxruntime.
 Used by ``chrion bench``, ``chrion demo`` and the benchmarks in bench/.
 
+torch.compile compiles what a user would: their own nn.Module where the caller has it (bench/
+end_to_end.py exports its models from nn.Modules), else, for a model that exists only as ONNX,
+the onnx2torch module of it (the row's name says which).
+
 Engines are timed in interleaved rounds (one call of each per round), so a load burst on a
 shared machine slows them all alike instead of whichever engine happened to be running.
 """
@@ -72,10 +76,18 @@ def _build(name: str, make: Callable[[], Engine], engines: list[Engine], failed:
 
 
 def run_peers(
-    model_path: str, shapes: dict[str, list[int]], settings: ChrionSettings, repeats: int = 20
+    model_path: str,
+    shapes: dict[str, list[int]],
+    settings: ChrionSettings,
+    repeats: int = 20,
+    module: torch.nn.Module | None = None,
 ) -> list[Row]:
-    """Rows (engine, median ms or None, note), torch_chrion first."""
-    from . import graph
+    """Rows (engine, median ms or None, note), torch_chrion first.
+
+    Args:
+        module: the nn.Module the ONNX file was exported from, if there is one: what the
+            torch.compile peer compiles (else the onnx2torch module).
+    """
     from . import onnx as chrion_onnx
     from .api import compile_onnx, example_inputs_for
 
@@ -100,11 +112,14 @@ def run_peers(
             failed,
         )
 
-    def inductor() -> Engine:
-        aten = graph.capture(eager, inputs, granularity="op")
-        return Engine("torch.compile inductor cpu", torch.compile(aten), inputs)
+    source = "nn.Module" if module is not None else "onnx2torch module"
+    inductor_name = f"torch.compile inductor cpu ({source})"
 
-    _build("torch.compile inductor cpu", inductor, engines, failed)
+    def inductor() -> Engine:
+        user_model = (module if module is not None else chrion_onnx.to_fx(proto)).eval()
+        return Engine(inductor_name, torch.compile(user_model), inputs)
+
+    _build(inductor_name, inductor, engines, failed)
 
     def onnxruntime_engine(name: str, provider: str) -> Callable[[], Engine]:
         def make() -> Engine:

@@ -3,11 +3,13 @@ layers inside one chrion graph, outputs equal to eager."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch._dynamo
 from models import BiGRUWithState, StackedLSTM
+from torch import nn
 
 from torch_chrion.errors import OptionError
 
@@ -92,3 +94,19 @@ def test_unknown_option_is_an_error_naming_the_closest():
     while cause is not None and not isinstance(cause, OptionError):
         cause = cause.__cause__ or cause.__context__
     assert isinstance(cause, OptionError) and "objective" in str(cause)
+
+
+def test_profiles_of_a_default_compile_go_to_the_tests_private_cache(private_chrion_cache):
+    """The session's cache (tests/conftest.py), not ~/.cache: a compile with no cache_dir
+    writes its profile under $TORCH_CHRION_CACHE/profiles, a temporary folder."""
+    from torch_chrion._extension import cache_root
+
+    assert cache_root() == private_chrion_cache
+    assert Path.home() not in private_chrion_cache.parents
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(7, 3), nn.Tanh()).eval()
+    x = torch.randn(5, 7)
+    compiled = torch.compile(model, backend="chrion", options={"devices": ["cpu"]})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert list((private_chrion_cache / "profiles").rglob("*.json"))
