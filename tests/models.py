@@ -150,3 +150,20 @@ ALL_MODELS = [
     UnrolledLSTMCell,
     DataDependentIf,
 ]
+
+
+class SpeechBiLSTM(nn.Module):
+    """A speech encoder's shape: 40 filterbank features per frame, two bidirectional LSTM
+    layers, per-frame log-probabilities over 32 symbols (batch first)."""
+
+    def __init__(self, features: int = 40, hidden: int = 64, classes: int = 32) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, _ = self.lstm(x)
+        return self.head(y).log_softmax(-1)
+
+    def example_inputs(self, seq: int = 50, batch: int = 1) -> tuple[Tensor, ...]:
+        return (torch.randn(batch, seq, self.lstm.input_size),)

@@ -4,19 +4,33 @@ One pipeline for both front ends (ONNX and torch.compile): capture an aten graph
 input shapes (graph/), measure each node on each lane (profile/), place it (schedule/), and run
 it in the C++ executor (runtime/).
 
-Shapes: the aten graph is specific to the input shapes, so each new shape is captured again
-(cheap). Plans are kept per shape bucket (every dimension rounded up to a power of two): a new
-shape in a known bucket reuses that bucket's plan when its graph has the same nodes, so a new
-sequence length is neither profiled nor scheduled again.
+Note [Shape buckets]: plans are kept per shape bucket (every dimension rounded up to a power of
+two). A request never waits for profiling:
+
+- the example inputs' bucket is profiled and planned at compile time (or by ``warmup``);
+- the first call in a new bucket runs at once on the plan of the nearest planned bucket (a plan
+  is placement and order by node name, valid for any graph with the same nodes), its
+  predictions scaled by the buckets' sizes; the bucket is queued for profiling on a background
+  thread (``settings.profile_budget_s``), and its own plan, with its executable built off the
+  request path, replaces the borrowed one in one step when ready.
+
+Graphs: a torch.compile graph is shape-generic (Note [Dynamic shapes] in dynamo.py): one graph
+and one executable per plan serve every shape, so a new length costs a dictionary look-up. An
+ONNX model (onnx2torch modules read shapes as values) is captured again per exact shape.
+Executables are kept per exact input shape, least recently used dropped past ``_MAX_SHAPES``.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import math
 import os
+import queue
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,12 +42,31 @@ from .settings import ChrionSettings
 
 log = logging.getLogger(__name__)
 
-# Compiled executables kept per exact input shape; the oldest is dropped past this many.
-_MAX_SHAPES = 32
+# Executables kept per exact input shape; the least recently used is dropped past this many.
+_MAX_SHAPES = 64
+# Plans kept process-wide (below), the least recently used dropped past this many.
+_MAX_SHARED_PLANS = 256
 
-# Plans made in this process, by (graph structure, shape bucket, plan settings): Dynamo compiles
-# every new shape into a new module, and those must reuse the plan of their bucket too.
-_PLANS: dict[tuple, Any] = {}
+# Plans made in this process, by (graph structure, shape bucket, plan settings, lanes): every
+# module of the same model and bucket (Dynamo's graphs, reloads) reuses them.
+_PLANS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_PLANS_LOCK = threading.Lock()
+
+
+def _shared_plan(key: tuple) -> Any | None:
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            _PLANS.move_to_end(key)
+        return plan
+
+
+def _share_plan(key: tuple, plan: Any) -> None:
+    with _PLANS_LOCK:
+        _PLANS[key] = plan
+        _PLANS.move_to_end(key)
+        while len(_PLANS) > _MAX_SHARED_PLANS:
+            _PLANS.popitem(last=False)
 
 
 def default_devices() -> tuple[str, ...]:
@@ -49,14 +82,46 @@ def _signature(inputs: Sequence[Any]) -> tuple:
     )
 
 
-def _bucket(signature: tuple) -> tuple:
-    def up(d: int) -> int:
-        return 1 << max(d - 1, 0).bit_length()
+def _up(d: int) -> int:
+    return 1 << max(d - 1, 0).bit_length()
 
+
+def _bucket(signature: tuple) -> tuple:
     return tuple(
-        (tuple(up(d) for d in shape), dtype) if isinstance(shape, tuple) else (shape, dtype)
+        (tuple(_up(d) for d in shape), dtype)
+        if isinstance(shape, tuple)
+        else (shape, _up(dtype) if shape is int else dtype)  # a SymInt size: its bucket too
         for shape, dtype in signature
     )
+
+
+def _bucket_size(bucket: tuple) -> float:
+    """Elements of a bucket's inputs: what a borrowed plan's predictions are scaled by."""
+    total = 0.0
+    for shape, _ in bucket:
+        if isinstance(shape, tuple):
+            total += math.prod(shape)
+    return max(total, 1.0)
+
+
+def _bucket_distance(a: tuple, b: tuple) -> float:
+    """How far apart two buckets are (log2 steps summed over dimensions); inf if unrelated."""
+    if len(a) != len(b):
+        return math.inf
+    distance = 0.0
+    for (shape_a, kind_a), (shape_b, kind_b) in zip(a, b, strict=True):
+        if isinstance(shape_a, tuple) and isinstance(shape_b, tuple):
+            if kind_a != kind_b or len(shape_a) != len(shape_b):
+                return math.inf
+            distance += sum(
+                abs(math.log2(x or 1) - math.log2(y or 1))
+                for x, y in zip(shape_a, shape_b, strict=True)
+            )
+        elif shape_a is int and shape_b is int:
+            distance += abs(math.log2(kind_a or 1) - math.log2(kind_b or 1))
+        elif (shape_a, kind_a) != (shape_b, kind_b):
+            return math.inf
+    return distance
 
 
 def _structure(gm: torch.fx.GraphModule) -> tuple:
@@ -70,13 +135,81 @@ def _structure(gm: torch.fx.GraphModule) -> tuple:
     return tuple(key)
 
 
+def _borrowed(plan: Any, source: tuple, target: tuple) -> Any:
+    """``plan`` (made for bucket ``source``) for bucket ``target``: the same placement and
+    order, predictions scaled by the buckets' sizes (recurrent work grows with the length)."""
+    scale = _bucket_size(target) / _bucket_size(source)
+    return dataclasses.replace(
+        plan,
+        start_ms={k: v * scale for k, v in plan.start_ms.items()},
+        finish_ms={k: v * scale for k, v in plan.finish_ms.items()},
+        predicted_ms=plan.predicted_ms * scale,
+    )
+
+
+class _Planner:
+    """One background thread per process that profiles and plans queued shape buckets, one at
+    a time (two profiles at once would measure each other)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._pending = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child without the thread
+                self._queue = queue.Queue()
+                self._pending = 0
+                threading.Thread(target=self._work, name="chrion-planner", daemon=True).start()
+                self._pid = os.getpid()
+        with self._idle:
+            self._pending += 1
+        self._queue.put(job)
+
+    def wait(self, timeout: float | None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def _work(self) -> None:
+        jobs = self._queue
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            except Exception:  # a failed background plan leaves the borrowed one in place
+                log.exception("chrion: background planning failed")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+
+_PLANNER = _Planner()
+
+
+@dataclasses.dataclass
+class _Entry:
+    """What a shape needs to run: its graph and the executable of its bucket's plan."""
+
+    graph: torch.fx.GraphModule
+    executable: Any
+    bucket: tuple
+
+
 class ChrionModule(SessionMixin, torch.nn.Module):
     """A model placed over CPU and GPU lanes; call it like the original model.
 
     Attributes:
         plan: the Plan of the example inputs' shape bucket (save it with ``plan.save(path)``).
-        plans: every Plan made so far, by shape bucket.
+        plans: every Plan made so far, by shape bucket (borrowed ones included until their
+            bucket's own plan replaces them).
         settings: the ChrionSettings it was compiled with.
+        stats: counts of what happened: ``captures``, ``profiles`` (made on the request
+            path or at compile/warmup time), ``background_profiles``, ``borrowed_plans``,
+            ``plan_swaps``, ``executables_built``, ``calls``.
     """
 
     def __init__(
@@ -87,6 +220,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         *,
         plan: Any | None = None,
         recorded_profile: Any | None = None,
+        shape_generic: bool = False,
+        reference: ChrionModule | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -94,10 +229,21 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self.devices = settings.devices or default_devices()
         self.recorded_profile = recorded_profile
         self.plans: dict[tuple, Any] = {}
-        self.profiles_made = 0
+        self.stats: collections.Counter[str] = collections.Counter()
         self._given_plan = plan
-        self._executables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._generic = model if shape_generic else None
+        self._profiles: dict[tuple, Any] = {}  # bucket -> its measured Profile
+        # another module of the same model (Dynamo's static graph, say): its profiles derive
+        # this one's first plan, so a second Dynamo graph is not profiled on the request path
+        self._reference = weakref.ref(reference) if reference is not None else None
+        if shape_generic:
+            self.stats["captures"] = 1  # the graph was captured once, by dynamo.py
+        self._own_plans: set[tuple] = set()  # buckets planned from their own profile
+        self._queued: set[tuple] = set()
+        self._entries: collections.OrderedDict[tuple, _Entry] = collections.OrderedDict()
+        # shape-generic graph: one executable per distinct placement and order
+        self._by_plan: dict[tuple, Any] = {}
+        self._lock = threading.RLock()
         self._last: Any | None = None
         self._trace = False
         example_inputs = tuple(example_inputs)
@@ -105,18 +251,28 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         signature = _signature(example_inputs)
         self._primary = _bucket(signature)
         self._primary_signature = signature
-        self._compile(signature, example_inputs)
+        with self._lock:
+            graph = self._graph_for(example_inputs)
+            self._plan_now(self._primary, graph, example_inputs, derive=reference is not None)
+            self._primary_graph = graph
+            self._add_entry(signature, graph, self._primary)
         self.input_signature = self.input_signature.with_recurrent_sizes(self.captured_graph())
 
+    # -- public -----------------------------------------------------------------------------
     @property
     def plan(self) -> Any:
         return self.plans[self._primary]
 
     @property
+    def profiles_made(self) -> int:
+        """Profiles measured or loaded from the cache by this module, in any thread."""
+        return self.stats["profiles"] + self.stats["background_profiles"]
+
+    @property
     def python_nodes(self) -> list[str]:
         """Nodes of the example inputs' graph that run as Python callables under the GIL (ONNX
         If/Loop/Scan), not as one dispatcher call: counted and shown, never hidden."""
-        return list(self._executables[self._primary_signature].python_nodes)
+        return list(self._entries[self._primary_signature].executable.python_nodes)
 
     def captured_graph(self) -> torch.fx.GraphModule:
         """The aten graph captured for the example inputs (what the plan places)."""
@@ -130,51 +286,75 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             return to_numpy(self.forward(*inputs))
         self.input_signature.check(inputs)  # before any capture, profile or run (inputs.py)
         signature = _signature(inputs)
-        executable = self._executables.get(signature)
-        if executable is None:
+        entry = self._entries.get(signature)
+        if entry is None:
             with self._lock:
-                executable = self._executables.get(signature) or self._compile(signature, inputs)
+                entry = self._entries.get(signature) or self._new_shape(signature, inputs)
+        else:
+            try:
+                self._entries.move_to_end(signature)
+            except KeyError:  # evicted by another thread meanwhile; entry is still usable
+                pass
+        executable = entry.executable
         self._last = executable
+        self.stats["calls"] += 1
         return executable(*inputs)
 
-    def _compile(self, signature: tuple, inputs: Sequence[Any]) -> Any:
-        from . import profile, runtime, schedule
+    def warmup(self, shapes: Sequence[Sequence[Sequence[int]]], *, wait: bool = True) -> None:
+        """Prepare shape buckets ahead of traffic: profile, plan and build each bucket of
+        ``shapes`` (one list of input shapes per call, in input order; non-tensor inputs take
+        their value from the example) on the calling thread.
 
-        settings = self.settings
-        gm = self._capture(signature, inputs)
-        bucket = _bucket(signature)
-        shared_key = (
-            _structure(gm),
-            bucket,
-            tuple(sorted(settings.plan_key().items())),
-            self.devices,
-        )
-        plan = self._reusable_plan(bucket, gm, _PLANS.get(shared_key))
-        if plan is None:
-            log.info("input shape bucket %s has no plan yet: profiling and planning", bucket)
-            prof = profile.profile_graph(
-                gm,
-                tuple(inputs),
-                list(self.devices),
-                settings=settings,
-                cache_dir=settings.cache_dir,
-                recorded=self.recorded_profile,
+        Raises:
+            ModelError: a shape list that does not match the model's inputs.
+        """
+        for index, shape_list in enumerate(shapes):
+            inputs = self._inputs_of_shapes(index, shape_list)
+            signature = _signature(inputs)
+            bucket = _bucket(signature)
+            with self._lock:
+                graph = self._graph_for(inputs) if self._generic is None else self._generic
+                if bucket not in self._own_plans:
+                    self._plan_now(bucket, graph, inputs)
+                self._add_entry(signature, graph, bucket)
+        if wait:
+            self.wait_for_plans()
+
+    def wait_for_plans(self, timeout: float | None = None) -> bool:
+        """Wait until no background profiling is queued; False on timeout."""
+        return _PLANNER.wait(timeout)
+
+    # -- shapes, graphs and plans -------------------------------------------------------------
+    def _inputs_of_shapes(self, index: int, shape_list: Sequence[Sequence[int]]) -> tuple:
+        example = self._primary_signature
+        if len(shape_list) != len(example):
+            raise ModelError(
+                f"warmup shapes[{index}] gives {len(shape_list)} shapes; the model takes "
+                f"{len(example)} inputs"
             )
-            self.profiles_made += 1
-            plan = schedule.make_plan(gm, prof, settings)
-            _PLANS[shared_key] = plan
-        self.plans.setdefault(bucket, plan)
-        if signature == self._primary_signature:
-            self._primary_graph = gm
-        executable = runtime.PlacedGraph(
-            gm, plan.placement, plan.order, cpu_threads=settings.cpu_threads, plan=plan
-        )
-        executable.enable_trace(self._trace)
-        self._executables[signature] = executable
-        if len(self._executables) > _MAX_SHAPES:  # drop the oldest, never the example's
-            dropped = next(k for k in self._executables if k != self._primary_signature)
-            del self._executables[dropped]
-        return executable
+        inputs: list[Any] = []
+        generator = torch.Generator().manual_seed(index)
+        for (shape, kind), given in zip(example, shape_list, strict=True):
+            if not isinstance(shape, tuple):
+                inputs.append(int(given) if shape is int else kind)
+                continue
+            given = tuple(int(d) for d in given)
+            if len(given) != len(shape):
+                raise ModelError(
+                    f"warmup shapes[{index}]: {list(given)} has rank {len(given)}; the model's "
+                    f"input has rank {len(shape)} ({list(shape)} in the example)"
+                )
+            if kind.is_floating_point:
+                inputs.append(torch.randn(given, generator=generator).to(kind))
+            else:
+                inputs.append(torch.zeros(given, dtype=kind))
+        return tuple(inputs)
+
+    def _graph_for(self, inputs: Sequence[Any]) -> torch.fx.GraphModule:
+        if self._generic is not None:
+            return self._generic
+        self.stats["captures"] += 1
+        return self._capture(_signature(inputs), inputs)
 
     def _capture(self, signature: tuple, inputs: Sequence[Any]) -> torch.fx.GraphModule:
         """The aten graph for inputs of this signature (a packaged module reads it from disk)."""
@@ -195,11 +375,89 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                 f"could not capture the model for inputs of shapes {shapes}: {exc}"
             ) from exc
 
+    def _shared_key(self, gm: torch.fx.GraphModule, bucket: tuple) -> tuple:
+        settings = self.settings
+        return (
+            _structure(gm),
+            bucket,
+            tuple(sorted(settings.plan_key().items())),
+            self.devices,
+        )
+
+    def _planning_graph(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Any:
+        """``gm`` annotated for ``inputs``: a shape-generic graph is copied first (same nodes,
+        same weights, its own meta) so that planning one bucket never touches what another
+        thread lowers."""
+        if self._generic is None:
+            return gm
+        from .graph.annotate import annotate
+
+        copy = torch.fx.GraphModule(gm, _copy_graph(gm.graph))
+        return annotate(copy, inputs)
+
+    def _plan_now(
+        self, bucket: tuple, gm: torch.fx.GraphModule, inputs: Sequence[Any], derive: bool = False
+    ) -> None:
+        """The bucket's own plan: the given one, a shared one, or profiled now (counted); with
+        ``derive``, one derived from the reference module's profiles, profiled in the
+        background."""
+        if self._generic is not None and not getattr(gm, "_chrion_split", False):
+            self._split_generic(gm, inputs)
+        plan = self._reusable_plan(bucket, gm, _shared_plan(self._shared_key(gm, bucket)))
+        if plan is not None:
+            self._install_plan(bucket, plan)
+            return
+        if derive:
+            self._borrow_plan(bucket, gm, inputs)
+            return
+        self._install_plan(bucket, self._profile_and_plan(gm, inputs, bucket))
+        self.stats["profiles"] += 1
+
+    def _split_generic(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
+        """Split the shape-generic graph's recurrent nodes once (layer / direction; the split
+        depends on no size), annotated for the example."""
+        from .graph.annotate import annotate
+        from .graph.passes import fold_input_free, split_recurrent
+
+        annotate(gm, inputs)
+        split_recurrent(gm, granularity=self.settings.granularity, seq_chunks=1)
+        fold_input_free(gm)
+        annotate(gm, inputs)
+        gm._chrion_split = True
+
+    def _profile_and_plan(
+        self, gm: torch.fx.GraphModule, inputs: Sequence[Any], bucket: tuple
+    ) -> Any:
+        from . import profile, schedule
+
+        settings = self.settings
+        planning = self._planning_graph(gm, inputs)
+        tensors = tuple(inputs)
+        log.info("chrion: profiling shape bucket %s", _describe(bucket))
+        prof = profile.profile_graph(
+            planning,
+            tensors,
+            list(self.devices),
+            settings=settings,
+            cache_dir=settings.cache_dir,
+            recorded=self.recorded_profile,
+        )
+        plan = schedule.make_plan(planning, prof, settings)
+        _share_plan(self._shared_key(gm, bucket), plan)
+        with self._lock:
+            self._profiles[bucket] = prof
+        return plan
+
+    def _install_plan(self, bucket: tuple, plan: Any) -> None:
+        self.plans[bucket] = plan
+        self._own_plans.add(bucket)
+        self._queued.discard(bucket)
+
     def _reusable_plan(
         self, bucket: tuple, gm: torch.fx.GraphModule, shared: Any | None
     ) -> Any | None:
         candidates = [self._given_plan] if self._given_plan is not None else []
-        candidates += [self.plans[bucket]] if bucket in self.plans else []
+        candidates += [self.plans[bucket]] if bucket in self._own_plans else []
         candidates += [shared] if shared is not None else []
         for plan in candidates:
             if plan is self._given_plan and not self.plans:
@@ -211,15 +469,146 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                 plan.validate(gm)
             except PlanError:
                 continue
-            log.info("reusing the plan of input shape bucket %s", bucket)
+            log.info("reusing the plan of input shape bucket %s", _describe(bucket))
             return plan
         return None
+
+    def _new_shape(self, signature: tuple, inputs: Sequence[Any]) -> _Entry:
+        """A shape seen for the first time (under the lock): its bucket's plan, or one
+        borrowed from the nearest planned bucket while its own is made in the background."""
+        bucket = _bucket(signature)
+        graph = self._graph_for(inputs)
+        if bucket in self.plans and not _fits(self.plans[bucket], graph):
+            del self.plans[bucket]  # an ONNX graph whose nodes changed within the bucket
+        if bucket not in self.plans:
+            shared = _shared_plan(self._shared_key(graph, bucket))
+            plan = self._reusable_plan(bucket, graph, shared)
+            if plan is not None:
+                self._install_plan(bucket, plan)
+            else:
+                self._borrow_plan(bucket, graph, inputs)
+        return self._add_entry(signature, graph, bucket)
+
+    def _borrow_plan(
+        self, bucket: tuple, graph: torch.fx.GraphModule, inputs: Sequence[Any]
+    ) -> None:
+        """A plan for ``bucket`` made without profiling, its own queued for the background:
+        the nearest planned bucket's plan where it fits this graph, else one scheduled from
+        the nearest measured profile (node costs by name, scaled by the buckets' sizes)."""
+        for source in sorted(self._own_plans, key=lambda b: _bucket_distance(b, bucket)):
+            if _fits(self.plans[source], graph):
+                self.plans[bucket] = _borrowed(self.plans[source], source, bucket)
+                how = f"the plan of bucket {_describe(source)}"
+                break
+        else:
+            self.plans[bucket], how = self._derived_plan(bucket, graph, inputs)
+        self.stats["borrowed_plans"] += 1
+        log.info("chrion: new shape bucket %s runs on %s until profiled", _describe(bucket), how)
+        self._queue_profile(bucket, _signature(inputs))
+
+    def _derived_plan(
+        self, bucket: tuple, graph: torch.fx.GraphModule, inputs: Sequence[Any]
+    ) -> tuple[Any, str]:
+        from . import schedule
+
+        profiles = dict(self._profiles)
+        reference = self._reference() if self._reference is not None else None
+        if reference is not None:
+            profiles.update(reference._profiles)
+        if not profiles:
+            lane = self.devices[0]
+            return _single_lane_plan(graph, lane, self.settings), f"lane {lane} alone"
+        source = min(profiles, key=lambda b: _bucket_distance(b, bucket))
+        if math.isinf(_bucket_distance(source, bucket)):
+            source = next(iter(profiles))
+        scale = _bucket_size(bucket) / _bucket_size(source)
+        planning = self._planning_graph(graph, inputs)
+        derived = _scaled_profile(profiles[source], planning, scale)
+        plan = schedule.make_plan(planning, derived, self.settings)
+        return plan, f"a plan scheduled from bucket {_describe(source)}'s profile x{scale:.2g}"
+
+    def _queue_profile(self, bucket: tuple, signature: tuple) -> None:
+        """Profile ``bucket`` in the background with inputs shaped as ``signature`` (the first
+        request's: a bucket's top may not fit a graph whose other dimensions are static). The
+        job holds the module weakly: a module dropped before its turn is not profiled."""
+        if bucket in self._queued:
+            return
+        self._queued.add(bucket)
+        ref = weakref.ref(self)
+
+        def job() -> None:
+            module = ref()
+            if module is not None:
+                module._profile_in_background(bucket, signature)
+
+        _PLANNER.submit(job)
+
+    def _profile_in_background(self, bucket: tuple, signature: tuple) -> None:
+        inputs = self._inputs_of_shapes(0, _shapes_of(signature))
+        with self._lock:
+            entry = self._entries.get(signature)
+            # the request's graph, or a capture of its own if that shape was evicted meanwhile
+            graph = entry.graph if entry is not None else self._graph_for(inputs)
+        plan = self._profile_and_plan(graph, inputs, bucket)
+        self.stats["background_profiles"] += 1
+        built: dict[tuple, Any] = {}
+        with self._lock:
+            stale = [s for s, e in self._entries.items() if e.bucket == bucket]
+        for signature in stale:  # built and run once off the request path, swapped in below
+            entry = self._entries.get(signature)
+            if entry is not None and _fits(plan, entry.graph):
+                built[signature] = self._executable(entry.graph, plan)
+                with torch.no_grad():
+                    built[signature](*self._inputs_of_shapes(0, _shapes_of(signature)))
+        with self._lock:
+            self._install_plan(bucket, plan)
+            for signature, executable in built.items():
+                if signature in self._entries:
+                    self._entries[signature] = dataclasses.replace(
+                        self._entries[signature], executable=executable
+                    )
+            for signature in [s for s in stale if s not in built]:
+                self._entries.pop(signature, None)  # rebuilt with the new plan on next use
+        self.stats["plan_swaps"] += 1
+        log.info(
+            "chrion: shape bucket %s now runs on its own plan (predicted %.3f ms)",
+            _describe(bucket),
+            plan.predicted_ms,
+        )
+
+    def _executable(self, graph: torch.fx.GraphModule, plan: Any) -> Any:
+        from . import runtime
+
+        key = _plan_identity(plan)
+        if self._generic is not None and key in self._by_plan:
+            return self._by_plan[key]
+        executable = runtime.PlacedGraph(
+            graph, plan.placement, plan.order, cpu_threads=self.settings.cpu_threads, plan=plan
+        )
+        executable.enable_trace(self._trace)
+        self.stats["executables_built"] += 1
+        if self._generic is not None:
+            self._by_plan[key] = executable
+        return executable
+
+    def _add_entry(self, signature: tuple, graph: torch.fx.GraphModule, bucket: tuple) -> _Entry:
+        entry = _Entry(graph, self._executable(graph, self.plans[bucket]), bucket)
+        self._entries[signature] = entry
+        self._entries.move_to_end(signature)
+        while len(self._entries) > _MAX_SHAPES:  # least recently used, never the example's
+            victim = next(k for k in self._entries if k != self._primary_signature)
+            del self._entries[victim]
+        if self._generic is not None:  # executables of plans no longer used by any shape
+            used = {id(e.executable) for e in self._entries.values()}
+            for key in [k for k, ex in self._by_plan.items() if id(ex) not in used]:
+                del self._by_plan[key]
+        return entry
 
     # tracing: delegated to the executable that ran last
     def enable_trace(self, enabled: bool = True) -> None:
         self._trace = enabled
-        for executable in self._executables.values():
-            executable.enable_trace(enabled)
+        for entry in list(self._entries.values()):
+            entry.executable.enable_trace(enabled)
 
     def last_trace(self) -> list[Any]:
         """The TraceEvents of the last traced call (``plan.gantt(path, measured=...)``)."""
@@ -233,6 +622,74 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self._last.save_trace(path)
 
 
+def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
+    copy = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    output = copy.graph_copy(graph, env)
+    copy.output(output)
+    for old, new in env.items():
+        new.meta = dict(old.meta)
+    return copy
+
+
+def _fits(plan: Any, graph: torch.fx.GraphModule) -> bool:
+    try:
+        plan.validate(graph)
+    except PlanError:
+        return False
+    return True
+
+
+def _shapes_of(signature: tuple) -> list:
+    return [shape if isinstance(shape, tuple) else value for shape, value in signature]
+
+
+def _plan_identity(plan: Any) -> tuple:
+    """What an executable depends on in a plan: placement and order."""
+    return (tuple(sorted(plan.placement.items())), tuple(plan.order))
+
+
+def _scaled_profile(profile: Any, graph: torch.fx.GraphModule, scale: float) -> Any:
+    """``profile``'s costs for the schedulable nodes of ``graph`` (by name; a node it did not
+    measure, such as size arithmetic, costs a microsecond), times ``scale``."""
+    from .graph.nodes import schedulable_nodes
+
+    node_ms = {}
+    for node in schedulable_nodes(graph):
+        measured = profile.node_ms.get(node.name)
+        node_ms[node.name] = {
+            lane: (measured[lane] * scale if measured and lane in measured else 1e-3)
+            for lane in profile.devices
+        }
+    return dataclasses.replace(
+        profile, node_ms=node_ms, notes=[*profile.notes, f"derived, scaled x{scale:.3g}"]
+    )
+
+
+def _single_lane_plan(graph: torch.fx.GraphModule, lane: str, settings: ChrionSettings) -> Any:
+    """Every node on ``lane`` in graph order: what runs before any measurement exists."""
+    from .graph.nodes import schedulable_nodes
+    from .schedule import Plan
+
+    names = [n.name for n in schedulable_nodes(graph)]
+    return Plan(
+        placement=dict.fromkeys(names, lane),
+        order=names,
+        start_ms=dict.fromkeys(names, 0.0),
+        finish_ms=dict.fromkeys(names, 0.0),
+        predicted_ms=0.0,
+        device_bytes={lane: 0.0},
+        objective=settings.objective,
+        slo_ms=settings.slo_ms,
+        slo_met=None,
+        devices=[lane],
+    )
+
+
+def _describe(bucket: tuple) -> str:
+    return str([list(shape) if isinstance(shape, tuple) else kind for shape, kind in bucket])
+
+
 def compile_graph(
     model: torch.nn.Module,
     example_inputs: Sequence[Any],
@@ -240,8 +697,21 @@ def compile_graph(
     *,
     plan: Any | None = None,
     recorded_profile: Any | None = None,
+    shape_generic: bool = False,
+    reference: ChrionModule | None = None,
 ) -> ChrionModule:
-    """Capture, profile, place and build ``model`` for CPU and GPU lanes (both front ends)."""
+    """Capture, profile, place and build ``model`` for CPU and GPU lanes (both front ends).
+
+    ``shape_generic``: ``model`` is already an aten graph valid for every shape (a Dynamo
+    graph captured by dynamo.py), so no shape is captured again. ``reference``: a module of
+    the same model whose profiles derive this one's first plan (profiled in the background).
+    """
     return ChrionModule(
-        model, example_inputs, settings, plan=plan, recorded_profile=recorded_profile
+        model,
+        example_inputs,
+        settings,
+        plan=plan,
+        recorded_profile=recorded_profile,
+        shape_generic=shape_generic,
+        reference=reference,
     )

@@ -26,8 +26,17 @@ def test_backend_is_listed_without_importing_torch_chrion():
     assert result.stdout.split() == ["True", "False"]
 
 
-def _compile_and_count(model, inputs, options=None):
+def reset_dynamo():
+    """torch._dynamo.reset() as a fresh process: it clears Dynamo's compile callbacks, which a
+    fresh process gets back when it imports torch_chrion.dynamo."""
+    import torch_chrion.dynamo as chrion_dynamo
+
     torch._dynamo.reset()
+    chrion_dynamo.install_compile_hooks()
+
+
+def _compile_and_count(model, inputs, options=None):
+    reset_dynamo()
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -72,7 +81,7 @@ def test_new_shape_recompiles_and_reuses_the_bucket_plan():
 
     torch.manual_seed(0)
     model = StackedLSTM().eval()
-    torch._dynamo.reset()
+    reset_dynamo()
     compiled = torch.compile(model, backend="chrion", dynamic=False, options={"devices": ["cpu"]})
     with torch.no_grad():
         for seq in (9, 12, 16):
@@ -85,7 +94,7 @@ def test_new_shape_recompiles_and_reuses_the_bucket_plan():
 
 
 def test_unknown_option_is_an_error_naming_the_closest():
-    torch._dynamo.reset()
+    reset_dynamo()
     model = StackedLSTM().eval()
     compiled = torch.compile(model, backend="chrion", options={"objectiv": "latency"})
     with pytest.raises(Exception) as info:

@@ -39,8 +39,9 @@ def _output(
     hidden = h0.shape[-1] * (2 if bidirectional else 1)
     if input.dim() == 2:  # unbatched
         return input.new_empty((input.shape[0], hidden))
-    lead = input.shape[:2]
-    return input.new_empty((*lead, hidden))
+    if batch_first:  # the kernels run time-major and return a transposed view: same strides
+        return input.new_empty((input.shape[1], input.shape[0], hidden)).transpose(0, 1)
+    return input.new_empty((*input.shape[:2], hidden))
 
 
 Tensor = torch.Tensor

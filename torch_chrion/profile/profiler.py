@@ -343,8 +343,12 @@ def profile_graph(
         raise OptionError(f"devices must name each lane once, got {lanes}")
     inputs = tuple(example_inputs)
     ghash = graph_hash(gm)
-    shapes = [list(x.shape) for x in inputs]
-    signature = [[list(x.shape), str(x.dtype)] for x in inputs]
+    # a size input (a SymInt of a torch.compile graph) is recorded by its value
+    shapes = [list(x.shape) if isinstance(x, torch.Tensor) else [x] for x in inputs]
+    signature = [
+        [list(x.shape), str(x.dtype)] if isinstance(x, torch.Tensor) else [[x], type(x).__name__]
+        for x in inputs
+    ]
     version = torch.__version__
     nodes = schedulable_nodes(gm)
     names = [n.name for n in nodes]

@@ -1,0 +1,57 @@
+"""The per-shape executable cache drops the least recently used shape, and the process-wide
+plan cache is bounded (issue #19, shape churn)."""
+
+import torch
+
+import torch_chrion
+import torch_chrion.module as chrion_module
+
+
+def test_cycling_40_lengths_twice_recompiles_at_most_8_on_the_second_pass(
+    stacked_lstm_onnx, cache_dir
+):
+    path, model = stacked_lstm_onnx
+    chrion = torch_chrion.load_onnx(
+        path, example_inputs=model.example_inputs(seq=9), devices=["cpu"], cache_dir=cache_dir
+    )
+    lengths = range(9, 49)  # 40 shapes
+    with torch.no_grad():
+        for length in lengths:
+            x = model.example_inputs(seq=length)[0]
+            torch.testing.assert_close(chrion(x), model(x), rtol=1e-4, atol=1e-5)
+        first_pass = chrion.stats["captures"]
+        for length in lengths:
+            x = model.example_inputs(seq=length)[0]
+            torch.testing.assert_close(chrion(x), model(x), rtol=1e-4, atol=1e-5)
+    assert first_pass == 40  # the example's shape (9) is kept, the 39 others are captured
+    assert chrion.stats["captures"] - first_pass <= 8
+    assert chrion.stats["profiles"] == 1  # the example's bucket; the others in the background
+
+
+def test_the_least_recently_used_shape_is_dropped_first(stacked_lstm_onnx, cache_dir, monkeypatch):
+    path, model = stacked_lstm_onnx
+    monkeypatch.setattr(chrion_module, "_MAX_SHAPES", 3)
+    chrion = torch_chrion.load_onnx(
+        path, example_inputs=model.example_inputs(seq=9), devices=["cpu"], cache_dir=cache_dir
+    )
+    inputs = {n: model.example_inputs(seq=n)[0] for n in (10, 11, 12, 13)}
+    with torch.no_grad():
+        for n in (10, 11):
+            chrion(inputs[n])  # cache: 9 (the example's, never dropped), 10, 11
+        chrion(inputs[10])  # 10 used again: 11 is now the least recently used
+        chrion(inputs[12])  # drops 11, not 10 (insertion order would drop 10)
+        captures = chrion.stats["captures"]
+        chrion(inputs[10])
+        assert chrion.stats["captures"] == captures  # still cached
+        chrion(inputs[11])
+        assert chrion.stats["captures"] == captures + 1  # dropped, captured again
+        torch.testing.assert_close(chrion(inputs[11]), model(inputs[11]), rtol=1e-4, atol=1e-5)
+
+
+def test_the_process_plan_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(chrion_module, "_PLANS", type(chrion_module._PLANS)())
+    for i in range(chrion_module._MAX_SHARED_PLANS + 10):
+        chrion_module._share_plan(("model", i), object())
+    assert len(chrion_module._PLANS) == chrion_module._MAX_SHARED_PLANS
+    assert chrion_module._shared_plan(("model", 0)) is None  # the oldest went first
+    assert chrion_module._shared_plan(("model", 10)) is not None

@@ -1,0 +1,179 @@
+"""torch.compile(model, backend="chrion") with Dynamo's default (dynamic) shapes: one chrion
+graph serves every length and batch size, exact to eager, with no Dynamo recompile per length,
+no call outside chrion, and no capture or profiling on the request path."""
+
+import logging
+
+import pytest
+import torch
+import torch._dynamo
+from models import SpeechBiLSTM
+from torch import nn
+from torch._dynamo.utils import counters
+
+import torch_chrion.dynamo as chrion_dynamo
+from torch_chrion.errors import ModelError
+
+LENGTHS = (9, 11, 13, 16, 17, 20, 23, 26, 29, 31, 32, 12)  # 12 lengths, buckets 16 and 32
+BATCHES = (2, 3, 5)  # changes with the length from the second call: one dynamic graph
+
+
+def reset_dynamo():
+    """torch._dynamo.reset() as a fresh process (which imports torch_chrion.dynamo again)."""
+    torch._dynamo.reset()
+    chrion_dynamo.install_compile_hooks()
+    counters.clear()
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.RNNBase], bidirectional: bool = False) -> None:
+        super().__init__()
+        self.rnn = kind(12, 16, num_layers=2, bidirectional=bidirectional, batch_first=True)
+        self.head = nn.Linear(16 * (2 if bidirectional else 1), 5)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+# nn.GRU / nn.RNN are not here: Dynamo itself specialises their length while it traces
+# them (its fake-tensor run of torch's GRU decomposition iterates over the time steps), before
+# any backend sees the graph; see README "torch.compile and shapes".
+@pytest.mark.parametrize(
+    "model",
+    [Recurrent(nn.LSTM), Recurrent(nn.LSTM, bidirectional=True)],
+    ids=["lstm", "bilstm"],
+)
+def test_default_compile_serves_every_length_and_batch_in_chrion(model):
+    torch.manual_seed(0)
+    model = model.eval()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion")
+    # every (length, batch) pair once; length and batch both change at the second call, so
+    # Dynamo's automatic dynamic shapes make both symbolic in its second (and last) graph
+    pairs = [(LENGTHS[k % 12], BATCHES[(k + k // 12) % 3]) for k in range(36)]
+    assert len(set(pairs)) == 36
+    with torch.no_grad():
+        for length, batch in pairs:
+            x = torch.randn(batch, length, 12)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+    calls = len(pairs)
+    assert counters["stats"]["unique_graphs"] <= 2
+    assert sum(counters["graph_break"].values()) == 0
+    modules = chrion_dynamo.compiled_modules()[-counters["stats"]["unique_graphs"] :]
+    # every call ran in chrion: no eager fallback, no Dynamo recompile past the dynamic graph
+    assert sum(m.stats["calls"] for m in modules) == calls
+    generic = modules[-1]
+    assert generic.stats["captures"] == 1  # one shape-generic capture at compile time ...
+    assert generic.stats["profiles"] == 0  # ... and no profile on the request path:
+    assert generic.stats["borrowed_plans"] >= 1  # new buckets ran on borrowed plans
+    assert generic.wait_for_plans(timeout=120)
+    assert generic.stats["background_profiles"] == generic.stats["borrowed_plans"]
+
+
+def test_new_lengths_reuse_one_executable_per_plan(caplog):
+    torch.manual_seed(0)
+    model = SpeechBiLSTM().eval()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion", dynamic=True)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="torch_chrion"):
+        compiled(torch.randn(1, 24, 40))  # not 40 frames: Dynamo would duck-size it as features
+        (module,) = chrion_dynamo.compiled_modules()[-1:]
+        module.wait_for_plans(timeout=120)
+        built = module.stats["executables_built"]
+        for length in range(33, 64, 3):  # one bucket (64), its plan borrowed then swapped
+            x = torch.randn(1, length, 40)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert module.stats["captures"] == 1 and module.stats["profiles"] == 1  # compile time
+    # the borrowed plan shares the example bucket's executable; its own plan's executable is
+    # built (and run once) by the background planner
+    assert module.stats["executables_built"] - built <= 1
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "new shape bucket" in messages and "profiling shape bucket" in messages
+
+
+def test_warmup_prepares_buckets_ahead_of_traffic():
+    torch.manual_seed(0)
+    model = SpeechBiLSTM().eval()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion", dynamic=True)
+    with torch.no_grad():
+        compiled(torch.randn(1, 20, 40))
+        module = chrion_dynamo.compiled_modules()[-1]
+        before = module.stats["profiles"]  # 0 if an earlier test planned this bucket
+        module.warmup([[100, (1, 100, 40)]])  # the SymInt length, then the tensor
+        assert module.stats["profiles"] == before + 1  # bucket 128, planned by warmup
+        x = torch.randn(1, 90, 40)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+    assert module.stats["profiles"] == before + 1 and module.stats["borrowed_plans"] == 0
+
+
+def test_training_mode_is_a_clear_error():
+    model = SpeechBiLSTM().train()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion")
+    with pytest.raises(Exception) as info:
+        compiled(torch.randn(1, 20, 40))
+    cause = _cause(info.value, ModelError)
+    assert cause is not None and "model.eval()" in str(cause)
+
+
+def test_inputs_requiring_grad_are_a_clear_error():
+    model = SpeechBiLSTM().eval()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion")
+    with pytest.raises(Exception) as info:
+        compiled(torch.randn(1, 20, 40, requires_grad=True))
+    cause = _cause(info.value, ModelError)
+    assert cause is not None and "torch.no_grad()" in str(cause)
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_allow_rnn_is_left_as_it_was(before):
+    model = SpeechBiLSTM().eval()
+    reset_dynamo()
+    with torch._dynamo.config.patch(allow_rnn=before):
+        compiled = torch.compile(model, backend="chrion")
+        with torch.no_grad():
+            compiled(torch.randn(1, 20, 40))
+        assert torch._dynamo.config.allow_rnn is before
+    assert sum(counters["graph_break"].values()) == 0  # chrion's compile had it on
+
+
+class ScaledLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+def _recorded_targets():
+    targets = []
+
+    def recording(gm, example_inputs):
+        targets.extend(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(ScaledLSTM().eval(), backend=recording)(torch.randn(1, 5, 4))
+    return targets
+
+
+def test_other_backends_do_not_see_allow_rnn():
+    reset_dynamo()
+    with torch.no_grad():
+        torch.compile(ScaledLSTM().eval(), backend="chrion")(torch.randn(1, 5, 4))
+    # another backend's compile leaves the LSTM to eager, as Dynamo does by default ...
+    assert torch.lstm not in _recorded_targets()
+    # ... and would have it in its graph with allow_rnn on (so the check above can fail)
+    reset_dynamo()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        assert torch.lstm in _recorded_targets()
+
+
+def _cause(error, kind):
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__ or error.__context__
+    return error
