@@ -226,6 +226,8 @@ def package(
             raise OptionError(f"{len(names)} input names for {len(sets[0])} inputs")
         devices = list(settings.devices or default_devices())
         shapes = []
+        # each set's bucket gets its own profiled plan (a first call would borrow a neighbour's)
+        module.warmup([[list(x.shape) for x in inputs] for inputs in sets[1:]])
         for k, inputs in enumerate(sets):
             with torch.no_grad():
                 outputs = _outputs_list(module(*inputs))

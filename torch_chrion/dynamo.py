@@ -195,6 +195,7 @@ def capture_dynamo_graph(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from .graph.passes import check_portable, fold_input_free, unpin_copies
+    from .graph.passes.functionalize import written_arguments
     from .graph.recurrent_calls import RecurrentToChrion
     from .ops import ensure_loaded
 
@@ -223,9 +224,13 @@ def capture_dynamo_graph(
         with RecurrentToChrion():
             return gm(*args)
 
-    try:  # functionalised: no in-place update survives to be folded (graph/passes/functionalize)
+    try:
         with torch.no_grad():
-            aten_gm = make_fx(functionalize(forward), tracing_mode="fake")(*fakes)
+            aten_gm = make_fx(forward, tracing_mode="fake")(*fakes)
+            if any(written_arguments(n) for n in aten_gm.graph.nodes):
+                # functionalised, as capture does (graph/passes/functionalize.py), so no in-place
+                # update survives to be folded; only then, as its views may specialise sizes
+                aten_gm = make_fx(functionalize(forward), tracing_mode="fake")(*fakes)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"tracing the Dynamo graph to an aten graph failed: {exc}") from exc
     freeze_module_state(aten_gm, state, [example_inputs[i] for i in state])

@@ -49,24 +49,24 @@ _MAX_SHARED_PLANS = 256
 
 # Plans made in this process, by (graph structure, shape bucket, plan settings, lanes): every
 # module of the same model and bucket (Dynamo's graphs, reloads) reuses them.
-_PLANS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_PLANS: dict[tuple, Any] = {}  # insertion order is recency: a hit is moved to the end
 _PLANS_LOCK = threading.Lock()
 
 
 def _shared_plan(key: tuple) -> Any | None:
     with _PLANS_LOCK:
-        plan = _PLANS.get(key)
+        plan = _PLANS.pop(key, None)
         if plan is not None:
-            _PLANS.move_to_end(key)
+            _PLANS[key] = plan
         return plan
 
 
 def _share_plan(key: tuple, plan: Any) -> None:
     with _PLANS_LOCK:
+        _PLANS.pop(key, None)
         _PLANS[key] = plan
-        _PLANS.move_to_end(key)
         while len(_PLANS) > _MAX_SHARED_PLANS:
-            _PLANS.popitem(last=False)
+            del _PLANS[next(iter(_PLANS))]
 
 
 def default_devices() -> tuple[str, ...]:

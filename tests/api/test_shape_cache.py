@@ -49,7 +49,7 @@ def test_the_least_recently_used_shape_is_dropped_first(stacked_lstm_onnx, cache
 
 
 def test_the_process_plan_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(chrion_module, "_PLANS", type(chrion_module._PLANS)())
+    monkeypatch.setattr(chrion_module, "_PLANS", {})
     for i in range(chrion_module._MAX_SHARED_PLANS + 10):
         chrion_module._share_plan(("model", i), object())
     assert len(chrion_module._PLANS) == chrion_module._MAX_SHARED_PLANS
