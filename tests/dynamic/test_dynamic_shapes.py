@@ -66,8 +66,6 @@ def test_default_compile_serves_every_length_and_batch_in_chrion(model):
     assert generic.stats["captures"] == 1  # one shape-generic capture at compile time ...
     assert generic.stats["profiles"] == 0  # ... and no profile on the request path:
     assert generic.stats["borrowed_plans"] >= 1  # new buckets ran on borrowed plans
-    assert generic.wait_for_plans(timeout=120)
-    assert generic.stats["background_profiles"] == generic.stats["borrowed_plans"]
 
 
 def test_new_lengths_reuse_one_executable_per_plan(caplog):
@@ -88,6 +86,9 @@ def test_new_lengths_reuse_one_executable_per_plan(caplog):
     # the borrowed plan shares the example bucket's executable; its own plan's executable is
     # built (and run once) by the background planner
     assert module.stats["executables_built"] - built <= 1
+    assert module.wait_for_plans(timeout=120)
+    assert module.stats["background_profiles"] == module.stats["borrowed_plans"] == 1
+    assert module.stats["plan_swaps"] == 1
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "new shape bucket" in messages and "profiling shape bucket" in messages
 
