@@ -163,7 +163,7 @@ class _Planner:
             if self._pid != os.getpid():  # first use, or a forked child without the thread
                 self._queue = queue.Queue()
                 self._pending = 0
-                threading.Thread(target=self._work, name="chrion-planner", daemon=True).start()
+                threading.Thread(target=self._work, name=_PLANNER_THREAD, daemon=True).start()
                 self._pid = os.getpid()
         with self._idle:
             self._pending += 1
@@ -187,6 +187,7 @@ class _Planner:
                     self._idle.notify_all()
 
 
+_PLANNER_THREAD = "chrion-planner"
 _PLANNER = _Planner()
 
 
@@ -433,7 +434,11 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         settings = self.settings
         planning = self._planning_graph(gm, inputs)
         tensors = tuple(inputs)
-        log.info("chrion: profiling shape bucket %s", _describe(bucket))
+        log.info(
+            "input shape bucket %s has no plan yet: profiling and planning%s",
+            _describe(bucket),
+            " (in the background)" if threading.current_thread().name == _PLANNER_THREAD else "",
+        )
         prof = profile.profile_graph(
             planning,
             tensors,
@@ -480,7 +485,9 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         graph = self._graph_for(inputs)
         if bucket in self.plans and not _fits(self.plans[bucket], graph):
             del self.plans[bucket]  # an ONNX graph whose nodes changed within the bucket
-        if bucket not in self.plans:
+        if bucket in self.plans:
+            log.info("reusing the plan of input shape bucket %s", _describe(bucket))
+        else:
             shared = _shared_plan(self._shared_key(graph, bucket))
             plan = self._reusable_plan(bucket, graph, shared)
             if plan is not None:
@@ -503,7 +510,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         else:
             self.plans[bucket], how = self._derived_plan(bucket, graph, inputs)
         self.stats["borrowed_plans"] += 1
-        log.info("chrion: new shape bucket %s runs on %s until profiled", _describe(bucket), how)
+        log.info("new input shape bucket %s runs on %s until profiled", _describe(bucket), how)
         self._queue_profile(bucket, _signature(inputs))
 
     def _derived_plan(
@@ -571,7 +578,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                 self._entries.pop(signature, None)  # rebuilt with the new plan on next use
         self.stats["plan_swaps"] += 1
         log.info(
-            "chrion: shape bucket %s now runs on its own plan (predicted %.3f ms)",
+            "input shape bucket %s now runs on its own plan (predicted %.3f ms)",
             _describe(bucket),
             plan.predicted_ms,
         )

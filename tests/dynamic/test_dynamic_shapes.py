@@ -90,7 +90,8 @@ def test_new_lengths_reuse_one_executable_per_plan(caplog):
     assert module.stats["background_profiles"] == module.stats["borrowed_plans"] == 1
     assert module.stats["plan_swaps"] == 1
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "new shape bucket" in messages and "profiling shape bucket" in messages
+    assert "new input shape bucket" in messages and "has no plan yet" in messages
+    assert "now runs on its own plan" in messages
 
 
 def test_warmup_prepares_buckets_ahead_of_traffic():
