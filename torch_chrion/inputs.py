@@ -167,8 +167,11 @@ class InputSignature:
         """
         declared = _declared(model)
         names = [s.name for s in declared] if declared else _input_names(model, example_inputs)
-        if declared is None:
-            declared = [InputSpec(name) for name in names]
+        if declared is None:  # a Dynamo graph's size inputs are numbers: the example says which
+            declared = [
+                _from_example(InputSpec(name), x) if _is_number(x) else InputSpec(name)
+                for name, x in zip(names, example_inputs, strict=True)
+            ]
         elif len(declared) != len(example_inputs):
             InputSignature(tuple(declared))._refuse(example_inputs)
         # the example is checked against what is declared before it completes the signature
@@ -218,8 +221,12 @@ def _input_names(model: torch.nn.Module, example_inputs: Sequence[Any]) -> list[
     return names
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, torch.SymInt, torch.SymFloat, torch.SymBool))
+
+
 def _from_example(spec: InputSpec, example: Any) -> InputSpec:
-    if isinstance(example, (bool, int, float, torch.SymInt, torch.SymFloat, torch.SymBool)):
+    if _is_number(example):
         kind = {torch.SymInt: int, torch.SymFloat: float, torch.SymBool: bool}.get(
             type(example), type(example)
         )
