@@ -111,6 +111,16 @@ def _load(args: argparse.Namespace, plan: str | None = None) -> Any:
     module = compile_onnx(
         proto, inputs, _settings(args), plan=plan, recorded_profile=getattr(args, "profile", None)
     )
+    buckets = getattr(args, "buckets", None)
+    if buckets:  # each --buckets gives one more set of input shapes, prepared now
+        shapes = _shapes(args.shape)
+        sets = []
+        for value in buckets:
+            extra = _shapes([value])
+            named = {**shapes, **extra}
+            sets.append([list(x.shape) for x in _example_inputs(proto, named)])
+        module.warmup(sets)
+        print(f"prepared {len(sets)} more shape bucket(s): {sorted(map(str, module.plans))}")
     return module, inputs
 
 
@@ -389,11 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("plan", help="place the model's operators; save the plan")
     _model_options(p)
+    p.add_argument(
+        "--buckets",
+        action="append",
+        metavar="NAME=D0,D1,...",
+        help="one more input shape whose bucket is profiled and planned up front (inputs not "
+        "named keep --shape); repeatable",
+    )
     p.add_argument("-o", "--output", required=True, help="plan JSON to write")
     p.set_defaults(run=_cmd_plan)
 
     p = commands.add_parser("run", help="run the model once on example inputs and time it")
     _model_options(p)
+    p.add_argument(
+        "--buckets",
+        action="append",
+        metavar="NAME=D0,D1,...",
+        help="one more input shape whose bucket is profiled and planned up front (inputs not "
+        "named keep --shape); repeatable",
+    )
     p.add_argument("--plan", help="a saved plan: skips profiling and scheduling")
     p.add_argument(
         "--input",

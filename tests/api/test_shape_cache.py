@@ -76,3 +76,14 @@ def test_the_process_plan_cache_is_bounded(monkeypatch):
     assert len(chrion_module._PLANS) == chrion_module._MAX_SHARED_PLANS
     assert chrion_module._shared_plan(("model", 0)) is None  # the oldest went first
     assert chrion_module._shared_plan(("model", 10)) is not None
+
+
+def test_cli_buckets_prepares_more_shape_buckets(stacked_lstm_onnx, tmp_path, capsys):
+    from torch_chrion.cli import main
+
+    path, _ = stacked_lstm_onnx
+    plan = tmp_path / "plan.json"
+    args = ["plan", str(path), "--shape", "x=8,2,16", "--buckets", "x=40,2,16"]
+    assert main([*args, "--devices", "cpu", "--cache-dir", str(tmp_path), "-o", str(plan)]) == 0
+    out = capsys.readouterr().out
+    assert "prepared 1 more shape bucket(s)" in out and "(64, 2, 16)" in out and plan.exists()
