@@ -221,3 +221,22 @@ def test_module_path_takes_rank_dtype_and_recurrent_sizes_from_its_example(monke
     with torch.no_grad():
         torch.testing.assert_close(model(x2, h2), net(x2, h2), rtol=1e-5, atol=1e-5)
     assert counts.captures == 1
+
+
+def test_torch_compile_wrong_feature_size_stops_in_dynamo_before_capture(monkeypatch):
+    """Under torch.compile a new shape is traced by Dynamo first, where nn.LSTM's own check
+    refuses it (no chrion capture, no NaN); the compiled model keeps serving."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = LSTMNet().eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="chrion", dynamic=False, options=FAST)
+    good = torch.randn(6, 2, FEATURES)
+    with torch.no_grad():
+        compiled(good)
+        counts = Counts(monkeypatch)
+        with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+            compiled(torch.randn(6, 2, 41))
+        assert counts.captures == 0
+        torch.testing.assert_close(compiled(good), net(good), rtol=1e-5, atol=1e-5)
