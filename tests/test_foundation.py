@@ -185,3 +185,12 @@ def test_readme_test_command_is_what_ci_runs():
     setup_and_demo, setup_and_test = blocks[0], blocks[1]
     assert setup_and_demo.endswith("chrion demo")
     assert setup_and_test in (ROOT / ".ci" / "run").read_text()
+
+
+def test_plan_key_tells_cpu_thread_counts_apart():
+    """A lane's intra-op thread count changes every CPU cost, so a plan made for one count is
+    not reused for another (the in-process plan cache is keyed by plan_key)."""
+    one, two = ChrionSettings(cpu_threads=1), ChrionSettings(cpu_threads=2)
+    assert one.plan_key()["cpu_threads"] == 1
+    assert one.plan_key() != two.plan_key()
+    assert ChrionSettings(profile_repeats=7).plan_key() == ChrionSettings().plan_key()
