@@ -40,6 +40,7 @@ from ..ops.python_call import PythonCall
 from .annotate import annotate
 from .passes import (
     check_portable,
+    copy_aliased_outputs,
     fold_input_free,
     functionalize_mutations,
     split_recurrent,
@@ -133,6 +134,7 @@ PASSES: tuple[tuple[str, Callable[[fx.GraphModule, PassContext], object]], ...] 
         lambda gm, c: split_recurrent(gm, granularity=c.granularity, seq_chunks=c.seq_chunks),
     ),
     ("fold_input_free", lambda gm, c: fold_input_free(gm)),  # the pieces' slices of a state
+    ("copy_aliased_outputs", lambda gm, c: copy_aliased_outputs(gm)),  # after the last fold
     ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),
 )
 

@@ -19,6 +19,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -105,7 +106,7 @@ def task_graph_from(
         for key, nbytes in edge_bytes.items()
     }
     graph = TaskGraph(
-        cost,
+        np.asarray(cost, dtype=np.float64).reshape(len(nodes), len(lanes)),  # (0, lanes) if empty
         edges,
         devices=lanes,
         weight_bytes=[int(n.meta.get("chrion_weight_bytes", 0)) for n in nodes],

@@ -1,6 +1,7 @@
 """Graph-to-graph passes over the aten graph, one per file, each ``(gm, ...) -> gm``."""
 
 from .check_portable import check_portable
+from .copy_aliased_outputs import copy_aliased_outputs
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
 from .split_recurrent import split_recurrent
@@ -8,6 +9,7 @@ from .unpin_copies import unpin_copies
 
 __all__ = [
     "check_portable",
+    "copy_aliased_outputs",
     "fold_input_free",
     "functionalize_mutations",
     "split_recurrent",
