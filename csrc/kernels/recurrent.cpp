@@ -110,6 +110,13 @@ at::Tensor maybe_flip(const at::Tensor& t, bool reverse, bool batch_first) {
   return reverse ? t.flip({time_dim(batch_first)}) : t;
 }
 
+// PyTorch's batch_first output is a transposed time-major tensor; chrion's CPU kernel writes a
+// contiguous one. Every device must return the same strides (the fake kernel's), or a view that
+// a graph traced on one device records is invalid on another.
+at::Tensor as_output(const at::Tensor& out, bool reverse, bool batch_first) {
+  return maybe_flip(out, reverse, batch_first).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> aten_lstm(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, at::TensorList params,
     bool has_biases, int64_t num_layers, bool bidirectional, bool batch_first, bool reverse) {
@@ -118,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aten_lstm(
   auto [out, hn, cn] =
       at::lstm(maybe_flip(input, reverse, batch_first), {h0, c0}, params, has_biases,
                num_layers, /*dropout=*/0.0, /*train=*/false, bidirectional, batch_first);
-  return {maybe_flip(out, reverse, batch_first), hn, cn};
+  return {as_output(out, reverse, batch_first), hn, cn};
 }
 
 std::tuple<at::Tensor, at::Tensor> aten_gru(const at::Tensor& input, const at::Tensor& h0,
@@ -129,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> aten_gru(const at::Tensor& input, const at::T
                   batch_first, reverse);
   auto [out, hn] = at::gru(maybe_flip(input, reverse, batch_first), h0, params, has_biases,
                            num_layers, 0.0, false, bidirectional, batch_first);
-  return {maybe_flip(out, reverse, batch_first), hn};
+  return {as_output(out, reverse, batch_first), hn};
 }
 
 Cell rnn_cell(c10::string_view nonlinearity) {
@@ -152,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> aten_rnn(const at::Tensor& input, const at::T
                                       bidirectional, batch_first)
                        : at::rnn_relu(x, h0, params, has_biases, num_layers, 0.0, false,
                                       bidirectional, batch_first);
-  return {maybe_flip(out, reverse, batch_first), hn};
+  return {as_output(out, reverse, batch_first), hn};
 }
 
 // ---- chrion's CPU kernels (float32) ----

@@ -39,8 +39,7 @@ def _output(
     hidden = h0.shape[-1] * (2 if bidirectional else 1)
     if input.dim() == 2:  # unbatched
         return input.new_empty((input.shape[0], hidden))
-    if batch_first:  # the kernels run time-major and return a transposed view: same strides
-        return input.new_empty((input.shape[1], input.shape[0], hidden)).transpose(0, 1)
+    # contiguous in either layout, as every device's kernel returns it (csrc/kernels)
     return input.new_empty((*input.shape[:2], hidden))
 
 
