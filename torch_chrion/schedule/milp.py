@@ -27,6 +27,7 @@ re-timed and scored by the simulator, which gives an upper bound.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 
 import numpy as np
@@ -250,10 +251,10 @@ def milp_schedule(
         (round(start[i] / scale, 7), round((start[i] + finite_cost[i, device[i]]) / scale, 7))
         for i in range(n)
     ]
-    order = [
-        sorted((i for i in range(n) if device[i] == d), key=lambda i: (key[i], position[i]))
-        for d in range(m)
-    ]
+    # rounding cannot remove noise that straddles a rounding boundary (all-zero costs: a successor
+    # 1e-7 "before" its predecessor), so the keys only prioritise a topological order
+    ranked = _topological_by_priority(graph, [(key[i], position[i]) for i in range(n)])
+    order = [[i for i in ranked if device[i] == d] for d in range(m)]
     draft = Schedule(
         device, start, start, order, float(x[ccol]), algorithm="milp", objective=objective, slo=slo
     )
@@ -267,3 +268,19 @@ def milp_schedule(
         feasible=True,
         seconds=seconds,
     )
+
+
+def _topological_by_priority(graph: TaskGraph, priority: list) -> list[int]:
+    """Every task once, predecessors first, and otherwise by increasing ``priority``."""
+    waiting = [len(graph.preds[i]) for i in range(graph.n)]
+    ready = [(priority[i], i) for i in range(graph.n) if not waiting[i]]
+    heapq.heapify(ready)
+    ranked = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        ranked.append(i)
+        for j in graph.succs[i]:
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, (priority[j], j))
+    return ranked
