@@ -3,37 +3,55 @@
 ///
 /// Note [Chrion copy steps]
 /// lowering.py inserts an explicit copy step on every edge between physical devices (CPU lanes
-/// share memory, so an edge between two CPU lanes is only ordering). The stream protocol follows
-/// autograd's Note [Autograd Producer-Consumer Stream Syncs]:
-///  - device -> host runs on the CPU consumer's lane: the copy stream waits for the event the
-///    producer's lane recorded after the producer, copies into a page-locked tensor from the
-///    caching host allocator (a pool: no cudaHostAlloc once warm) with non_blocking=true, the
-///    source's block is recorded on the copy stream so the caching allocator does not reuse it
-///    early, and the lane waits on a copy-done event before the CPU consumer may read it.
-///  - host -> device runs on the device consumer's lane: pageable sources are staged into a
-///    page-locked tensor, copied with non_blocking=true on the copy stream, the lane's stream
-///    waits on the copy's event, and the new tensor is recorded on the lane's stream. (The host
-///    allocator itself records the copy on its pinned block, so the staging tensor can go.)
+/// share memory, so an edge between two CPU lanes is only ordering). Each device has two copy
+/// streams, one per direction, so host-to-device and device-to-host copies overlap. The stream
+/// protocol follows autograd's Note [Autograd Producer-Consumer Stream Syncs]:
+///  - device -> host is issued by the producer's lane right after the producer (lowering puts
+///    it there): the to-host stream waits for the event recorded after the producer, copies
+///    into a page-locked tensor from the caching host allocator with non_blocking=true, and
+///    records a "landed" event; the source's block is recorded on the copy stream so the
+///    caching allocator does not reuse it early. The lane goes on at once. The CPU consumers
+///    become ready when the data has landed: the device lane's completer thread waits for the
+///    landed event and then releases them. No lane ever blocks on device work.
+///  - host -> device (and device -> device) is issued by the device consumer's lane: pageable
+///    sources are staged into a page-locked tensor, copied with non_blocking=true on the
+///    to-device stream, the lane's stream waits on the copy's event, and the new tensor is
+///    recorded on the lane's stream.
 ///  - at the start of a call every device stream waits for the caller's current stream (the
 ///    inputs were made there), and at the end the caller's stream waits for the lane and copy
 ///    streams, and outputs are recorded on the caller's stream.
-/// CPU has no events: CPU lanes order work by the executor's own dependency counts.
+/// CPU has no events: CPU lanes order work by the executor's own dependency counts. A copy of
+/// a device input read on a CPU lane (where the input lives is only known per call) waits on
+/// that lane.
+///
+/// Note [Chrion fake device]
+/// A test-only lane kind ("fake:N") runs the same protocol without a GPU: its memory is apart
+/// from the host's (lowering inserts copies), its tensors are CPU tensors, and a copy out of it
+/// to the host lands later, on the fake lane's completer: the destination is allocated (filled
+/// with NaN, so a consumer released too early reads garbage) and filled only once the fake
+/// device's gate is open. Tests close the gate to hold a copy in flight.
 #include "executor.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
 
 namespace chrion {
 namespace {
 
-std::string describe(const Step& step, const LaneSpec& lane, const char* what) {
+std::string describe(const Step& step, const LaneSpec& lane, const std::string& what) {
   return "node '" + step.name + "' (" + step.op_name + ") on lane " + lane.name +
          " failed: " + what;
+}
+
+StepError step_error(const Step& step, const LaneSpec& lane, const std::string& what) {
+  return StepError(describe(step, lane, what), step.name, lane.name, step.op_name);
 }
 
 void record_on_stream(const at::Tensor& t, const c10::Stream& stream) {
@@ -52,42 +70,133 @@ void for_each_tensor(const c10::IValue& v, const std::function<void(const at::Te
   }
 }
 
+PyObjectRef hold_python(PyObject* owned) {
+  return PyObjectRef(owned, [](PyObject* p) {
+    if (!Py_IsInitialized()) return;  // interpreter gone: leak rather than crash
+    pybind11::gil_scoped_acquire gil;
+    Py_DECREF(p);
+  });
+}
+
+// Note [Chrion fake device]: the gate, shared by every fake lane of the process.
+struct FakeGate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool open = true;
+  int64_t timeouts = 0;
+} g_fake_gate;
+
+void wait_for_fake_gate() {
+  std::unique_lock<std::mutex> lock(g_fake_gate.mutex);
+  if (!g_fake_gate.changed.wait_for(lock, std::chrono::seconds(5),
+                                    [] { return g_fake_gate.open; })) {
+    g_fake_gate.timeouts += 1;  // a test that never opens it fails on this count, not a hang
+  }
+}
+
+// A Program holds Python callables: it is freed under the GIL, wherever the last request ends.
+std::shared_ptr<const Program> make_program(const pybind11::dict& description) {
+  return std::shared_ptr<const Program>(new Program(Program::build(description)),
+                                        [](const Program* p) {
+                                          if (!Py_IsInitialized()) return;
+                                          pybind11::gil_scoped_acquire gil;
+                                          delete p;
+                                        });
+}
+
 }  // namespace
 
-Executor::Executor(const pybind11::dict& description) : program_(Program::build(description)) {
-  for (const auto& spec : program_.lanes) {
-    if (spec.device.type() == c10::kCPU) continue;
-    if (std::find(devices_.begin(), devices_.end(), spec.device) != devices_.end()) continue;
-    devices_.push_back(spec.device);
-    c10::impl::VirtualGuardImpl impl(spec.device.type());
-    copy_streams_.emplace_back(spec.device, impl.getStreamFromGlobalPool(spec.device, false));
+void set_fake_gate(bool open) {
+  {
+    std::lock_guard<std::mutex> lock(g_fake_gate.mutex);
+    g_fake_gate.open = open;
   }
-  for (const auto& step : program_.steps) needs_events_ |= step.record_event;
-  // Note [Chrion lanes]: at::set_num_threads on a lane thread sets that thread's OpenMP and MKL
-  // thread counts, but also the process-wide default that threads initialising ATen later
-  // inherit (and the shared pthreadpool's size): put the caller's value back once lanes are up.
-  const int caller_threads = at::get_num_threads();
-  for (size_t i = 0; i < program_.lanes.size(); ++i) {
-    lanes_.push_back(std::make_unique<Lane>(
-        (int32_t)i, program_.lanes[i], [this](Task& task, bool cancelled) { handle(task, cancelled); }));
-  }
-  at::set_num_threads(caller_threads);
+  g_fake_gate.changed.notify_all();
 }
 
-Executor::~Executor() { stop(10.0); }
+int64_t fake_gate_timeouts() {
+  std::lock_guard<std::mutex> lock(g_fake_gate.mutex);
+  return g_fake_gate.timeouts;
+}
+
+void run_task(Task& task, bool cancelled) {
+  const Core& core = *task.request->core;  // the request keeps its core alive
+  core.handle(task, cancelled);
+}
+
+Executor::Executor(const pybind11::dict& description)
+    : program_(make_program(description)), transfers_(std::make_shared<TransferStats>()) {
+  core_ = build_core();
+}
+
+Executor::~Executor() {
+  if (PyGILState_Check()) {  // freed by Python: a lane may need the GIL to finish its step
+    pybind11::gil_scoped_release no_gil;
+    stop(10.0);
+  } else {
+    stop(10.0);
+  }
+}
+
+std::shared_ptr<Core> Executor::build_core() const {
+  auto core = std::make_shared<Core>();
+  core->program = program_;
+  core->transfers = transfers_;
+  core->generation = process_generation();
+  for (const auto& spec : program_->lanes) {
+    core->lanes.push_back(LanePool::acquire(spec));
+    if (spec.fake || spec.device.type() == c10::kCPU) continue;
+    const auto& known = core->copy_streams;
+    if (std::any_of(known.begin(), known.end(), [&](const auto& s) { return s.device == spec.device; })) {
+      continue;
+    }
+    c10::impl::VirtualGuardImpl impl(spec.device.type());
+    core->copy_streams.push_back(CopyStreams{spec.device,
+                                             impl.getStreamFromGlobalPool(spec.device, false),
+                                             impl.getStreamFromGlobalPool(spec.device, false)});
+  }
+  for (const auto& step : program_->steps) core->needs_events |= step.record_event;
+  return core;
+}
+
+std::shared_ptr<Core> Executor::core() {
+  std::lock_guard<std::mutex> lock(core_mutex_);
+  if (core_->generation != process_generation()) {
+    // A forked child: the parent's lanes have no threads here (Note [Chrion lanes]). Calls of
+    // the parent's threads will never finish here either.
+    core_ = build_core();
+    in_flight_.store(0);
+  }
+  return core_;
+}
 
 bool Executor::stop(double timeout_s) {
-  stopped_.store(true);
-  bool all = true;
-  for (auto& lane : lanes_) all &= lane->stop(timeout_s);
-  return all;
-}
-
-c10::Stream Executor::copy_stream(c10::Device device) const {
-  for (const auto& [d, s] : copy_streams_) {
-    if (d == device) return s;
+  int expected = 0;
+  if (!stop_state_.compare_exchange_strong(expected, 1)) {
+    while (stop_state_.load() != 2) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    return stop_result_.load();
   }
-  TORCH_CHECK(false, "no lane on device ", device, ": cannot copy there");
+  std::shared_ptr<Core> core;
+  {
+    std::lock_guard<std::mutex> lock(core_mutex_);
+    core = core_;
+  }
+  bool ok = true;
+  if (core->generation == process_generation()) {  // a forked child has nothing to wait for
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (in_flight_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ok = in_flight_.load() == 0;
+    for (const auto& lane : core->lanes) {
+      auto left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now());
+      ok &= LanePool::release(lane, std::max(0.0, left.count()));
+    }
+  }
+  stop_result_.store(ok);
+  stop_state_.store(2);
+  return ok;
 }
 
 std::vector<TraceEvent> Executor::last_trace() {
@@ -95,20 +204,86 @@ std::vector<TraceEvent> Executor::last_trace() {
   return last_trace_;
 }
 
+std::vector<c10::IValue> Executor::run(std::vector<c10::IValue> inputs, bool trace) {
+  const Program& program = *program_;
+  TORCH_CHECK_VALUE((int32_t)inputs.size() == program.num_inputs, "expected ",
+                    program.num_inputs, " inputs, got ", inputs.size());
+  std::shared_ptr<Core> core = this->core();
+  in_flight_.fetch_add(1);
+  struct Leave {
+    std::atomic<int64_t>& count;
+    ~Leave() { count.fetch_sub(1); }
+  } leave{in_flight_};
+  if (stop_state_.load() != 0) {
+    throw StoppedError("this module's executor was stopped; build a new module");
+  }
+  auto request = std::make_shared<Request>(core, program, next_id_.fetch_add(1), trace);
+  for (size_t i = 0; i < inputs.size(); ++i) request->values[i] = std::move(inputs[i]);
+  if (core->needs_events) request->events.resize(program.steps.size());
+  core->sync_with_caller(*request, /*at_start=*/true);
+
+  for (int32_t step : program.ready_at_start) core->schedule(request, step);
+  request->finish_one();  // the caller's token: done can only fire after all are queued
+  try {
+    request->wait();  // throws the first StepError
+  } catch (...) {
+    for (const auto& w : request->warnings.take()) c10::warn(w);
+    throw;
+  }
+  for (const auto& w : request->warnings.take()) c10::warn(w);  // on the caller's thread
+
+  std::vector<c10::IValue> outputs;
+  outputs.reserve(program.outputs.size());
+  for (const auto& [slot, element] : program.outputs) {
+    Arg ref;
+    ref.kind = Arg::Kind::kSlot;
+    ref.slot = slot;
+    ref.element = element;
+    outputs.push_back(core->resolve(*request, ref));
+  }
+  core->sync_with_caller(*request, /*at_start=*/false);
+  for (const auto& streams : core->copy_streams) {
+    c10::Stream caller =
+        c10::impl::VirtualGuardImpl(streams.device.type()).getStream(streams.device);
+    for (const auto& v : outputs) {
+      for_each_tensor(v, [&](const at::Tensor& t) { record_on_stream(t, caller); });
+    }
+  }
+  if (trace) {
+    std::vector<TraceEvent> merged;
+    for (auto& lane_events : request->trace) {
+      merged.insert(merged.end(), lane_events.begin(), lane_events.end());
+    }
+    std::sort(merged.begin(), merged.end(),
+              [](const TraceEvent& a, const TraceEvent& b) { return a.start_ns < b.start_ns; });
+    std::lock_guard<std::mutex> lock(trace_mutex_);
+    last_trace_ = std::move(merged);
+  }
+  return outputs;
+}
+
+const CopyStreams& Core::streams(c10::Device device) const {
+  for (const auto& s : copy_streams) {
+    if (s.device == device) return s;
+  }
+  TORCH_CHECK(false, "no lane on device ", device, ": cannot copy there");
+}
+
 // Note [Chrion copy steps]: the caller's stream <-> lane and copy streams.
-void Executor::sync_with_caller(Request& request, bool at_start) {
-  for (const auto& device : devices_) {
+void Core::sync_with_caller(Request& request, bool at_start) const {
+  for (const auto& streams : copy_streams) {
+    const c10::Device device = streams.device;
     c10::impl::VirtualGuardImpl impl(device.type());
     c10::Stream caller = impl.getStream(device);
-    std::vector<c10::Stream> ours{copy_stream(device)};
-    for (const auto& lane : lanes_) {
-      if (lane->spec().device == device) ours.push_back(*lane->stream());
+    std::vector<c10::Stream> ours{streams.to_device, streams.to_host};
+    for (const auto& lane : lanes) {
+      if (lane->stream() && lane->spec().device == device) ours.push_back(*lane->stream());
     }
     if (at_start) {
       c10::Event ready(device.type());
       ready.record(caller);
       for (const auto& s : ours) ready.block(s);
-      for (int32_t i = 0; i < program_.num_inputs; ++i) {
+      for (int32_t i = 0; i < program->num_inputs; ++i) {
         for_each_tensor(request.values[i], [&](const at::Tensor& t) {
           for (const auto& s : ours) record_on_stream(t, s);
         });
@@ -123,95 +298,57 @@ void Executor::sync_with_caller(Request& request, bool at_start) {
   }
 }
 
-std::vector<c10::IValue> Executor::run(std::vector<c10::IValue> inputs, bool trace) {
-  TORCH_CHECK(!stopped_.load(), "this module's executor was stopped; build a new module");
-  TORCH_CHECK_VALUE((int32_t)inputs.size() == program_.num_inputs, "expected ",
-                    program_.num_inputs, " inputs, got ", inputs.size());
-  auto request = std::make_shared<Request>(program_, next_id_.fetch_add(1), trace);
-  for (size_t i = 0; i < inputs.size(); ++i) request->values[i] = std::move(inputs[i]);
-  if (needs_events_) request->events.resize(program_.steps.size());
-  sync_with_caller(*request, /*at_start=*/true);
-
-  for (int32_t step : program_.ready_at_start) schedule(request, step);
-  request->finish_one();  // the caller's token: done can only fire after all are queued
-  request->wait();        // throws the first StepError
-
-  std::vector<c10::IValue> outputs;
-  outputs.reserve(program_.outputs.size());
-  for (const auto& [slot, element] : program_.outputs) {
-    Arg ref;
-    ref.kind = Arg::Kind::kSlot;
-    ref.slot = slot;
-    ref.element = element;
-    outputs.push_back(resolve(*request, ref));
-  }
-  sync_with_caller(*request, /*at_start=*/false);
-  for (const auto& device : devices_) {
-    c10::Stream caller = c10::impl::VirtualGuardImpl(device.type()).getStream(device);
-    for (const auto& v : outputs) for_each_tensor(v, [&](const at::Tensor& t) { record_on_stream(t, caller); });
-  }
-  if (trace) {
-    std::vector<TraceEvent> merged;
-    for (auto& lane_events : request->trace) merged.insert(merged.end(), lane_events.begin(), lane_events.end());
-    std::sort(merged.begin(), merged.end(),
-              [](const TraceEvent& a, const TraceEvent& b) { return a.start_ns < b.start_ns; });
-    std::lock_guard<std::mutex> lock(trace_mutex_);
-    last_trace_ = std::move(merged);
-  }
-  return outputs;
-}
-
-void Executor::schedule(const std::shared_ptr<Request>& request, int32_t step) {
-  const Step& s = program_.steps[step];
+void Core::schedule(const std::shared_ptr<Request>& request, int32_t step) const {
+  const Step& s = program->steps[step];
   request->outstanding.fetch_add(1, std::memory_order_relaxed);
-  if (!lanes_[s.lane]->push(Task{request, step, request->id, s.rank})) {
-    request->set_error(StepError(describe(s, program_.lanes[s.lane], "the executor was stopped"),
-                                 s.name, program_.lanes[s.lane].name, s.op_name));
+  if (!lanes[s.lane]->push(Task{request, step, request->id})) {
+    request->set_error(step_error(s, program->lanes[s.lane], "the executor was stopped"));
     request->finish_one();
   }
 }
 
-void Executor::handle(Task& task, bool cancelled) {
+void Core::handle(Task& task, bool cancelled) const {
   std::shared_ptr<Request> owner = std::move(task.request);
   Request& request = *owner;
   int32_t current = task.step;
+  const int32_t lane_index = program->steps[current].lane;
+  const LaneSpec& spec = program->lanes[lane_index];
+  Lane& lane = *lanes[lane_index];
   while (true) {
-    const Step& step = program_.steps[current];
-    const LaneSpec& spec = program_.lanes[step.lane];
-    Lane& lane = *lanes_[step.lane];
-    if (cancelled) {
-      request.set_error(StepError(describe(step, spec, "the executor was stopped"), step.name,
-                                  spec.name, step.op_name));
-    }
+    const Step& step = program->steps[current];
+    if (cancelled) request.set_error(step_error(step, spec, "the executor was stopped"));
     int32_t next = -1;
     if (!request.failed.load(std::memory_order_acquire)) {
       int64_t start = request.tracing ? trace_now_ns() : 0;
       try {
-        execute(request, step, lane);
+        c10::WarningUtils::WarningHandlerGuard warnings(&request.warnings);
+        execute(owner, step, lane_index);
+      } catch (const StepError& e) {
+        request.set_error(e);
       } catch (const std::exception& e) {
-        request.set_error(
-            StepError(describe(step, spec, e.what()), step.name, spec.name, step.op_name));
+        request.set_error(step_error(step, spec, e.what()));
       }
       if (request.tracing) {
-        request.trace[step.lane].push_back(
-            TraceEvent{current, step.lane, request.id, start, trace_now_ns()});
+        request.trace[lane_index].push_back(
+            TraceEvent{current, lane_index, request.id, start, trace_now_ns()});
       }
       if (!request.failed.load(std::memory_order_acquire)) {
-        release_reads(request, step);
-        for (int32_t c : step.consumers) {
-          if (request.pending[c].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
-          // A ready consumer on this lane runs right here when nothing else waits on the lane
-          // (a chain, the common case): no queue round trip. Others go through the queues.
-          const Step& consumer = program_.steps[c];
-          if (consumer.lane == step.lane && lane.idle() &&
-              (next < 0 || consumer.rank < program_.steps[next].rank)) {
-            if (next >= 0) schedule(owner, next);
-            next = c;
-          } else {
-            schedule(owner, c);
-          }
+        // Note [Chrion plan order]: the lane's next step waits for this one to have run.
+        if (step.lane_next >= 0 &&
+            request.pending[step.lane_next].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          next = step.lane_next;
+        }
+        if (!step.lands_later) {  // else its consumers are released when the data lands
+          int32_t ready_here = release_consumers(owner, step, lane_index);
+          if (ready_here >= 0) next = ready_here;
         }
       }
+    }
+    // The lane's next step runs right here when no other request waits on the lane (a chain,
+    // the common case): no queue round trip. Otherwise it queues behind earlier requests.
+    if (next >= 0 && !lane.idle()) {
+      schedule(owner, next);
+      next = -1;
     }
     if (next < 0) {
       owner.reset();  // drop our reference before the caller may wake
@@ -222,17 +359,36 @@ void Executor::handle(Task& task, bool cancelled) {
   }
 }
 
-void Executor::release_reads(Request& request, const Step& step) {
+int32_t Core::release_consumers(const std::shared_ptr<Request>& request, const Step& step,
+                                int32_t lane) const {
+  release_reads(*request, step);
+  int32_t here = -1;
+  for (int32_t c : step.consumers) {
+    if (request->pending[c].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+    // On its own lane, a ready consumer is that lane's next step in plan order (the only step
+    // of this request that lane may run now): the caller may run it in place.
+    if (program->steps[c].lane == lane && here < 0) {
+      here = c;
+    } else {
+      schedule(request, c);
+    }
+  }
+  return here;
+}
+
+void Core::release_reads(Request& request, const Step& step) const {
   for (int32_t slot : step.reads) {
-    if (request.uses[slot].fetch_sub(1, std::memory_order_acq_rel) == 1) request.values[slot] = c10::IValue();
+    if (request.uses[slot].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      request.values[slot] = c10::IValue();
+    }
   }
   for (int32_t k = 0; k < step.num_outputs; ++k) {  // outputs nobody reads (h_n of an LSTM, ...)
     int32_t slot = step.first_output + k;
-    if (program_.initial_uses[slot] == 0) request.values[slot] = c10::IValue();
+    if (program->initial_uses[slot] == 0) request.values[slot] = c10::IValue();
   }
 }
 
-c10::IValue Executor::resolve(const Request& request, const Arg& arg) const {
+c10::IValue Core::resolve(const Request& request, const Arg& arg) const {
   switch (arg.kind) {
     case Arg::Kind::kSlot: {
       const c10::IValue& v = request.values[arg.slot];
@@ -253,7 +409,8 @@ c10::IValue Executor::resolve(const Request& request, const Arg& arg) const {
   TORCH_INTERNAL_ASSERT(false, "unknown argument kind");
 }
 
-void Executor::execute(Request& request, const Step& step, Lane& lane) {
+void Core::execute(const std::shared_ptr<Request>& owner, const Step& step, int32_t lane) const {
+  Request& request = *owner;
   switch (step.kind) {
     case StepKind::kOp: {
       thread_local torch::jit::Stack stack;  // reused: no allocation per step once warm
@@ -273,44 +430,98 @@ void Executor::execute(Request& request, const Step& step, Lane& lane) {
       stack.clear();
       break;
     }
-    case StepKind::kPython: {
-      pybind11::gil_scoped_acquire gil;
-      try {
-        pybind11::tuple args(step.args.size());
-        for (size_t i = 0; i < step.args.size(); ++i) {
-          args[i] = torch::jit::toPyObject(resolve(request, step.args[i]));
-        }
-        pybind11::object result = step.fn(*args);
-        request.values[step.first_output] = python_to_ivalue(result);
-      } catch (pybind11::error_already_set& e) {
-        throw std::runtime_error(e.what());  // message taken while we hold the GIL
-      }
+    case StepKind::kPython:
+      run_python(request, step);
       break;
-    }
     case StepKind::kCopy:
-      copy(request, step, lane);
+      copy(owner, step, lane);
       break;
   }
   if (step.record_event) {
-    auto event = std::make_unique<c10::Event>(lane.spec().device.type());
-    event->record(*lane.stream());
-    request.events[&step - program_.steps.data()] = std::move(event);
+    const Lane& l = *lanes[lane];
+    auto event = std::make_unique<c10::Event>(l.spec().device.type());
+    event->record(*l.stream());
+    request.events[&step - program->steps.data()] = std::move(event);
+  }
+}
+
+void Core::run_python(Request& request, const Step& step) const {
+  pybind11::gil_scoped_acquire gil;
+  try {
+    pybind11::tuple args(step.args.size());
+    for (size_t i = 0; i < step.args.size(); ++i) {
+      args[i] = torch::jit::toPyObject(resolve(request, step.args[i]));
+    }
+    pybind11::object result = step.fn(*args);
+    request.values[step.first_output] = python_to_ivalue(result);
+  } catch (pybind11::error_already_set& e) {
+    // Keep the exception itself (type, traceback) for the caller: it becomes the cause.
+    pybind11::object value = e.value();
+    if (e.trace()) PyException_SetTraceback(value.ptr(), e.trace().ptr());
+    std::string what = pybind11::str(pybind11::type::handle_of(value).attr("__name__"));
+    what += ": " + std::string(pybind11::str(value));
+    const LaneSpec& spec = program->lanes[step.lane];
+    throw StepError(describe(step, spec, what), step.name, spec.name, step.op_name,
+                    hold_python(value.release().ptr()));
+  }
+}
+
+void Core::land_later(const std::shared_ptr<Request>& owner, const Step& step,
+                      std::function<void()> wait) const {
+  Lane& source = *lanes[program->steps[step.source_step].lane];
+  owner->outstanding.fetch_add(1, std::memory_order_relaxed);
+  transfers->in_flight.fetch_add(1);
+  bool queued = source.complete_later([owner, &step, wait = std::move(wait)] {
+    const Core& core = *owner->core;
+    try {
+      wait();
+    } catch (const std::exception& e) {
+      owner->set_error(step_error(step, core.program->lanes[step.lane], e.what()));
+    }
+    core.transfers->in_flight.fetch_sub(1);
+    if (!owner->failed.load(std::memory_order_acquire)) core.release_consumers(owner, step, -1);
+    owner->finish_one();
+  });
+  if (!queued) {
+    transfers->in_flight.fetch_sub(1);
+    owner->outstanding.fetch_sub(1, std::memory_order_relaxed);  // the running task still holds one
+    TORCH_CHECK(false, "the executor was stopped");
   }
 }
 
 // Note [Chrion copy steps]
-void Executor::copy(Request& request, const Step& step, Lane& lane) {
+void Core::copy(const std::shared_ptr<Request>& owner, const Step& step, int32_t lane_index) const {
+  Request& request = *owner;
+  const Lane& lane = *lanes[lane_index];
   c10::IValue value = resolve(request, step.args[0]);
   TORCH_CHECK(value.isTensor(), "a copy between devices needs a tensor, got ", value.tagKind());
   at::Tensor src = value.toTensor();
   c10::IValue& out = request.values[step.first_output];
   const c10::Device to = step.target;
-  if (src.device() == to) {  // e.g. an input that already lives there
-    out = src;
+  if (step.target_fake) {  // Note [Chrion fake device]: its memory is apart from the host's
+    out = src.clone();
+    transfers->host_to_device.fetch_add(1);
+    transfers->bytes.fetch_add(src.nbytes());
     return;
   }
-  if (to.is_cpu()) {  // device -> host, on the CPU consumer's lane
-    c10::Stream stream = copy_stream(src.device());
+  if (step.lands_later && program->lanes[program->steps[step.source_step].lane].fake) {
+    at::Tensor host = src.is_floating_point() ? at::full_like(src, NAN) : at::empty_like(src);
+    out = host;
+    transfers->device_to_host.fetch_add(1);
+    transfers->bytes.fetch_add(src.nbytes());
+    land_later(owner, step, [src, host]() mutable {
+      wait_for_fake_gate();
+      host.copy_(src);
+    });
+    return;
+  }
+  if (src.device() == to) {  // e.g. an input that already lives there
+    out = src;
+    if (step.lands_later) land_later(owner, step, [] {});
+    return;
+  }
+  if (to.is_cpu()) {  // device -> host
+    c10::Stream stream = streams(src.device()).to_host;
     if (step.source_step >= 0 && request.events[step.source_step]) {
       request.events[step.source_step]->block(stream);
     }
@@ -320,26 +531,30 @@ void Executor::copy(Request& request, const Step& step, Lane& lane) {
       host.copy_(src, /*non_blocking=*/true);
     }
     record_on_stream(src, stream);
-    c10::Event copied(src.device().type());
-    copied.record(stream);
-    copied.synchronize();
-    transfers_.device_to_host.fetch_add(1);
-    transfers_.pinned.fetch_add(host.is_pinned() ? 1 : 0);
-    transfers_.bytes.fetch_add(src.nbytes());
+    auto landed = std::make_shared<c10::Event>(src.device().type());
+    landed->record(stream);
+    transfers->device_to_host.fetch_add(1);
+    transfers->pinned.fetch_add(host.is_pinned() ? 1 : 0);
+    transfers->bytes.fetch_add(src.nbytes());
     out = host;
+    if (step.lands_later) {
+      land_later(owner, step, [landed] { landed->synchronize(); });
+    } else {
+      landed->synchronize();  // an input of this call, read on this CPU lane
+    }
     return;
   }
   TORCH_CHECK(lane.stream() && lane.spec().device == to, "copy to ", to, " must run on a lane of ",
               to, ", not ", lane.spec().name);
-  c10::Stream stream = copy_stream(to);
+  c10::Stream stream = streams(to).to_device;
   at::Tensor host_or_src = src;
   if (src.is_cpu()) {  // host -> device, on the device consumer's lane
     if (!src.is_pinned()) {
       host_or_src = at::empty(src.sizes(), src.options().pinned_memory(true));
       host_or_src.copy_(src);
     }
-    transfers_.host_to_device.fetch_add(1);
-    transfers_.pinned.fetch_add(host_or_src.is_pinned() ? 1 : 0);
+    transfers->host_to_device.fetch_add(1);
+    transfers->pinned.fetch_add(host_or_src.is_pinned() ? 1 : 0);
   } else if (step.source_step >= 0 && request.events[step.source_step]) {
     request.events[step.source_step]->block(stream);  // device -> another device
   }
@@ -349,12 +564,12 @@ void Executor::copy(Request& request, const Step& step, Lane& lane) {
     dst = at::empty(src.sizes(), src.options().device(to));
     dst.copy_(host_or_src, /*non_blocking=*/true);
   }
-  if (!src.is_cpu()) record_on_stream(src, c10::Stream(stream));
+  if (!src.is_cpu()) record_on_stream(src, stream);
   c10::Event copied(to.type());
   copied.record(stream);
   copied.block(*lane.stream());
   record_on_stream(dst, *lane.stream());
-  transfers_.bytes.fetch_add(src.nbytes());
+  transfers->bytes.fetch_add(src.nbytes());
   out = dst;
 }
 

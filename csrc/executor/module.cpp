@@ -1,5 +1,6 @@
 /// \file module.cpp
 /// \brief Python module of the executor extension: the Executor class and build_info().
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
 
@@ -11,24 +12,38 @@ namespace py = pybind11;
 namespace chrion {
 namespace {
 
-// Python entry: convert under the GIL, run without it (checked, as python_engine.cpp does), and
-// turn a StepError into torch_chrion.errors.ExecutionError carrying node, lane and op.
+// Python entry: convert under the GIL, run without it (checked, as python_engine.cpp does),
+// re-raise the lanes' warnings as Python warnings, and turn a StepError into
+// torch_chrion.errors.ExecutionError carrying node, lane, op and the Python cause if any.
 py::list run(Executor& executor, const py::sequence& inputs, bool trace) {
   std::vector<c10::IValue> values;
   values.reserve(inputs.size());
   for (auto x : inputs) values.push_back(chrion::python_to_ivalue(x));
   std::vector<c10::IValue> outputs;
+  py::object errors = py::module_::import("torch_chrion.errors");
   try {
-    py::gil_scoped_release no_gil;
-    TORCH_INTERNAL_ASSERT(!PyGILState_Check(), "the executor must run without the GIL");
-    outputs = executor.run(std::move(values), trace);
+    torch::PyWarningHandler warnings;  // emits what run() re-raised, once the GIL is back
+    try {
+      py::gil_scoped_release no_gil;
+      TORCH_INTERNAL_ASSERT(!PyGILState_Check(), "the executor must run without the GIL");
+      outputs = executor.run(std::move(values), trace);
+    } catch (...) {
+      warnings.set_in_exception();
+      throw;
+    }
   } catch (const StepError& e) {
-    py::object cls = py::module_::import("torch_chrion.errors").attr("ExecutionError");
-    py::object error = cls(e.what());
+    py::object error = errors.attr("ExecutionError")(e.what());
     error.attr("node") = e.node;
     error.attr("lane") = e.lane;
     error.attr("op") = e.op;
-    PyErr_SetObject(cls.ptr(), error.ptr());
+    if (e.cause) {
+      py::object cause = py::reinterpret_borrow<py::object>(e.cause.get());
+      PyException_SetCause(error.ptr(), cause.inc_ref().ptr());  // steals the reference
+    }
+    PyErr_SetObject(error.get_type().ptr(), error.ptr());
+    throw py::error_already_set();
+  } catch (const StoppedError& e) {
+    PyErr_SetString(errors.attr("ExecutionError").ptr(), e.what());
     throw py::error_already_set();
   }
   py::list result;
@@ -51,6 +66,7 @@ py::dict transfer_stats(const Executor& executor) {
   stats["device_to_host"] = t.device_to_host.load();
   stats["pinned"] = t.pinned.load();
   stats["bytes"] = t.bytes.load();
+  stats["in_flight"] = t.in_flight.load();
   return stats;
 }
 
@@ -91,7 +107,9 @@ double boxed_call_ns(const std::string& name, const std::string& overload, const
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using chrion::Executor;
   m.def("build_info", &chrion::build_info);
-  py::class_<Executor>(m, "Executor")
+  // module_local: a stale prebuilt copy of this extension, imported and rejected by
+  // _extension.load, has already registered the same C++ type.
+  py::class_<Executor>(m, "Executor", py::module_local())
       .def(py::init<const py::dict&>(), py::arg("description"),
            "Compile a description from torch_chrion/runtime/lowering.py and start the lanes.")
       .def("run", &chrion::run, py::arg("inputs"), py::arg("trace") = false,
@@ -103,6 +121,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "(step, lane, request, start_ns, end_ns) of the last traced request.")
       .def("transfer_stats", &chrion::transfer_stats)
       .def("steps", &chrion::step_info, "(name, op, lane) of every step, by step index.");
+  m.def("live_lanes", &chrion::LanePool::live_lanes,
+        "Lanes (worker threads, shared by every executor) alive in this process.");
+  m.def("before_fork", &chrion::LanePool::before_fork);
+  m.def("after_fork_in_parent", &chrion::LanePool::after_fork_parent);
+  m.def("after_fork_in_child", &chrion::LanePool::after_fork_child,
+        "In a forked child: forget the parent's lanes (they have no threads here); executors "
+        "start new ones on their next call.");
+  m.def("set_fake_gate", &chrion::set_fake_gate, py::arg("open"),
+        "Test-only: hold (False) or let land (True) copies out of fake lanes.");
+  m.def("fake_gate_timeouts", &chrion::fake_gate_timeouts,
+        "Test-only: copies that landed because the fake gate stayed closed for 5 s.");
   m.def("boxed_call_ns", &chrion::boxed_call_ns, py::arg("op"), py::arg("overload"),
         py::arg("args"), py::arg("iterations"),
         "Mean ns of one boxed dispatcher call of op.overload(*args) in a bare C++ loop.");

@@ -100,7 +100,9 @@ Step parse_step(const py::dict& d, const Program& program) {
   } else if (kind == "copy") {
     step.kind = StepKind::kCopy;
     step.op_name = "copy";
-    step.target = c10::Device(d["target"].cast<std::string>());
+    auto target = d["target"].cast<std::string>();
+    step.target_fake = target.rfind("fake", 0) == 0;
+    step.target = step.target_fake ? c10::Device(c10::kCPU) : c10::Device(target);
     for (auto a : args) step.args.push_back(parse_arg(a, nullptr, nullptr));
     TORCH_CHECK_VALUE(step.args.size() == 1 && step.args[0].kind == Arg::Kind::kSlot,
                       "copy step '", step.name, "' must read exactly one value");
@@ -149,6 +151,15 @@ Program Program::build(const py::dict& description) {
     spec.name = d["name"].cast<std::string>();
     spec.device = c10::Device(d["device"].cast<std::string>());
     spec.threads = d["threads"].cast<int>();
+    spec.fake = d.contains("fake") && d["fake"].cast<bool>();
+    for (const auto& other : p.lanes) {
+      // Two lanes' streams on one device would need an event between every pair of their
+      // steps; a device has one lane (several CPU lanes share the host, which has no streams).
+      TORCH_CHECK_VALUE(!spec.asynchronous() || other.device != spec.device ||
+                            other.fake != spec.fake || (spec.fake && other.name != spec.name),
+                        "lanes '", other.name, "' and '", spec.name, "' are both on device ",
+                        spec.device, ": use one lane per GPU");
+    }
     p.lanes.push_back(spec);
   }
   p.num_inputs = description["num_inputs"].cast<int32_t>();
@@ -187,11 +198,12 @@ Program Program::build(const py::dict& description) {
     for (int32_t d : deps[i]) p.steps[d].consumers.push_back(i);
     if (s.kind == StepKind::kCopy) {
       s.source_step = producer[s.args[0].slot];
-      if (s.source_step >= 0 && p.lanes[p.steps[s.source_step].lane].device.type() != c10::kCPU) {
+      const LaneSpec* from = s.source_step >= 0 ? &p.lanes[p.steps[s.source_step].lane] : nullptr;
+      if (from && !from->fake && from->device.type() != c10::kCPU) {
         p.steps[s.source_step].record_event = true;
       }
+      s.lands_later = from && from->asynchronous() && s.target.is_cpu() && !s.target_fake;
     }
-    if (s.num_dependencies == 0) p.ready_at_start.push_back(i);
   }
 
   for (auto out : description["outputs"].cast<py::list>()) {
@@ -203,7 +215,30 @@ Program Program::build(const py::dict& description) {
     p.initial_uses[slot] += 1;  // outputs are never freed by the steps
   }
 
-  // Every step must be reachable: a cycle would leave steps waiting forever.
+  // Note [Chrion plan order]: each lane runs its steps in plan order (rank), for every request.
+  // The order is made explicit as one more dependency per step, on its lane's previous step,
+  // so a lane's next step becomes ready only when the step before it in the plan has run: the
+  // dependency counts that already order data make the lane order too, with no extra locking.
+  // (Running whatever became ready first made a lane's order depend on thread timing.)
+  p.lane_steps.assign(p.lanes.size(), {});
+  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) p.lane_steps[p.steps[i].lane].push_back(i);
+  for (auto& order : p.lane_steps) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return p.steps[a].rank < p.steps[b].rank; });
+    for (size_t k = 1; k < order.size(); ++k) {
+      auto& prev = p.steps[order[k - 1]];
+      const auto& c = prev.consumers;
+      if (std::find(c.begin(), c.end(), order[k]) != c.end()) continue;  // ordered by its data
+      prev.lane_next = order[k];
+      p.steps[order[k]].num_dependencies += 1;
+    }
+  }
+  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
+    if (p.steps[i].num_dependencies == 0) p.ready_at_start.push_back(i);
+  }
+
+  // Every step must be reachable: a cycle (or a lane order against the data) would leave
+  // steps waiting forever.
   std::vector<int32_t> remaining(p.steps.size());
   std::vector<int32_t> ready = p.ready_at_start;
   for (size_t i = 0; i < p.steps.size(); ++i) remaining[i] = p.steps[i].num_dependencies;
@@ -212,12 +247,14 @@ Program Program::build(const py::dict& description) {
     int32_t i = ready.back();
     ready.pop_back();
     ++reached;
-    for (int32_t c : p.steps[i].consumers) {
+    const auto& s = p.steps[i];
+    for (int32_t c : s.consumers) {
       if (--remaining[c] == 0) ready.push_back(c);
     }
+    if (s.lane_next >= 0 && --remaining[s.lane_next] == 0) ready.push_back(s.lane_next);
   }
-  TORCH_CHECK_VALUE(reached == p.steps.size(), "the graph has a cycle: ",
-                    p.steps.size() - reached, " steps can never run");
+  TORCH_CHECK_VALUE(reached == p.steps.size(), "the graph has a cycle, or a lane's order runs a ",
+                    "step before one it reads: ", p.steps.size() - reached, " steps can never run");
   return p;
 }
 

@@ -42,9 +42,15 @@ enum class StepKind : uint8_t {
 
 /// \brief Configuration of one lane: its device and, for CPU lanes, intra-op thread count.
 struct LaneSpec {
-  std::string name;        ///< "cpu:0", "cuda:0", ...
-  c10::Device device{c10::kCPU};
-  int threads = 1;         ///< at::set_num_threads on the lane's thread (CPU lanes)
+  std::string name;        ///< "cpu:0", "cuda:0", "fake:0", ...
+  c10::Device device{c10::kCPU};  ///< where the lane's tensors live (CPU for a fake lane)
+  int threads = 1;         ///< at::set_num_threads on the lane's thread (CPU and fake lanes)
+  /// Test-only device whose memory is apart from the host's and whose copies out land later,
+  /// on its completer thread (Note [Chrion fake device] in executor.cpp).
+  bool fake = false;
+  /// Work issued on the lane may land after the step returns: copies out of it complete
+  /// asynchronously, on the lane's completer.
+  bool asynchronous() const { return fake || device.type() != c10::kCPU; }
 };
 
 /// \brief One unit of work of a Program.
@@ -53,18 +59,23 @@ struct Step {
   std::string name;                      ///< fx node name (or "copy:<value>-><device>")
   std::string op_name;                   ///< "aten::add.Tensor", "python:<fn>", "copy"
   int32_t lane = 0;
-  int64_t rank = 0;                      ///< priority on its lane: lower runs first
+  int64_t rank = 0;                      ///< position in the plan: each lane runs by rank
   std::optional<c10::OperatorHandle> op; ///< kOp
   pybind11::object fn;                   ///< kPython: fn(*values) -> object
   c10::Device target{c10::kCPU};         ///< kCopy: destination device
+  bool target_fake = false;              ///< kCopy: into a fake lane's memory
   std::vector<Arg> args;
   int32_t first_output = 0;              ///< outputs go to slots [first_output, +num_outputs)
   int32_t num_outputs = 0;
   std::vector<int32_t> reads;            ///< distinct slots read (each read once per run)
   std::vector<int32_t> consumers;        ///< distinct steps that read an output of this one
-  int32_t num_dependencies = 0;          ///< distinct steps this one reads from
+  int32_t num_dependencies = 0;          ///< distinct steps it reads from, +1 for lane_prev
+  int32_t lane_next = -1;                ///< the next step of its lane in plan order, when it is
+                                         ///< not also a consumer (Note [Chrion plan order])
   bool record_event = false;             ///< a device lane step read by a copy step
   int32_t source_step = -1;              ///< kCopy: producer of the copied value (-1: an input)
+  bool lands_later = false;              ///< kCopy out of an asynchronous lane to the host:
+                                         ///< consumers wait for the data to land
 };
 
 /// \brief The compiled graph: lanes, steps, value slots and outputs.
@@ -75,6 +86,7 @@ struct Program {
   int32_t num_slots = 0;
   std::vector<int32_t> initial_uses;     ///< reads of each slot per run (+1 for outputs)
   std::vector<int32_t> ready_at_start;   ///< steps with no dependency
+  std::vector<std::vector<int32_t>> lane_steps;  ///< per lane, its steps in plan order
   std::vector<std::pair<int32_t, int32_t>> outputs;  ///< (slot, element)
 
   /// \brief Compile a description made by torch_chrion/runtime/lowering.py. Throws

@@ -6,12 +6,16 @@
 /// Request (later ones are dropped), and from then on the request's remaining tasks are
 /// popped and skipped without running, so `outstanding` still drains to zero and the caller
 /// wakes. The caller rethrows the first error on its own thread as StepError, which the Python
-/// binding turns into torch_chrion.errors.ExecutionError naming node, lane and operator. The
-/// lanes and the Program are untouched by a failure, so the next call works.
+/// binding turns into torch_chrion.errors.ExecutionError naming node, lane and operator; a
+/// Python step's own exception object rides along and becomes the ExecutionError's __cause__,
+/// type and traceback intact. Warnings (TORCH_WARN) raised on lane threads are collected on
+/// the request and re-raised on the caller's thread. The lanes and the Program are untouched
+/// by a failure, so the next call works.
 #pragma once
 
 #include <ATen/core/ivalue.h>
 #include <c10/core/Event.h>
+#include <c10/util/Exception.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -26,18 +30,48 @@
 
 namespace chrion {
 
+struct Core;
+
+/// \brief A Python object (an exception) that may be dropped on any thread: the last owner
+/// takes the GIL to release it.
+using PyObjectRef = std::shared_ptr<PyObject>;
+
 /// \brief The first operator failure of a request, rethrown on the caller's thread.
 struct StepError : std::runtime_error {
-  StepError(const std::string& message, std::string node, std::string lane, std::string op)
+  StepError(const std::string& message, std::string node, std::string lane, std::string op,
+            PyObjectRef cause = nullptr)
       : std::runtime_error(message), node(std::move(node)), lane(std::move(lane)),
-        op(std::move(op)) {}
+        op(std::move(op)), cause(std::move(cause)) {}
   std::string node, lane, op;
+  PyObjectRef cause;  ///< a Python step's exception (with its traceback), else null
+};
+
+/// \brief run() on an executor that was stopped.
+struct StoppedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// \brief Collects the warnings raised while a request's steps run on lane threads.
+class RequestWarnings : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    warnings_.push_back(warning);
+  }
+  std::vector<c10::Warning> take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::move(warnings_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<c10::Warning> warnings_;
 };
 
 /// \brief Per-call state; lanes share nothing mutable across requests.
 struct Request {
-  Request(const Program& program, uint64_t id, bool tracing)
-      : program(program), id(id), values(program.num_slots),
+  Request(std::shared_ptr<Core> core, const Program& program, uint64_t id, bool tracing)
+      : core(std::move(core)), program(program), id(id), values(program.num_slots),
         pending(new std::atomic<int32_t>[program.steps.size()]),
         uses(new std::atomic<int32_t>[program.num_slots]), tracing(tracing) {
     for (size_t i = 0; i < program.steps.size(); ++i) {
@@ -49,6 +83,7 @@ struct Request {
     if (tracing) trace.resize(program.lanes.size());
   }
 
+  const std::shared_ptr<Core> core;  ///< lanes, streams, program: alive while any task is
   const Program& program;
   const uint64_t id;
   std::vector<c10::IValue> values;                    ///< one per slot, freed after last read
@@ -59,6 +94,7 @@ struct Request {
   std::atomic<bool> failed{false};
   const bool tracing;
   std::vector<std::vector<TraceEvent>> trace;         ///< per lane, written by that lane only
+  RequestWarnings warnings;
 
   /// \brief Keep the first error; later ones are dropped.
   void set_error(const StepError& error) {

@@ -1,7 +1,11 @@
 """Operator failures reach the caller naming node, lane and op; the module stays usable; lanes
 stop and join."""
 
+import gc
+import os
 import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -75,24 +79,67 @@ def test_concurrent_failures_do_not_disturb_good_calls():
     assert errors == []
 
 
-def test_stop_joins_lanes_and_later_calls_fail_cleanly():
+def test_python_step_exception_is_the_cause_with_its_type_and_traceback():
+    def pick(t):
+        return t[7]  # IndexError for fewer than 8 elements
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.call_function(torch.ops.aten.sin.default, (x,))
+    z = graph.call_function(pick, (y,))
+    graph.output(z)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    module = PlacedGraph(gm, {y.name: "cpu:0", z.name: "cpu:1"})
+    with pytest.raises(ExecutionError, match="IndexError") as info:
+        module(torch.randn(4))
+    cause = info.value.__cause__
+    assert type(cause) is IndexError
+    frames = [frame.name for frame in traceback.extract_tb(cause.__traceback__)]
+    assert "pick" in frames
+    x = torch.randn(8)
+    torch.testing.assert_close(module(x), torch.sin(x)[7])  # and the module still works
+
+
+def test_warning_on_a_lane_reaches_the_caller():
+    def masked(x, mask):
+        return x[mask]  # aten::index with a uint8 mask: TORCH_WARN in ATen, on the lane thread
+
+    x, mask = torch.randn(4), torch.tensor([1, 0, 1, 0], dtype=torch.uint8)
+    gm = aten_graph(masked, x, mask)
+    module = PlacedGraph(gm, {n.name: "cpu:1" for n in schedulable(gm)})
+    with pytest.warns(UserWarning, match="indexing with dtype torch.uint8 is now deprecated"):
+        out = module(x, mask)
+    torch.testing.assert_close(out, x[mask.bool()])
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))  # lane threads are not Python threads
+
+
+def test_stop_from_many_threads_and_calls_after_stop_raise_a_chrion_error():
     module, (x, w, v) = make()
     module(x, w, v)
-    before = threading.active_count()  # lane threads are not Python threads: count native
-    assert module.stop(timeout_s=5.0) is True
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: module.stop(timeout_s=5.0), range(4))) == [True] * 4
     assert module.stop() is True  # idempotent
-    assert threading.active_count() == before
-    with pytest.raises(RuntimeError, match="stopped"):
+    with pytest.raises(ExecutionError, match="stopped"):
         module(x, w, v)
+    raw = module._executor
+    with ThreadPoolExecutor(4) as pool:  # the executor itself, bypassing the module's guard
+        assert all(pool.map(lambda _: raw.stop(1.0), range(4)))
 
 
-def test_lane_threads_exit_on_stop():
-    import psutil
-
-    process = psutil.Process()
-    base = process.num_threads()
-    modules = [make()[0] for _ in range(3)]
-    assert process.num_threads() >= base + 6  # two lanes each
-    for m in modules:
-        assert m.stop(timeout_s=5.0)
-    assert process.num_threads() <= base
+def test_modules_share_lanes_and_threads_exit_when_the_last_one_stops():
+    gc.collect()
+    base = os_threads()
+    x, w, v = torch.randn(3, 4), torch.randn(4, 5), torch.randn(1, 5)
+    gm = aten_graph(net, x, w, v)
+    # lane names no other test uses, so that no module elsewhere holds these lanes
+    placement = {n.name: ("cpu:7" if n.name == "mm" else "cpu:6") for n in schedulable(gm)}
+    modules = [PlacedGraph(gm, placement) for _ in range(3)]
+    assert os_threads() == base + 2  # one thread per lane, shared by the three modules
+    assert modules[0].stop(timeout_s=5.0) and modules[1].stop(timeout_s=5.0)
+    assert os_threads() == base + 2
+    torch.testing.assert_close(modules[2](x, w, v), net(x, w, v))
+    assert modules[2].stop(timeout_s=5.0)
+    assert os_threads() == base

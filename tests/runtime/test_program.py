@@ -90,8 +90,9 @@ def test_order_is_respected_on_one_lane():
     names = [n.name for n in schedulable(gm)]
     module = PlacedGraph(gm, dict.fromkeys(names, "cpu"), order=names[::-1])
     module.enable_trace()
-    module(x)
-    assert [e.node for e in module.last_trace()] == names[::-1]
+    for _ in range(300):  # all three are ready at once: only the plan decides
+        module(x)
+        assert [e.node for e in module.last_trace()] == names[::-1]
 
 
 def test_bad_placements_are_refused():

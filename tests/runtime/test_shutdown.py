@@ -32,3 +32,61 @@ def test_interpreter_exits_with_lanes_running():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+STUCK = textwrap.dedent(
+    """
+    import gc, os, sys, threading, time, torch
+    from torch_chrion.errors import ExecutionError
+    from torch_chrion.runtime import PlacedGraph
+
+    def os_threads():
+        return len(os.listdir("/proc/self/task"))
+
+    entered = threading.Event()
+
+    def stuck(x):
+        entered.set()
+        time.sleep(1.5)  # an operator that outlives the stop timeout
+        return x * 2
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(stuck, (x,))
+    b = graph.call_function(torch.ops.aten.neg.default, (a,))
+    graph.output(b)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    base = os_threads()
+    module = PlacedGraph(gm, {a.name: "cpu:0", b.name: "cpu:1"})
+    outcome = []
+
+    def call():
+        try:
+            outcome.append(module(torch.ones(3)))
+        except ExecutionError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert entered.wait(30)
+    assert module.stop(timeout_s=0.1) is False  # the step is still running
+    del module, gm  # frees everything the stuck lane thread does not hold itself
+    gc.collect()
+    caller.join(30)
+    assert isinstance(outcome[0], ExecutionError) and "stopped" in str(outcome[0]), outcome
+    deadline = time.monotonic() + 10
+    while os_threads() > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("threads", os_threads() - base, flush=True)
+    """
+)
+
+
+def test_a_stop_timeout_leaves_no_thread_behind_and_frees_nothing_in_use():
+    """The lane stuck in a step past stop()'s timeout is detached, finishes its step on memory
+    it still owns (a use-after-free would crash this child), and then exits."""
+    result = subprocess.run(
+        [sys.executable, "-c", STUCK], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "threads 0"

@@ -46,3 +46,25 @@ def test_default_is_one_thread_per_cpu_lane():
     module = PlacedGraph(gm, {a: "cpu:0", b: "cpu:1"})
     expected = 1
     assert [t.item() for t in module(torch.zeros(1))] == [expected, expected]
+
+
+def test_thread_count_stays_constant_over_20_sequence_lengths():
+    """Every shape gets its own executable, and all of them share the process's lanes."""
+    import os
+
+    from models import StackedLSTM
+
+    from torch_chrion.module import compile_graph
+    from torch_chrion.settings import ChrionSettings
+
+    torch.manual_seed(0)
+    model = StackedLSTM(features=4, hidden=8, layers=1, classes=3).eval()
+    settings = ChrionSettings(devices=("cpu:0", "cpu:1"), profile_warmup=0, profile_repeats=1)
+    compiled = compile_graph(model, model.example_inputs(seq=1, batch=1), settings)
+    compiled(*model.example_inputs(seq=1, batch=1))
+    threads = len(os.listdir("/proc/self/task"))
+    for seq in range(2, 22):
+        x = model.example_inputs(seq=seq, batch=1)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(*x), model(*x))
+        assert len(os.listdir("/proc/self/task")) == threads, seq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import torch
 
 from ..errors import OptionError
 from ..settings import parse_lane as split_lane
+
+# the executor's test-only asynchronous lane (never a user option: settings refuse it)
+_FAKE_LANE = re.compile(r"^fake(?::\d+)?$")
 
 # Intra-op threads of a CPU lane unless the user says otherwise. Batch-1 recurrent steps are
 # barrier-bound, not FLOP-bound, and a lane whose OpenMP team has workers makes libgomp throttle
@@ -29,8 +33,16 @@ class LaneSpec:
     threads: int
 
     @property
+    def fake(self) -> bool:
+        """A test-only lane ("fake:N"): CPU tensors, but memory apart from the host's and copies
+        out of it that land later (Note [Chrion fake device] in csrc/executor/executor.cpp)."""
+        return self.name.startswith("fake")
+
+    @property
     def physical(self) -> str:
         """The memory the lane's tensors live in: every CPU lane shares "cpu"."""
+        if self.fake:
+            return "fake:" + (self.name.split(":")[1] if ":" in self.name else "0")
         return "cpu" if self.device.type == "cpu" else str(self.device)
 
 
@@ -39,8 +51,11 @@ def parse_lane(name: str) -> torch.device:
 
     Args:
         name: "cpu", "cpu:N", "cuda" or "cuda:N". Several CPU lanes are distinct workers on the
-            same host memory; "cuda" means "cuda:0".
+            same host memory; "cuda" means "cuda:0". "fake:N" is the executor's test-only
+            asynchronous device, which runs on the CPU.
     """
+    if isinstance(name, str) and _FAKE_LANE.match(name):
+        return torch.device("cpu")
     kind, index = split_lane(name)
     if kind == "cpu":
         return torch.device("cpu")
@@ -60,6 +75,15 @@ def lane_specs(names: Iterable[str], cpu_threads: int | None = None) -> list[Lan
     """
     unique = sorted(set(names))
     devices = {name: parse_lane(name) for name in unique}
+    gpu_lanes: dict[torch.device, str] = {}
+    for name, device in devices.items():
+        if device.type == "cuda":
+            other = gpu_lanes.setdefault(device, name)
+            if other != name:
+                raise OptionError(
+                    f"lanes {other!r} and {name!r} are both on {device}: use one lane per GPU"
+                    " (its steps run in order on the lane's stream)"
+                )
     if cpu_threads is None:
         cpu_threads = DEFAULT_CPU_THREADS
     elif not isinstance(cpu_threads, int) or isinstance(cpu_threads, bool) or cpu_threads < 1:

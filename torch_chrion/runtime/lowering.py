@@ -5,8 +5,9 @@ The description is plain Python data (lists, tuples, dicts, tensors), read once 
 
 - ``lanes``: ``{"name", "device", "threads"}`` per lane, in lane-index order.
 - ``num_inputs`` / ``num_slots``: value slots; slots ``[0, num_inputs)`` are the graph's inputs.
-- ``steps``: per step ``kind`` ("op" | "python" | "copy"), ``name``, ``lane``, ``rank`` (priority
-  on its lane, from the plan's order), ``first_output`` / ``num_outputs`` (the slots it writes),
+- ``steps``: per step ``kind`` ("op" | "python" | "copy"), ``name``, ``lane``, ``rank`` (its
+  position in the plan's order: each lane runs its steps by rank, see Note [Chrion plan order]
+  in csrc/executor/program.cpp), ``first_output`` / ``num_outputs`` (the slots it writes),
   ``args``, and ``op``/``overload`` (op), ``fn`` (python) or ``target`` (copy).
   ``chrion::python_call`` nodes (ONNX If / Loop / Scan) are "op" steps, called through the
   dispatcher, whose kernel runs Python under the GIL: they are listed in ``python_nodes`` with
@@ -20,7 +21,10 @@ schema's default). Op arguments follow the operator's schema one to one; constan
 IValues once, by the schema's types, in C++.
 
 Cross-device edges get explicit copy steps (see Note [Chrion copy steps] in
-csrc/executor/executor.cpp); edges between CPU lanes need none. Weights (``get_attr``) are
+csrc/executor/executor.cpp); edges between CPU lanes need none. A copy to the host of a device
+step's value is issued by the producer's lane right after the producer (the host consumers
+become ready when the data lands); any other copy is issued by the lane of its earliest reader
+in the plan, right before that reader. Weights (``get_attr``) are
 moved once to each physical device whose lanes read them, so a weight read only on CPU lanes is
 never on a GPU. Device constants (``device=cpu`` recorded by tracing on the CPU) are rewritten to
 the lane's device, which keeps factory ops such as ``new_zeros`` on the lane that runs them.
@@ -123,6 +127,7 @@ class _Lowering:
         }
         self.home: dict[int, str | None] = {i: None for i in range(self.num_slots)}
         self.producer_lane: dict[int, int] = {}
+        self.producer_rank: dict[int, int] = {}
         self.copies: dict[tuple[int, int, str], int] = {}
         self.weights: dict[tuple[str, str], Any] = {}
         self.steps: list[dict[str, Any]] = []
@@ -130,12 +135,13 @@ class _Lowering:
         self.python_calls: list[Any] = []
 
     # values -----------------------------------------------------------------------------
-    def _new_slots(self, count: int, home: str, lane: int) -> int:
+    def _new_slots(self, count: int, home: str, lane: int, rank: int) -> int:
         first = self.num_slots
         self.num_slots += count
         for s in range(first, first + count):
             self.home[s] = home
             self.producer_lane[s] = lane
+            self.producer_rank[s] = rank
         return first
 
     def _weight(self, node: torch.fx.Node, physical: str) -> Any:
@@ -169,7 +175,7 @@ class _Lowering:
         and device, shared by every reader there)."""
         key = (ref[1], ref[2], target)
         if key not in self.copies:
-            out = self._new_slots(1, target, lane)
+            out = self._new_slots(1, target, lane, rank)
             self.steps.append(
                 {
                     "kind": "copy",
@@ -262,7 +268,8 @@ class _Lowering:
                 self.refs[node] = self._getitem(node)
             elif is_schedulable(node):
                 lane = self.lane_index[self.placement[node.name]]
-                rank = 2 * self.rank[node.name] + 1  # copies it needs run just before it (2r)
+                # copies it reads run just before it (3r), copies of its value just after (3r+2)
+                rank = 3 * self.rank[node.name] + 1
                 if isinstance(node.target, torch._ops.OpOverload) and node.op == "call_function":
                     step = self._op_step(node, lane, rank - 1)
                     if is_python_call(node):  # one dispatcher call, but Python under the GIL
@@ -270,7 +277,7 @@ class _Lowering:
                         self.python_calls.append(lookup(node.args[0]))
                 else:
                     step = self._python_step(node, lane, rank - 1)
-                first = self._new_slots(step["num_outputs"], self.lanes[lane].physical, lane)
+                first = self._new_slots(step["num_outputs"], self.lanes[lane].physical, lane, rank)
                 step.update(name=node.name, lane=lane, rank=rank, first_output=first)
                 self.steps.append(step)
                 many = step["kind"] == "op" and step["num_outputs"] > 1
@@ -284,7 +291,7 @@ class _Lowering:
         leaves, spec = pytree.tree_flatten(output.args[0])
         outputs: list[tuple[int, int]] = []
         kinds: list[tuple[str, Any]] = []
-        last_rank = 2 * len(self.rank) + 2
+        last_rank = 3 * len(self.rank) + 3
         cpu_lane = next((i for i, lane in enumerate(self.lanes) if lane.physical == "cpu"), None)
         for leaf in leaves:
             if not isinstance(leaf, torch.fx.Node):
@@ -300,9 +307,15 @@ class _Lowering:
                 ref = self._value(leaf, 0, last_rank)  # raises: used whole
             kinds.append(("out", len(outputs)))
             outputs.append((ref[1], ref[2]))
+        self._place_copies()
         description = {
             "lanes": [
-                {"name": lane.name, "device": str(lane.device), "threads": lane.threads}
+                {
+                    "name": lane.name,
+                    "device": str(lane.device),
+                    "threads": lane.threads,
+                    "fake": lane.fake,
+                }
                 for lane in self.lanes
             ],
             "num_inputs": len(self.placeholders),
@@ -319,6 +332,36 @@ class _Lowering:
             len(self.placeholders),
             self.python_calls,
         )
+
+    def _place_copies(self) -> None:
+        """Give each copy step its lane and rank (see the module docstring): a copy is made
+        where its first reader was lowered, but the plan may run another reader first, and a
+        copy to the host belongs right after its device producer."""
+        readers: dict[int, list[dict[str, Any]]] = {}
+
+        def visit(arg: tuple, step: dict[str, Any]) -> None:
+            if arg[0] == "v":
+                readers.setdefault(arg[1], []).append(step)
+            elif arg[0] == "l":
+                for item in arg[1]:
+                    visit(item, step)
+
+        for step in self.steps:
+            for arg in step["args"]:
+                visit(arg, step)
+        for step in self.steps:
+            if step["kind"] != "copy":
+                continue
+            source = step["args"][0][1]
+            lane = self.producer_lane.get(source)
+            if step["target"] == "cpu" and lane is not None and self.home[source] != "cpu":
+                step["lane"], step["rank"] = lane, self.producer_rank[source] + 1
+                continue
+            first = min(
+                readers.get(step["first_output"], []), key=lambda r: r["rank"], default=None
+            )
+            if first is not None:
+                step["lane"], step["rank"] = first["lane"], first["rank"] - 1
 
     def _output_copy(
         self, leaf: torch.fx.Node, ref: tuple, cpu_lane: int | None, rank: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,24 @@ from .trace import TraceEvent, save_chrome_trace
 
 def _stop_executor(executor: Any, timeout_s: float) -> bool:
     return executor.stop(timeout_s)
+
+
+@functools.cache
+def executor_extension() -> Any:
+    """The executor extension, with its fork handlers registered once per process.
+
+    After ``os.fork()`` the child has none of the parent's lane threads: the child handler
+    forgets them (they are never waited on, so exit cannot hang), and each module starts new
+    lanes on its first call in the child (Note [Chrion lanes] in csrc/executor/lane.h). The
+    pool is locked across the fork so that the child never sees it half-updated.
+    """
+    extension = _extension.load("executor")
+    os.register_at_fork(
+        before=extension.before_fork,
+        after_in_parent=extension.after_fork_in_parent,
+        after_in_child=extension.after_fork_in_child,
+    )
+    return extension
 
 
 class PlacedGraph(nn.Module):
@@ -41,10 +61,15 @@ class PlacedGraph(nn.Module):
             cannot compile (the message names the node).
         OptionError: an unknown lane string, or a CUDA lane without CUDA.
 
-    Calls are thread-safe: concurrent calls run as independent requests on the same lanes.
-    An operator failure raises torch_chrion.errors.ExecutionError with ``.node``, ``.lane`` and
-    ``.op``; the module keeps working. Lanes stop when the module is garbage-collected, at
-    interpreter exit, or on ``stop()``.
+    Each lane runs its nodes in the order of ``order``, on every call. Lanes (one worker thread
+    each) belong to the process and are shared by every module that names them; a lane's
+    thread stops when the last module using it stops. Calls are thread-safe: concurrent calls
+    run as independent requests on the same lanes. An operator failure raises
+    torch_chrion.errors.ExecutionError with ``.node``, ``.lane`` and ``.op`` (a Python node's
+    own exception is its ``__cause__``); the module keeps working. Warnings raised on lanes are
+    re-raised on the caller's thread. A module stops when it is garbage-collected, at
+    interpreter exit, or on ``stop()``. In a process forked from the one that built it, the
+    module starts new lanes on its first call.
     """
 
     def __init__(
@@ -58,7 +83,7 @@ class PlacedGraph(nn.Module):
     ) -> None:
         super().__init__()
         lowered = lower(gm, placement, order, cpu_threads)
-        extension = _extension.load("executor")
+        extension = executor_extension()
         try:
             executor = extension.Executor(lowered.description)
         except (ValueError, RuntimeError) as exc:
@@ -125,10 +150,12 @@ class PlacedGraph(nn.Module):
         return dict(self._executor.transfer_stats())
 
     def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop and join the lane threads (the module cannot run afterwards).
+        """Refuse further calls (ExecutionError), wait for running ones, and release the
+        lanes; a lane's thread is joined when no other module uses it.
 
         Returns:
-            False if a lane did not finish within ``timeout_s`` (stuck in an operator).
+            False if a call or a lane did not finish within ``timeout_s`` (stuck in an
+            operator); such a thread is left to finish on its own, holding what it reads.
         """
         if not self._stop.alive:
             return True
