@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from torch_chrion.runtime import ChrionModule
-from torch_chrion.runtime.module import executor_extension
+from torch_chrion.runtime import PlacedGraph
+from torch_chrion.runtime.placed_graph import executor_extension
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def build(fn_on_cpu, cpu_lane="cpu:0"):
     graph.output(y)
     gm = torch.fx.GraphModule(torch.nn.Module(), graph)
     placement = {p.name: "fake:0", g.name: cpu_lane, y.name: cpu_lane}
-    return ChrionModule(gm, placement, order=[p.name, g.name, y.name])
+    return PlacedGraph(gm, placement, order=[p.name, g.name, y.name])
 
 
 def test_host_lane_runs_other_work_while_a_copy_is_in_flight(gate):
