@@ -429,7 +429,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
     def _profile_and_plan(
         self, gm: torch.fx.GraphModule, inputs: Sequence[Any], bucket: tuple
     ) -> Any:
-        from . import profile, schedule
+        from . import profile, runtime, schedule
 
         settings = self.settings
         planning = self._planning_graph(gm, inputs)
@@ -447,7 +447,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             cache_dir=settings.cache_dir,
             recorded=self.recorded_profile,
         )
-        plan = schedule.make_plan(planning, prof, settings)
+        costs = runtime.executor_costs(self.devices)  # measured once per process
+        plan = schedule.make_plan(planning, prof, settings, costs=costs)
         _share_plan(self._shared_key(gm, bucket), plan)
         with self._lock:
             self._profiles[bucket] = prof
@@ -516,7 +517,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
     def _derived_plan(
         self, bucket: tuple, graph: torch.fx.GraphModule, inputs: Sequence[Any]
     ) -> tuple[Any, str]:
-        from . import schedule
+        from . import runtime, schedule
 
         profiles = dict(self._profiles)
         reference = self._reference() if self._reference is not None else None
@@ -531,7 +532,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         scale = _bucket_size(bucket) / _bucket_size(source)
         planning = self._planning_graph(graph, inputs)
         derived = _scaled_profile(profiles[source], planning, scale)
-        plan = schedule.make_plan(planning, derived, self.settings)
+        costs = runtime.executor_costs(self.devices)
+        plan = schedule.make_plan(planning, derived, self.settings, costs=costs)
         return plan, f"a plan scheduled from bucket {_describe(source)}'s profile x{scale:.2g}"
 
     def _queue_profile(self, bucket: tuple, signature: tuple) -> None:

@@ -25,7 +25,7 @@ from ..jsonfile import Nullable
 from ..settings import GRANULARITIES, OBJECTIVES
 from .from_graph import producer_of, task_graph_from
 from .memory import resident_timeline
-from .simulate import simulate
+from .simulate import ExecutorCosts, simulate
 from .solve import solve
 from .task_graph import TaskGraph
 
@@ -311,7 +311,11 @@ def _check_structure(plan: Plan, source: str) -> None:
 
 
 def make_plan(
-    gm: fx.GraphModule, profile: Any, settings: Any, graph_hash: str | None = None
+    gm: fx.GraphModule,
+    profile: Any,
+    settings: Any,
+    graph_hash: str | None = None,
+    costs: ExecutorCosts | None = None,
 ) -> Plan:
     """Schedule the aten graph ``gm`` with the costs of ``profile`` under ``settings``.
 
@@ -320,6 +324,10 @@ def make_plan(
         profile: a Profile (duck-typed: ``devices``, ``node_ms``, ``transfer``).
         settings: a ChrionSettings (objective, slo_ms, devices, strict are used).
         graph_hash: recorded in the plan; default the profile's ``graph_hash`` if it has one.
+        costs: the executor's own costs on the target machine
+            (``torch_chrion.runtime.calibrate.executor_costs``): the prediction (times,
+            ``predicted_ms``, ``slo_met``) replays the schedule with them. None: the ideal
+            replay the search itself uses.
 
     Raises:
         InfeasiblePlanError: ``settings.strict`` and no plan meets ``settings.slo_ms``.
@@ -337,7 +345,7 @@ def make_plan(
             f" latency is {exc.best_ms:.4f} ms",
             best_ms=exc.best_ms,
         ) from exc
-    sim = simulate(graph, schedule)
+    sim = simulate(graph, schedule, costs)
     if settings.slo_ms is not None and sim.makespan > settings.slo_ms:
         log.warning(
             "the plan misses the %g ms SLO: predicted %.4f ms on lanes %s (the best plan found;"

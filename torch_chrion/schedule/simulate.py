@@ -5,6 +5,13 @@ its times are recomputed. Events are task finishes and data arrivals (a finish p
 transfer time when the two devices do not share memory), taken from a heap in time order.
 A device that is idle starts the next task of its order as soon as all of that task's inputs
 have arrived. Every algorithm (HEFT, solve, the MILP) is scored by this one function.
+
+Given ``ExecutorCosts`` (measured by ``torch_chrion.runtime.calibrate``), the replay is what the
+executor does rather than the ideal the schedulers assume: every step pays the executor's fixed
+cost on top of its operator's, a consumer on another lane of the same memory pays the time to
+wake that lane, a value crosses to another memory once per destination (one copy step, shared by
+its readers there) on that direction's single copy stream, so copies in one direction queue
+behind each other, and the call pays its fixed entry and exit cost.
 """
 
 from __future__ import annotations
@@ -19,6 +26,22 @@ from .memory import resident_bytes
 from .task_graph import Schedule, TaskGraph
 
 _FINISH, _ARRIVAL = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorCosts:
+    """The executor's own costs, in ms (see ``torch_chrion.runtime.calibrate``).
+
+    Attributes:
+        step_ms: per step, beyond its operator's profiled time (dependency counts, hand-off to
+            the lane's next step).
+        handoff_ms: extra for a consumer on another lane than its producer (waking that lane).
+        call_ms: per call (entering the executor, scheduling the first steps, waking the caller).
+    """
+
+    step_ms: float = 0.0
+    handoff_ms: float = 0.0
+    call_ms: float = 0.0
 
 
 @dataclasses.dataclass
@@ -69,8 +92,16 @@ def check_schedule_shape(graph: TaskGraph, schedule: Schedule) -> None:
         raise PlanError(f"task {graph.names[missing]!r} is in no device's order")
 
 
-def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
+def simulate(
+    graph: TaskGraph, schedule: Schedule, costs: ExecutorCosts | None = None
+) -> Simulation:
     """Replay ``schedule`` event by event.
+
+    Args:
+        graph: the task graph.
+        schedule: the placement and per-device orders to replay.
+        costs: the executor's own costs; None replays the ideal model every scheduler uses
+            (no fixed costs, copies never queue), which equals their own times.
 
     Raises:
         PlanError: a task missing, ordered twice or on a device that cannot run it, or orders
@@ -79,6 +110,9 @@ def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
     check_schedule_shape(graph, schedule)
     n, m = graph.n, graph.m
     cost = graph.cost.tolist()
+    step = costs.step_ms if costs else 0.0
+    handoff = costs.handoff_ms if costs else 0.0
+    copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
     group = graph.memory_group
     device = list(schedule.device)
     order = schedule.order
@@ -102,7 +136,7 @@ def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
                     idle[d] = False
                     next_pos[d] += 1
                     start[i] = now
-                    finish[i] = now + cost[i][d]
+                    finish[i] = now + cost[i][d] + step
                     heapq.heappush(events, (finish[i], _FINISH, seq, i))
                     seq += 1
 
@@ -119,12 +153,35 @@ def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
             idle[d] = True
             g = group[d]
             ss, sc = succs[i], succ_cost[i]
+            if costs is None:
+                for k in range(len(ss)):
+                    v = ss[k]
+                    if group[device[v]] == g or sc[k] == 0.0:
+                        missing[v] -= 1
+                    else:
+                        heapq.heappush(events, (now + sc[k], _ARRIVAL, seq, v))
+                        seq += 1
+                continue
+            copies: dict[int, float] = {}  # destination group -> time of its one copy
+            for k in range(len(ss)):
+                gv = group[device[ss[k]]]
+                if gv != g and sc[k] > 0.0:
+                    copies[gv] = max(copies.get(gv, 0.0), sc[k])
+            for gv, took in copies.items():
+                landed = max(now, copy_free.get((g, gv), 0.0)) + took
+                copy_free[(g, gv)] = landed
+                copies[gv] = landed
             for k in range(len(ss)):
                 v = ss[k]
-                if group[device[v]] == g or sc[k] == 0.0:
+                dv, gv = device[v], group[device[v]]
+                if gv in copies:
+                    at = copies[gv]
+                else:
+                    at = now + (handoff if dv != d else 0.0)
+                if at == now:
                     missing[v] -= 1
                 else:
-                    heapq.heappush(events, (now + sc[k], _ARRIVAL, seq, v))
+                    heapq.heappush(events, (at, _ARRIVAL, seq, v))
                     seq += 1
         start_ready_tasks()
     if done != n:
@@ -136,11 +193,15 @@ def simulate(graph: TaskGraph, schedule: Schedule) -> Simulation:
         raise PlanError(
             "schedule deadlocks (an order contradicts a dependency): " + "; ".join(stuck)
         )
-    busy = [float(sum(cost[i][d] for i in order[d])) for d in range(m)]
+    busy = [float(sum(cost[i][d] + step for i in order[d])) for d in range(m)]
+    if costs is not None and n:
+        shift = costs.call_ms  # the call's entry before the first step; the exit is in makespan
+        start = [t + shift for t in start]
+        finish = [t + shift for t in finish]
     peak = resident_bytes(graph, device, start, finish)
     accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
     return Simulation(
-        makespan=max(finish) if n else 0.0,
+        makespan=max(finish) if n else (costs.call_ms if costs else 0.0),
         start=start,
         finish=finish,
         busy=busy,

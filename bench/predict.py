@@ -1,0 +1,121 @@
+"""Does a plan predict what the executor then takes? Five recurrent models on the CPU lanes,
+each compiled by torch_chrion; the plan's predicted latency (simulator with the executor's
+calibrated costs, and the ideal replay without them) against the measured median latency.
+
+The models are timed in interleaved rounds (one call of each per round), so a load burst on a
+shared machine slows them alike. Prints the table; ``--write`` saves it to
+bench/results/predict.md.
+
+    python bench/predict.py [--repeats 200] [--devices cpu:0 cpu:1] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from models import BiGRUWithState, SpeechConvBiGRU, StackedLSTM  # noqa: E402
+
+from torch_chrion import profile, schedule  # noqa: E402
+from torch_chrion.bench_peers import Engine, time_engines  # noqa: E402
+from torch_chrion.demo import DemoSpeechLSTM  # noqa: E402
+from torch_chrion.demo import example_inputs as demo_inputs  # noqa: E402
+from torch_chrion.module import compile_graph  # noqa: E402
+from torch_chrion.runtime import executor_costs  # noqa: E402
+from torch_chrion.settings import ChrionSettings  # noqa: E402
+
+
+class BiLSTM(nn.Module):
+    """Two bidirectional LSTM layers (the model of issue #16's 0.50 ms prediction)."""
+
+    def __init__(self, features: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0]
+
+
+def models() -> list[tuple[str, nn.Module, tuple]]:
+    torch.manual_seed(0)
+    bilstm = BiLSTM()
+    lstm = StackedLSTM(features=64, hidden=256, layers=2)
+    bigru = BiGRUWithState(features=64, hidden=128, layers=2)
+    speech = SpeechConvBiGRU(features=40, channels=128, hidden=128)
+    return [
+        ("demo speech (conv + 2x bi-LSTM 128), T=64", DemoSpeechLSTM(), demo_inputs()),
+        ("bi-LSTM 2x128, T=32, B=1", bilstm, (torch.randn(32, 1, 64),)),
+        ("stacked LSTM 2x256, T=32, B=1", lstm, lstm.example_inputs(32, 1)),
+        ("bi-GRU 2x128 with state, T=32, B=1", bigru, bigru.example_inputs(32, 1)),
+        ("conv + bi-GRU speech, T=100, B=1", speech, speech.example_inputs(100, 1)),
+    ]
+
+
+def ideal_prediction(compiled, model_inputs: tuple, settings: ChrionSettings) -> float:
+    """The plan replayed without the executor's costs (what plans predicted before them)."""
+    gm = compiled.captured_graph()
+    prof = profile.profile_graph(gm, model_inputs, list(compiled.devices), settings=settings)
+    graph, names = schedule.task_graph_from(gm, prof, list(compiled.devices))
+    plan = compiled.plan
+    index = {name: k for k, name in enumerate(names)}
+    lanes = list(graph.devices)
+    device = [lanes.index(plan.placement[name]) for name in names]
+    order = [[index[n] for n in plan.lane_order(lane)] for lane in lanes]
+    zeros = [0.0] * graph.n
+    return schedule.simulate(graph, schedule.Schedule(device, zeros, zeros, order, 0.0)).makespan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--devices", nargs="+", default=["cpu:0", "cpu:1"])
+    parser.add_argument("--write", action="store_true", help="save bench/results/predict.md")
+    args = parser.parse_args()
+    settings = ChrionSettings(devices=tuple(args.devices))
+    costs = executor_costs(tuple(args.devices))
+    rows, engines = [], []
+    for name, model, inputs in models():
+        model.eval()
+        compiled = compile_graph(model, inputs, settings)
+        engines.append(Engine(name, compiled, inputs))
+        rows.append((name, compiled.plan.predicted_ms, ideal_prediction(compiled, inputs, settings)))
+    measured = time_engines(engines, args.repeats, warmup=20)
+    lines = [
+        f"# Predicted vs measured latency ({platform.processor() or 'cpu'}, lanes "
+        f"{' '.join(args.devices)}, torch {torch.__version__}, {datetime.date.today()})",
+        "",
+        f"Command: `python bench/predict.py {' '.join(sys.argv[1:])}`; median of {args.repeats}"
+        " calls per model, the five models timed in interleaved rounds. Executor costs"
+        f" calibrated in this run: {costs.step_ms * 1e3:.2f} us per step,"
+        f" {costs.handoff_ms * 1e3:.2f} us per cross-lane hand-off,"
+        f" {costs.call_ms * 1e3:.2f} us per call.",
+        "",
+        "| model | measured (ms) | predicted (ms) | error | ideal replay (ms) | error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, predicted, ideal in rows:
+        ms = measured[name]
+        lines.append(
+            f"| {name} | {ms:.3f} | {predicted:.3f} | {100 * (predicted - ms) / ms:+.0f}% "
+            f"| {ideal:.3f} | {100 * (ideal - ms) / ms:+.0f}% |"
+        )
+    within = sum(abs(p - measured[n]) <= 0.15 * measured[n] for n, p, _ in rows)
+    lines += ["", f"Within 15% of the measured median: {within} of {len(rows)} models."]
+    print("\n".join(lines))
+    if args.write:
+        out = ROOT / "bench" / "results" / "predict.md"
+        out.write_text("\n".join(lines) + "\n")
+        print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
