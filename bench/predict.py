@@ -87,7 +87,9 @@ def main() -> None:
         model.eval()
         compiled = compile_graph(model, inputs, settings)
         engines.append(Engine(name, compiled, inputs))
-        rows.append((name, compiled.plan.predicted_ms, ideal_prediction(compiled, inputs, settings)))
+        rows.append(
+            (name, compiled.plan.predicted_ms, ideal_prediction(compiled, inputs, settings))
+        )
     measured = time_engines(engines, args.repeats, warmup=20)
     lines = [
         f"# Predicted vs measured latency ({platform.processor() or 'cpu'}, lanes "
