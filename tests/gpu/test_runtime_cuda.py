@@ -132,3 +132,31 @@ def test_weights_on_cpu_lanes_use_less_gpu_memory_than_gpu_only():
     mixed = _gpu_bytes_held(model, lambda n: "cpu" if "chrion" in str(n.target) else "cuda:0")
     assert gpu_only >= lstm_bytes
     assert mixed < gpu_only - 0.9 * lstm_bytes
+
+
+def test_two_lanes_on_one_gpu_are_refused():
+    from torch_chrion.errors import OptionError
+
+    gm = aten_graph(lambda x: torch.sin(x).cos(), torch.randn(3))
+    names = [n.name for n in schedulable(gm)]
+    with pytest.raises(OptionError, match="both on cuda:0: use one lane per GPU"):
+        PlacedGraph(gm, {names[0]: "cuda", names[1]: "cuda:0"})
+
+
+def test_host_consumers_of_gpu_values_wait_for_the_copy_to_land():
+    """A long GPU chain, then its value read on the CPU: the copy to the host is issued by the
+    GPU lane and the CPU step runs only once the data has landed (else it reads garbage)."""
+
+    def f(x):
+        for _ in range(50):
+            x = torch.tanh(x @ x.T / x.shape[0])
+        return x.sum(1)
+
+    x = torch.randn(512, 512)
+    gm = aten_graph(f, x)
+    nodes = schedulable(gm)
+    placement = {n.name: ("cpu" if n is nodes[-1] else "cuda:0") for n in nodes}
+    module = PlacedGraph(gm, placement)
+    for _ in range(5):  # TF32 off: the autouse fixture
+        torch.testing.assert_close(module(x), f(x.cuda()).cpu(), **TOL)
+    assert module.transfer_stats()["in_flight"] == 0
