@@ -33,6 +33,7 @@
 #include "executor.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
@@ -40,6 +41,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <thread>
 
 namespace chrion {
@@ -220,6 +222,7 @@ std::vector<c10::IValue> Executor::run(std::vector<c10::IValue> inputs, bool tra
   auto request = std::make_shared<Request>(core, program, next_id_.fetch_add(1), trace);
   for (size_t i = 0; i < inputs.size(); ++i) request->values[i] = std::move(inputs[i]);
   if (core->needs_events) request->events.resize(program.steps.size());
+  if (at::hasThreadLocalCallbacks()) request->caller_state = std::make_unique<at::ThreadLocalState>();
   core->sync_with_caller(*request, /*at_start=*/true);
 
   for (int32_t step : program.ready_at_start) core->schedule(request, step);
@@ -411,6 +414,9 @@ c10::IValue Core::resolve(const Request& request, const Arg& arg) const {
 
 void Core::execute(const std::shared_ptr<Request>& owner, const Step& step, int32_t lane) const {
   Request& request = *owner;
+  std::optional<at::ThreadLocalStateGuard> caller_state;
+  if (request.caller_state) caller_state.emplace(*request.caller_state);
+  RECORD_USER_SCOPE(step.name.c_str());  // the node's name in torch.profiler and its traces
   switch (step.kind) {
     case StepKind::kOp: {
       thread_local torch::jit::Stack stack;  // reused: no allocation per step once warm

@@ -13,6 +13,7 @@
 /// by a failure, so the next call works.
 #pragma once
 
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/ivalue.h>
 #include <c10/core/Event.h>
 #include <c10/util/Exception.h>
@@ -95,6 +96,10 @@ struct Request {
   const bool tracing;
   std::vector<std::vector<TraceEvent>> trace;         ///< per lane, written by that lane only
   RequestWarnings warnings;
+  /// The caller's thread-local state (profiler callbacks among it), captured only while the
+  /// caller has thread-local record_function callbacks (torch.profiler): lanes run the steps
+  /// under it, as autograd's engine does for its worker threads, so the profile shows them.
+  std::unique_ptr<at::ThreadLocalState> caller_state;
 
   /// \brief Keep the first error; later ones are dropped.
   void set_error(const StepError& error) {
