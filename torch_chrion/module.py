@@ -23,6 +23,7 @@ Executables are kept per exact input shape, least recently used dropped past ``_
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import logging
 import math
@@ -53,18 +54,20 @@ _PLANS: dict[tuple, Any] = {}  # insertion order is recency: a hit is moved to t
 _PLANS_LOCK = threading.Lock()
 
 
+# The cache holds and hands out copies: a plan is plain data that its module exposes
+# (``module.plan``), and what a user does to their module's plan must not reach other modules.
 def _shared_plan(key: tuple) -> Any | None:
     with _PLANS_LOCK:
         plan = _PLANS.pop(key, None)
         if plan is not None:
             _PLANS[key] = plan
-        return plan
+        return copy.deepcopy(plan)
 
 
 def _share_plan(key: tuple, plan: Any) -> None:
     with _PLANS_LOCK:
         _PLANS.pop(key, None)
-        _PLANS[key] = plan
+        _PLANS[key] = copy.deepcopy(plan)
         while len(_PLANS) > _MAX_SHARED_PLANS:
             del _PLANS[next(iter(_PLANS))]
 

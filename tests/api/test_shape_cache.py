@@ -84,6 +84,7 @@ def test_cli_buckets_prepares_more_shape_buckets(stacked_lstm_onnx, tmp_path, ca
     path, _ = stacked_lstm_onnx
     plan = tmp_path / "plan.json"
     args = ["plan", str(path), "--shape", "x=8,2,16", "--buckets", "x=40,2,16"]
-    assert main([*args, "--devices", "cpu", "--cache-dir", str(tmp_path), "-o", str(plan)]) == 0
-    out = capsys.readouterr().out
+    code = main([*args, "--devices", "cpu", "--cache-dir", str(tmp_path), "-o", str(plan)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert "prepared 1 more shape bucket(s)" in out and "(64, 2, 16)" in out and plan.exists()
