@@ -27,7 +27,7 @@ from .from_graph import producer_of, task_graph_from
 from .memory import resident_timeline
 from .simulate import ExecutorCosts, simulate
 from .solve import solve
-from .task_graph import TaskGraph
+from .task_graph import Schedule, TaskGraph
 
 log = logging.getLogger(__name__)
 
@@ -336,15 +336,16 @@ def make_plan(
     devices = list(settings.devices) if settings.devices else list(profile.devices)
     graph, names = task_graph_from(gm, profile, devices)
     if graph.n == 0:  # outputs are inputs or constants: nothing to place, nothing to wait for
-        return _empty_plan(gm, profile, settings, devices, graph_hash)
-    try:
-        schedule = solve(graph, settings.objective, settings.slo_ms, strict=settings.strict)
-    except InfeasiblePlanError as exc:
-        raise InfeasiblePlanError(
-            f"no plan meets slo_ms={settings.slo_ms:g} on lanes {devices}: the best predicted"
-            f" latency is {exc.best_ms:.4f} ms",
-            best_ms=exc.best_ms,
-        ) from exc
+        schedule = Schedule([], [], [], [[] for _ in devices], 0.0, algorithm="empty")
+    else:
+        try:
+            schedule = solve(graph, settings.objective, settings.slo_ms, strict=settings.strict)
+        except InfeasiblePlanError as exc:
+            raise InfeasiblePlanError(
+                f"no plan meets slo_ms={settings.slo_ms:g} on lanes {devices}: the best predicted"
+                f" latency is {exc.best_ms:.4f} ms",
+                best_ms=exc.best_ms,
+            ) from exc
     sim = simulate(graph, schedule, costs)
     if settings.slo_ms is not None and sim.makespan > settings.slo_ms:
         log.warning(
@@ -382,32 +383,6 @@ def make_plan(
         ops={n.name: str(n.target) for n in schedulable_nodes(gm)},
         transfers=transfers,
         memory={d: [list(p) for p in points] for d, points in zip(devices, timeline, strict=True)},
-    )
-
-
-def _empty_plan(
-    gm: fx.GraphModule, profile: Any, settings: Any, devices: list[str], graph_hash: str | None
-) -> Plan:
-    weights = float(sum(int(n.meta.get("chrion_weight_bytes", 0)) for n in gm.graph.nodes))
-    return Plan(
-        placement={},
-        order=[],
-        start_ms={},
-        finish_ms={},
-        predicted_ms=0.0,
-        device_bytes={d: 0.0 for d in devices} | ({devices[0]: weights} if devices else {}),
-        objective=settings.objective,
-        slo_ms=settings.slo_ms,
-        slo_met=None if settings.slo_ms is None else True,
-        devices=devices,
-        graph_hash=graph_hash
-        if graph_hash is not None
-        else str(getattr(profile, "graph_hash", "")),
-        granularity=getattr(settings, "granularity", None),
-        seq_chunks=getattr(settings, "seq_chunks", None),
-        ops={},
-        transfers=[],
-        memory={d: [] for d in devices},
     )
 
 
