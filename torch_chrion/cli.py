@@ -293,34 +293,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     options = {"strict": True} if args.strict else {}
     if not Path(args.path).is_dir():
         options.update(shapes=_shapes(args.shape), batch_axis=args.batch_axis)
+    # what the app does with requests, the same on Ray and embedded
+    app_options = {
+        "name": name,
+        "max_batch": args.max_batch,
+        "batch_timeout_ms": args.batch_timeout_ms,
+        "max_body_mb": args.max_body_mb,
+        "slo_ms": args.slo_ms,
+    }
     if args.ray:
         from .serve.ray_app import run_on_ray
 
         return run_on_ray(
             args.path,
-            name=name,
             host=args.host,
             port=args.port,
             replicas=args.replicas,
-            max_batch=args.max_batch,
-            batch_timeout_ms=args.batch_timeout_ms,
-            max_body_mb=args.max_body_mb,
-            slo_ms=args.slo_ms,
             address=args.ray_address,
+            **app_options,
             **options,
         )
     from .serve.server import serve
 
     model = load_served(args.path, **options)
-    app = create_app(
-        model,
-        name=name,
-        max_batch=args.max_batch,
-        batch_timeout_ms=args.batch_timeout_ms,
-        max_body_mb=args.max_body_mb,
-        slo_ms=args.slo_ms,
-        workers=args.workers,
-    )
+    app = create_app(model, workers=args.workers, **app_options)
     serve(app, host=args.host, port=args.port, name=name)
     return 0
 
