@@ -4,19 +4,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include "recurrent_cpu_isa_prelude.h"
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// GCC 12 does not define the ISA macros for a target pragma; Sleef's header needs them
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#ifndef __F16C__
-#define __F16C__ 1
-#endif
+#include "recurrent_cpu_avx2_macros.h"
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "recurrent_cpu_impl.h"
