@@ -321,6 +321,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _buckets_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--buckets",
+        action="append",
+        metavar="NAME=D0,D1,...",
+        help="one more input shape whose bucket is profiled and planned up front (inputs not "
+        "named keep --shape); repeatable",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -395,25 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("plan", help="place the model's operators; save the plan")
     _model_options(p)
-    p.add_argument(
-        "--buckets",
-        action="append",
-        metavar="NAME=D0,D1,...",
-        help="one more input shape whose bucket is profiled and planned up front (inputs not "
-        "named keep --shape); repeatable",
-    )
+    _buckets_option(p)
     p.add_argument("-o", "--output", required=True, help="plan JSON to write")
     p.set_defaults(run=_cmd_plan)
 
     p = commands.add_parser("run", help="run the model once on example inputs and time it")
     _model_options(p)
-    p.add_argument(
-        "--buckets",
-        action="append",
-        metavar="NAME=D0,D1,...",
-        help="one more input shape whose bucket is profiled and planned up front (inputs not "
-        "named keep --shape); repeatable",
-    )
+    _buckets_option(p)
     p.add_argument("--plan", help="a saved plan: skips profiling and scheduling")
     p.add_argument(
         "--input",
