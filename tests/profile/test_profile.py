@@ -15,6 +15,7 @@ from torch_chrion.graph import capture, graph_hash
 from torch_chrion.graph.nodes import schedulable_nodes
 from torch_chrion.profile import Profile, profile_graph
 from torch_chrion.profile import profiler as profiler_module
+from torch_chrion.profile import progress as progress_module
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
 
@@ -33,15 +34,15 @@ def captured():
 @pytest.fixture
 def count_timed_calls(monkeypatch):
     """Records (node names, repeats asked) of every CPU measurement: all go through the
-    executor, on a traced CPU lane (profiler._measure_on_cpu_lane)."""
+    executor, on a traced CPU lane (profile.cpu.measure_on_cpu_lane)."""
     calls = []
-    real = profiler_module._measure_on_cpu_lane
+    real = profiler_module.measure_on_cpu_lane
 
     def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc):
         calls.append(([n.name for n in nodes], repeats))
         return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc)
 
-    monkeypatch.setattr(profiler_module, "_measure_on_cpu_lane", counting)
+    monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
     return calls
 
 
@@ -232,8 +233,8 @@ def test_progress_bar_on_a_terminal_unless_silenced(captured, tmp_path, monkeypa
     gm, inputs = captured
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    monkeypatch.setattr(profiler_module, "PROGRESS_DELAY_S", 0.0)
-    monkeypatch.setattr(profiler_module, "_PROGRESS_MIN_NODES", 1)
+    monkeypatch.setattr(progress_module, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_MIN_STEPS", 1)
     if quiet:
         monkeypatch.setenv("TORCH_CHRION_NO_PROGRESS", "1")
     profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)

@@ -37,13 +37,13 @@ def measurements(monkeypatch):
     """Counts CPU measurements, and forgets the plans this process made, so that each load
     consults the profile cache."""
     calls = []
-    real = profiler_module._measure_on_cpu_lane
+    real = profiler_module.measure_on_cpu_lane
 
     def counting(*args):
         calls.append(args[2])
         return real(*args)
 
-    monkeypatch.setattr(profiler_module, "_measure_on_cpu_lane", counting)
+    monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
     monkeypatch.setattr(module_module, "_PLANS", {})
     return calls
 

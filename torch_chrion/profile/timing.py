@@ -1,5 +1,5 @@
 """The timer of one operator call on a GPU, by CUDA events (CPU lanes are timed by the executor
-itself: see profiler._measure_on_cpu_lane).
+itself: see cpu.measure_on_cpu_lane).
 
 It returns the milliseconds of one call for every timed repeat (after the warm-up runs); the
 caller takes the median, which shrugs off the odd preempted run on a shared machine. As in TVM's
