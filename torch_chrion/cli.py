@@ -238,7 +238,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 plan.start_ms[node] * 1e3,
                 plan.finish_ms[node] * 1e3,
             )
-            for node, lane in plan.placement.items()
+            for node in plan.placement
+            for lane in plan.lanes_of(node)  # a wide node on every lane it holds
         ]
         save_chrome_trace(events, list(plan.devices), args.trace)
         print(f"predicted timeline trace -> {args.trace}")

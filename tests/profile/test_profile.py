@@ -257,6 +257,48 @@ def test_cached_cuda_device_profile_round_trips(tmp_path):
     assert Profile.load(tmp_path / "cuda.json") == profile
 
 
+def cpu_profile_with_wide_costs() -> Profile:
+    return Profile(
+        devices=["cpu:0", "cpu:1"],
+        device_names={"cpu:0": "some CPU x1 threads", "cpu:1": "some CPU x1 threads"},
+        node_ms={"conv": {"cpu:0": 2.0, "cpu:1": 2.0}, "add": {"cpu:0": 0.01, "cpu:1": 0.01}},
+        transfer={},
+        graph_hash="abc",
+        input_shapes=[[4, 100, 40]],
+        torch_version=torch.__version__,
+        wide_ms={"conv": 1.1},
+        wide_lanes=["cpu:0", "cpu:1"],
+    )
+
+
+def test_wide_costs_round_trip_and_older_profiles_without_them_load(tmp_path):
+    profile = cpu_profile_with_wide_costs()
+    profile.save(tmp_path / "wide.json")
+    assert Profile.load(tmp_path / "wide.json") == profile
+    # a profile written before wide costs existed: no fields for them, no wide costs
+    data = json.loads(profile.to_json())
+    del data["wide_ms"], data["wide_lanes"]
+    older = Profile.from_json(json.dumps(data), "older.json")
+    assert older.wide_ms == {} and older.wide_lanes == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"wide_lanes": ["cpu:0"]}, "wide_lanes must be two or more distinct CPU lanes"),
+        ({"wide_lanes": ["cpu:0", "cuda:0"]}, "wide_lanes must be two or more distinct CPU"),
+        ({"wide_ms": {"lstm": 1.0}}, "wide cost of node 'lstm', which has no lane costs"),
+        ({"wide_ms": {"conv": -1.0}}, "node 'conv' costs -1.0 ms wide"),
+        ({"wide_lanes": []}, "wide_ms without wide_lanes"),
+    ],
+)
+def test_a_profile_with_bad_wide_costs_is_refused(change, message):
+    data = json.loads(cpu_profile_with_wide_costs().to_json())
+    data.update(change)
+    with pytest.raises(PlanError, match=f"bad.json: {message}"):
+        Profile.from_json(json.dumps(data), "bad.json")
+
+
 def test_call_module_nodes_are_costed_placed_and_run(tmp_path):
     """One definition of a schedulable node (torch_chrion.graph.nodes): a call_module or
     call_method node, which the executor runs as a Python step, is also profiled and placed."""

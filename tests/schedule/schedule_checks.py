@@ -13,18 +13,21 @@ EPS = 1e-9
 def assert_valid(graph: TaskGraph, s: Schedule) -> None:
     """Dependencies and transfers respected, one task at a time per device, and the
     simulator's replay gives the schedule's own times."""
+    cost = graph.option_cost
     for i in range(graph.n):
         d = s.device[i]
-        assert graph.cost[i, d] < float("inf"), f"task {i} on a device that cannot run it"
-        assert abs(s.finish[i] - s.start[i] - graph.cost[i, d]) <= EPS * (1 + s.finish[i])
+        assert cost[i, d] < float("inf"), f"task {i} on a device that cannot run it"
+        assert abs(s.finish[i] - s.start[i] - cost[i, d]) <= EPS * (1 + s.finish[i])
     for (u, v), _ in graph.edges.items():
         need = s.finish[u] + graph.transfer(u, v, s.device[u], s.device[v])
         assert s.start[v] >= need - EPS * (1 + need), f"edge {u}->{v} violated"
     for d, tasks in enumerate(s.order):
-        assert all(s.device[i] == d for i in tasks)
+        assert all(d in graph.option_lanes[s.device[i]] for i in tasks)
         for a, b in itertools.pairwise(tasks):
             assert s.start[b] >= s.finish[a] - EPS * (1 + s.finish[a]), f"overlap on device {d}"
-    assert sorted(i for tasks in s.order for i in tasks) == list(range(graph.n))
+    # each task once in the order of every device it holds (a wide task: several)
+    held = sorted(i for i in range(graph.n) for _ in graph.option_lanes[s.device[i]])
+    assert sorted(i for tasks in s.order for i in tasks) == held
     sim = simulate(graph, s)
     assert sim.makespan == s.makespan
     assert sim.start == list(s.start) and sim.finish == list(s.finish)
@@ -44,6 +47,8 @@ def all_schedules(graph: TaskGraph):
     orders = list(topological_orders(graph))
     for placement in itertools.product(*graph.runnable_on):
         for perm in orders:
-            per_device = [[i for i in perm if placement[i] == d] for d in range(graph.m)]
+            per_device = [
+                [i for i in perm if d in graph.option_lanes[placement[i]]] for d in range(graph.m)
+            ]
             draft = Schedule(list(placement), [0.0] * graph.n, [0.0] * graph.n, per_device, 0.0)
             yield placement, simulate(graph, draft)

@@ -35,7 +35,11 @@ _SCHEMA = {
     "input_shapes": [[int]],
     "torch_version": str,
     "notes": [str],
+    "wide_ms": {str: float},
+    "wide_lanes": [str],
 }
+# written since these were recorded; older profiles lack them (and then have no wide costs)
+_OPTIONAL = ("notes", "wide_ms", "wide_lanes")
 
 
 def lane_kind(lane: str) -> str:
@@ -63,6 +67,11 @@ class Profile:
         input_shapes: the shape of each graph input.
         torch_version: ``torch.__version__`` of the run that measured it.
         notes: how it was measured (thread counts, repeats, budget cuts, recorded lanes).
+        wide_ms: node name -> median milliseconds placed wide over ``wide_lanes`` (one lane's
+            thread running it with the intra-op threads of all of them; Note [Chrion wide
+            placement] in schedule/task_graph.py), for the nodes worth it (profiler.py says
+            which). Empty: no wide costs (a single CPU lane, or a profile older than them).
+        wide_lanes: the CPU lanes ``wide_ms`` holds (every CPU lane profiled), or empty.
     """
 
     devices: list[str]
@@ -73,6 +82,8 @@ class Profile:
     input_shapes: list[list[int]]
     torch_version: str
     notes: list[str] = dataclasses.field(default_factory=list)
+    wide_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    wide_lanes: list[str] = dataclasses.field(default_factory=list)
 
     def cost_ms(self, node: str, lane: str) -> float:
         """Milliseconds ``node`` takes on ``lane``; ``inf`` when the lane cannot run it."""
@@ -114,7 +125,7 @@ class Profile:
                 f"{source}: profile schema_version {version!r}, this torch_chrion reads "
                 f"{SCHEMA_VERSION}; record the profile again"
             )
-        jsonfile.check_fields(data, _SCHEMA, source, "profile", optional=("notes",))
+        jsonfile.check_fields(data, _SCHEMA, source, "profile", optional=_OPTIONAL)
         del data["schema_version"]
         profile = cls(**data)
         profile.node_ms = {
@@ -122,6 +133,7 @@ class Profile:
             for node, lanes in profile.node_ms.items()
         }
         profile.transfer = {k: [float(v[0]), float(v[1])] for k, v in profile.transfer.items()}
+        profile.wide_ms = {node: float(ms) for node, ms in profile.wide_ms.items()}
         profile.validate(source)
         return profile
 
@@ -147,6 +159,24 @@ class Profile:
                 raise PlanError(f"{source}: transfer {key!r} names a lane not in {self.devices}")
             if not (0 <= latency <= MAX_COST_MS and 0 < bandwidth < math.inf):
                 raise PlanError(f"{source}: transfer {key!r} = {[latency, bandwidth]} is invalid")
+        wide_lanes = set(self.wide_lanes)
+        if self.wide_lanes and (
+            len(wide_lanes) != len(self.wide_lanes)
+            or len(wide_lanes) < 2
+            or not wide_lanes <= lanes
+            or any(lane_kind(lane) != "cpu" for lane in wide_lanes)
+        ):
+            raise PlanError(
+                f"{source}: wide_lanes must be two or more distinct CPU lanes of {self.devices}, "
+                f"got {self.wide_lanes}"
+            )
+        if self.wide_ms and not self.wide_lanes:
+            raise PlanError(f"{source}: wide_ms without wide_lanes")
+        for node, ms in self.wide_ms.items():
+            if node not in self.node_ms:
+                raise PlanError(f"{source}: wide cost of node {node!r}, which has no lane costs")
+            if not 0 <= ms <= MAX_COST_MS:
+                raise PlanError(f"{source}: node {node!r} costs {ms} ms wide")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the profile to ``path`` atomically (a reader never sees half a file), creating

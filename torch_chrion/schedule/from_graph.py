@@ -10,6 +10,10 @@ The Profile is used by duck typing (``.devices``, ``.node_ms``, ``.transfer``), 
 does not import torch_chrion.profile: an edge's transfer time is ``latency + bytes / bandwidth``
 of the lane pair, taken as the largest over the ordered pairs of scheduled lanes that do not
 share memory (a pessimistic cost keeps predicted latencies on the safe side of an SLO).
+
+Wide costs (``.wide_ms`` over ``.wide_lanes``, Note [Chrion wide placement] in task_graph.py)
+give a node a wide option when every lane they hold is scheduled and the wide cost is at most
+WIDE_MAX_RATIO of the node's cost on one of those lanes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import torch.fx as fx
 from ..errors import PlanError
 from ..graph.nodes import is_schedulable, schedulable_nodes
 from .task_graph import SharesMemory, TaskGraph, cpu_lanes_share_memory
+
+# A node gets a wide option only where its wide cost is at most this fraction of its one-lane
+# cost: run-to-run noise of a profile is a few percent, and the hold itself (the lanes meet
+# before the step, the held ones are woken after) costs what the ideal model does not count.
+WIDE_MAX_RATIO = 0.8
 
 
 def producer_of(node: fx.Node) -> fx.Node | None:
@@ -105,6 +114,17 @@ def task_graph_from(
         key: max((lat + nbytes / bw for lat, bw in links), default=0.0) if nbytes else 0.0
         for key, nbytes in edge_bytes.items()
     }
+    wide_lanes = list(getattr(profile, "wide_lanes", []) or [])
+    wide_ms = getattr(profile, "wide_ms", {}) or {}
+    wide_cost = None
+    if wide_lanes and all(d in lanes for d in wide_lanes):
+        first = lanes.index(wide_lanes[0])
+        wide_cost = [
+            float(wide_ms[n.name])
+            if n.name in wide_ms and wide_ms[n.name] <= WIDE_MAX_RATIO * cost[k][first]
+            else math.inf
+            for k, n in enumerate(nodes)
+        ]
     graph = TaskGraph(
         np.asarray(cost, dtype=np.float64).reshape(len(nodes), len(lanes)),  # (0, lanes) if empty
         edges,
@@ -113,5 +133,7 @@ def task_graph_from(
         out_bytes=[node_out_bytes(n) for n in nodes],
         shares_memory=share,
         names=names,
+        wide_cost=wide_cost,
+        wide_lanes=wide_lanes if wide_cost is not None else None,
     )
     return graph, names

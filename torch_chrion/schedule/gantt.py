@@ -98,6 +98,9 @@ def _draw_predicted(ax: Any, plan: Plan, lanes: list[str], span: float) -> None:
         start = plan.start_ms[node]
         colour = _COLOURS[row % len(_COLOURS)]
         _bar(ax, row, start, plan.finish_ms[node] - start, colour, node, span)
+        for held in plan.lanes_of(node)[1:]:  # a wide node: hatched on the lanes it holds
+            _bar(ax, lanes.index(held), start, plan.finish_ms[node] - start, colour, "", span)
+            ax.patches[-1].set_hatch("//")
     labels = list(lanes)
     if plan.transfers:
         row = len(labels)

@@ -32,7 +32,9 @@ from .task_graph import TaskGraph
 def activation_intervals(
     graph: TaskGraph, device: Sequence[int], start: Sequence[float], finish: Sequence[float]
 ) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Every activation buffer as (device, alloc time, free time, bytes), per the module rule."""
+    """Every activation buffer as (device, alloc time, free time, bytes), per the module rule.
+    A wide task's activations count on its leader."""
+    device = graph.runners(device)
     group = graph.memory_group
     out = graph.out_bytes.tolist()
     succs, succ_cost = graph.succs, graph.succ_cost
@@ -133,7 +135,8 @@ def resident_timeline(
 
 
 def weight_bytes_per_device(graph: TaskGraph, device: Sequence[int]) -> np.ndarray:
-    """Sum of the weight bytes of the tasks placed on each device."""
+    """Sum of the weight bytes of the tasks placed on each device (a wide task's leader)."""
+    device = graph.runners(device)
     return np.bincount(np.asarray(device, dtype=np.int64), graph.weight_bytes, minlength=graph.m)
 
 

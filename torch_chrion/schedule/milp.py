@@ -13,6 +13,10 @@ Disjunctive (big-M) formulation, variables:
 * C ≥ s[i] + p_i(x): the makespan; and C ≥ Σ_i cost[i,d]·x[i,d] for each device d (a valid
   cut: a device's busy time fits in the makespan).
 
+A wide placement (Note [Chrion wide placement] in task_graph.py) is one more option o of x[i,o]:
+wherever a constraint above reads "x[i,d]: task i occupies device d", it reads the sum of x[i,o]
+over the options o that hold d (d itself, and the wide option for each wide lane).
+
 M is an upper bound of the makespan (the better of HEFT's and solve()'s for the latency objective, the SLO for the memory
 objective; C ≤ M is imposed, so every start lies in [0, M]).
 
@@ -119,8 +123,10 @@ def milp_schedule(
     if objective == "memory" and slo is None:
         raise OptionError('objective="memory" needs an slo')
     n, m = graph.n, graph.m
-    cost = graph.cost
-    group = graph.memory_group
+    cost = graph.option_cost
+    group = graph.option_group
+    k_opts = len(graph.option_lanes)
+    holding = [[o for o in range(k_opts) if d in graph.option_lanes[o]] for d in range(m)]
     if objective == "memory":
         upper = float(slo)  # type: ignore[arg-type]
     elif upper_bound is not None:
@@ -129,9 +135,9 @@ def milp_schedule(
         upper = min(heft(graph).makespan, solve(graph, budget_s=0.1).makespan)
     big_m = float(upper)
     # column layout
-    xcol = lambda i, d: i * m + d  # noqa: E731
-    scol = lambda i: n * m + i  # noqa: E731
-    ccol = n * m + n
+    xcol = lambda i, d: i * k_opts + d  # noqa: E731
+    scol = lambda i: n * k_opts + i  # noqa: E731
+    ccol = n * k_opts + n
     ncols = ccol + 1
     edge_cols: dict[tuple[int, int], int] = {}
     for (u, v), c in graph.edges.items():
@@ -144,7 +150,10 @@ def milp_schedule(
         for j in range(i + 1, n):
             if not (reach[i] >> j) & 1 and not (reach[j] >> i) & 1:
                 shared = [
-                    d for d in range(m) if np.isfinite(cost[i, d]) and np.isfinite(cost[j, d])
+                    d
+                    for d in range(m)
+                    if np.isfinite(cost[i, holding[d]]).any()
+                    and np.isfinite(cost[j, holding[d]]).any()
                 ]
                 if shared:
                     pairs.append((i, j))
@@ -159,7 +168,7 @@ def milp_schedule(
     integrality = np.zeros(ncols)
     finite_cost = np.where(np.isfinite(cost), cost, 0.0)
     for i in range(n):
-        for d in range(m):
+        for d in range(k_opts):
             integrality[xcol(i, d)] = 1
             upper_b[xcol(i, d)] = 1.0 if np.isfinite(cost[i, d]) else 0.0
         upper_b[scol(i)] = big_m
@@ -171,42 +180,48 @@ def milp_schedule(
         upper_b[pair_col0 + k] = 1.0
 
     def duration(i: int, sign: float) -> dict[int, float]:
-        return {xcol(i, d): sign * finite_cost[i, d] for d in range(m)}
+        return {xcol(i, d): sign * finite_cost[i, d] for d in range(k_opts)}
+
+    def occupies(i: int, d: int, coef: float) -> dict[int, float]:
+        """coef x (task i occupies device d)."""
+        return {xcol(i, o): coef for o in holding[d]}
 
     rows = _Rows()
     for i in range(n):
-        rows.add({xcol(i, d): 1.0 for d in range(m)}, 1.0, 1.0)
+        rows.add({xcol(i, d): 1.0 for d in range(k_opts)}, 1.0, 1.0)
         rows.add({ccol: 1.0, scol(i): -1.0, **duration(i, -1.0)}, 0.0)
     # valid cut, not needed for correctness: each device's busy time is at most the makespan
     # (it makes graphs with few edges, where the disjunctions alone bound C weakly, solve fast)
     for d in range(m):
-        load = {xcol(i, d): -finite_cost[i, d] for i in range(n)}
+        load = {xcol(i, o): -finite_cost[i, o] for i in range(n) for o in holding[d]}
         rows.add({ccol: 1.0, **load}, 0.0)
     for (u, v), c in graph.edges.items():
         terms = {scol(v): 1.0, scol(u): -1.0, **duration(u, -1.0)}
         zc = edge_cols.get((u, v))
         if zc is not None:
             terms[zc] = -c
-            for d in range(m):
-                same = {xcol(v, e): 1.0 for e in range(m) if group[e] == group[d]}
+            for d in range(k_opts):
+                same = {xcol(v, e): 1.0 for e in range(k_opts) if group[e] == group[d]}
                 rows.add({zc: 1.0, xcol(u, d): -1.0, **same}, 0.0)
         rows.add(terms, 0.0)
     for k, (i, j) in enumerate(pairs):
         y = pair_col0 + k
         for d in range(m):
-            if not (np.isfinite(cost[i, d]) and np.isfinite(cost[j, d])):
+            if not (
+                np.isfinite(cost[i, holding[d]]).any() and np.isfinite(cost[j, holding[d]]).any()
+            ):
                 continue
             # y = 1: i before j on d: s_j - s_i - p_i(x) >= -M(3 - y - x_id - x_jd)
             first = {scol(j): 1.0, scol(i): -1.0, **duration(i, -1.0)}
             first[y] = first.get(y, 0.0) - big_m
-            first[xcol(i, d)] = first.get(xcol(i, d), 0.0) - big_m
-            first[xcol(j, d)] = first.get(xcol(j, d), 0.0) - big_m
+            for col, coef in (*occupies(i, d, -big_m).items(), *occupies(j, d, -big_m).items()):
+                first[col] = first.get(col, 0.0) + coef
             rows.add(first, -3 * big_m)
             # y = 0: j before i on d: s_i - s_j - p_j(x) >= -M(2 + y - x_id - x_jd)
             second = {scol(i): 1.0, scol(j): -1.0, **duration(j, -1.0)}
             second[y] = second.get(y, 0.0) + big_m
-            second[xcol(i, d)] = second.get(xcol(i, d), 0.0) - big_m
-            second[xcol(j, d)] = second.get(xcol(j, d), 0.0) - big_m
+            for col, coef in (*occupies(i, d, -big_m).items(), *occupies(j, d, -big_m).items()):
+                second[col] = second.get(col, 0.0) + coef
             rows.add(second, -2 * big_m)
 
     objective_vec = np.zeros(ncols)
@@ -239,7 +254,7 @@ def milp_schedule(
     if res.x is None:
         return MilpResult(None, None, None, False, res.status != 2, seconds)
     x = res.x
-    device = [int(np.argmax([x[xcol(i, d)] for d in range(m)])) for i in range(n)]
+    device = [int(np.argmax([x[xcol(i, d)] for d in range(k_opts)])) for i in range(n)]
     start = [float(x[scol(i)]) for i in range(n)]
     position = {t: k for k, t in enumerate(graph.topo_order)}
     # starts carry solver noise (-4e-15 for 0): round them so a zero-cost task and its
@@ -254,7 +269,7 @@ def milp_schedule(
     # rounding cannot remove noise that straddles a rounding boundary (all-zero costs: a successor
     # 1e-7 "before" its predecessor), so the keys only prioritise a topological order
     ranked = _topological_by_priority(graph, [(key[i], position[i]) for i in range(n)])
-    order = [[i for i in ranked if device[i] == d] for d in range(m)]
+    order = [[i for i in ranked if d in graph.option_lanes[device[i]]] for d in range(m)]
     draft = Schedule(
         device, start, start, order, float(x[ccol]), algorithm="milp", objective=objective, slo=slo
     )

@@ -52,9 +52,10 @@ _SCHEMA = {
     "ops": {str: str},
     "transfers": [(str, str, str, str, float, float)],
     "memory": {str: [(float, float)]},
+    "wide": Nullable({str: [str]}),
 }
 # written since these were recorded; older plans lack them
-_OPTIONAL = ("granularity", "seq_chunks", "ops", "transfers", "memory")
+_OPTIONAL = ("granularity", "seq_chunks", "ops", "transfers", "memory", "wide")
 
 
 @dataclasses.dataclass
@@ -78,6 +79,10 @@ class Plan:
         transfers: predicted cross-device copies, each (from node, to node, from lane, to lane,
             start ms, finish ms).
         memory: lane -> predicted resident bytes over time, as (ms, bytes from then on) steps.
+        wide: node name -> the CPU lanes it holds, for the nodes placed wide (Note [Chrion wide
+            placement] in task_graph.py): its lane in ``placement`` (the first listed) runs it
+            with the intra-op threads of all of them, and the others run nothing meanwhile.
+            None or absent: no node is wide.
     """
 
     placement: dict[str, str]
@@ -97,6 +102,7 @@ class Plan:
     ops: dict[str, str] | None = None
     transfers: list[list[Any]] | None = None
     memory: dict[str, list[list[float]]] | None = None
+    wide: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         _check_structure(self, "<Plan>")
@@ -225,8 +231,39 @@ class Plan:
 
     # -- views -----------------------------------------------------------------------------
     def lane_order(self, lane: str) -> list[str]:
-        """The nodes ``lane`` runs, in order."""
-        return [n for n in self.order if self.placement[n] == lane]
+        """The nodes ``lane`` runs or holds (a wide node led by another lane), in order."""
+        return [n for n in self.order if lane in self.lanes_of(n)]
+
+    def lanes_of(self, node: str) -> list[str]:
+        """The lanes ``node`` holds: its own, and for a wide node the others it keeps idle."""
+        held = (self.wide or {}).get(node)
+        return list(held) if held else [self.placement[node]]
+
+    def schedule(self, graph: TaskGraph, names: Sequence[str]) -> Schedule:
+        """The plan as a Schedule of ``graph`` (whose tasks are ``names``), times zero, for the
+        simulator to replay.
+
+        Raises:
+            PlanError: a lane ``graph`` does not have, or a wide node where ``graph`` has no
+                wide option over the same lanes.
+        """
+        lanes = list(graph.devices)
+        device = []
+        for name in names:
+            held = self.lanes_of(name)
+            if any(lane not in lanes for lane in held):
+                raise PlanError(f"node {name!r} runs on {held}; the graph has lanes {lanes}")
+            index = tuple(lanes.index(lane) for lane in held)
+            if len(index) > 1 and index != graph.wide_lanes:
+                raise PlanError(
+                    f"node {name!r} is wide on {held}, but the graph's wide option holds "
+                    f"{[lanes[d] for d in graph.wide_lanes]}"
+                )
+            device.append(index[0] if len(index) == 1 else graph.wide_option)
+        position = {name: k for k, name in enumerate(names)}
+        order = [[position[n] for n in self.lane_order(lane)] for lane in lanes]
+        zeros = [0.0] * len(names)
+        return Schedule(device, zeros, zeros, order, 0.0)
 
     def table(self) -> str:
         """A text table: one line per node (lane, start, finish), then the predictions."""
@@ -234,7 +271,7 @@ class Plan:
         lines = [f"{'node':<{width}}  {'lane':<8} {'start ms':>10} {'finish ms':>10}"]
         for n in self.order:
             lines.append(
-                f"{n:<{width}}  {self.placement[n]:<8} {self.start_ms[n]:>10.4f}"
+                f"{n:<{width}}  {'+'.join(self.lanes_of(n)):<8} {self.start_ms[n]:>10.4f}"
                 f" {self.finish_ms[n]:>10.4f}"
             )
         slo = "none" if self.slo_ms is None else f"{self.slo_ms:g} ms (met: {self.slo_met})"
@@ -308,6 +345,24 @@ def _check_structure(plan: Plan, source: str) -> None:
         isinstance(plan.seq_chunks, int) and plan.seq_chunks >= 1
     ):
         raise bad(f"seq_chunks must be a positive integer, got {plan.seq_chunks!r}")
+    if plan.wide is not None and not isinstance(plan.wide, dict):
+        raise bad(f"wide must map node names to lists of lanes, got {plan.wide!r}")
+    for node, held in (plan.wide or {}).items():
+        if node not in plan.placement:
+            raise bad(f"wide node {node!r} is not placed")
+        if (
+            not isinstance(held, list)
+            or len(held) < 2
+            or len(set(held)) != len(held)
+            or held[0] != plan.placement[node]
+        ):
+            raise bad(
+                f"wide node {node!r} must hold two or more distinct lanes, its own "
+                f"({plan.placement[node]!r}) first; got {held!r}"
+            )
+        for lane in held:
+            if lane not in lanes or lane.split(":")[0] != "cpu":
+                raise bad(f"wide node {node!r} holds {lane!r}, which is not a CPU lane of the plan")
 
 
 def make_plan(
@@ -356,16 +411,22 @@ def make_plan(
             devices,
         )
     # lists, not tuples: what the plan reads back from JSON compares equal to what it wrote
+    runs_on = [devices[d] for d in graph.runners(schedule.device)]
     transfers = [
-        [names[u], names[v], devices[schedule.device[u]], devices[schedule.device[v]], t0, t1]
+        [names[u], names[v], runs_on[u], runs_on[v], t0, t1]
         for u, v, t0, t1 in _transfers(graph, schedule.device, sim.finish)
     ]
+    wide = {
+        names[i]: [devices[d] for d in graph.option_lanes[o]]
+        for i, o in enumerate(schedule.device)
+        if o == graph.wide_option
+    }
     timeline = resident_timeline(graph, schedule.device, sim.start, sim.finish)
     position = {t: k for k, t in enumerate(graph.topo_order)}
     # by start, zero-length nodes before a longer one starting with them (as lanes ran them)
     order = sorted(range(graph.n), key=lambda i: (sim.start[i], sim.finish[i], position[i]))
     return Plan(
-        placement={names[i]: devices[schedule.device[i]] for i in range(graph.n)},
+        placement={names[i]: runs_on[i] for i in range(graph.n)},
         order=[names[i] for i in order],
         start_ms={names[i]: sim.start[i] for i in range(graph.n)},
         finish_ms={names[i]: sim.finish[i] for i in range(graph.n)},
@@ -383,6 +444,7 @@ def make_plan(
         ops={n.name: str(n.target) for n in schedulable_nodes(gm)},
         transfers=transfers,
         memory={d: [list(p) for p in points] for d, points in zip(devices, timeline, strict=True)},
+        wide=wide or None,
     )
 
 
@@ -390,7 +452,7 @@ def _transfers(
     graph: TaskGraph, device: Sequence[int], finish: Sequence[float]
 ) -> list[tuple[int, int, float, float]]:
     """(producer, consumer, start, finish) of every copy between memories (as simulated)."""
-    group = graph.memory_group
+    group = graph.option_group
     copies = []
     for u in range(graph.n):
         for v, cost in zip(graph.succs[u], graph.succ_cost[u], strict=True):

@@ -6,12 +6,18 @@ transfer time when the two devices do not share memory), taken from a heap in ti
 A device that is idle starts the next task of its order as soon as all of that task's inputs
 have arrived. Every algorithm (HEFT, solve, the MILP) is scored by this one function.
 
+A wide task (Note [Chrion wide placement] in task_graph.py) is in the order of every lane it
+holds; it starts when each of those lanes is free and has it next, and frees them all when it
+ends, as the executor runs it: its leader's thread runs it, the other lanes wait.
+
 Given ``ExecutorCosts`` (measured by ``torch_chrion.runtime.calibrate``), the replay is what the
 executor does rather than the ideal the schedulers assume: every step pays the executor's fixed
 cost on top of its operator's, a consumer on another lane of the same memory pays the time to
 wake that lane, a value crosses to another memory once per destination (one copy step, shared by
 its readers there) on that direction's single copy stream, so copies in one direction queue
-behind each other, and the call pays its fixed entry and exit cost.
+behind each other, and the call pays its fixed entry and exit cost. A lane's next task that
+another lane's thread runs (a wide task led elsewhere, or a lane's first task after a wide task)
+pays the wake-up as well: the thread that finished the lane's previous task hands it over.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..errors import PlanError
 from .memory import resident_bytes
 from .task_graph import Schedule, TaskGraph
 
-_FINISH, _ARRIVAL = 0, 1
+_FINISH, _ARRIVAL, _LANE_FREE = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,31 +71,40 @@ class Simulation:
 
 
 def check_schedule_shape(graph: TaskGraph, schedule: Schedule) -> None:
-    """Each task once, in the order of the device it is placed on, which can run it."""
+    """Each task in the order of each device its placement holds (once), and nowhere else, on
+    an option that can run it."""
     if len(schedule.device) != graph.n or len(schedule.order) != graph.m:
         raise PlanError(
             f"schedule has {len(schedule.device)} tasks and {len(schedule.order)} device orders;"
             f" the graph has {graph.n} tasks and {graph.m} devices"
         )
-    seen = [False] * graph.n
+    options = len(graph.option_lanes)
+    for i, o in enumerate(schedule.device):
+        if not 0 <= o < options:
+            raise PlanError(f"task {graph.names[i]!r} is placed on unknown option {o}")
+        if not np.isfinite(graph.option_cost[i, o]):
+            raise PlanError(
+                f"task {graph.names[i]!r} cannot run on device {graph.option_name(o)!r}"
+            )
+    seen = [0] * graph.n
     for d, tasks in enumerate(schedule.order):
+        on_d: set[int] = set()
         for i in tasks:
             if not 0 <= i < graph.n:
                 raise PlanError(f"device {graph.devices[d]!r} lists unknown task {i}")
-            if seen[i]:
+            if i in on_d:
                 raise PlanError(f"task {graph.names[i]!r} is ordered twice")
-            seen[i] = True
-            if schedule.device[i] != d:
+            on_d.add(i)
+            if d not in graph.option_lanes[schedule.device[i]]:
                 raise PlanError(
-                    f"task {graph.names[i]!r} is placed on {schedule.device[i]} but ordered on {d}"
+                    f"task {graph.names[i]!r} is placed on "
+                    f"{graph.option_name(schedule.device[i])!r} but ordered on {d}"
                 )
-            if not np.isfinite(graph.cost[i, d]):
-                raise PlanError(
-                    f"task {graph.names[i]!r} cannot run on device {graph.devices[d]!r}"
-                )
-    if not all(seen):
-        missing = seen.index(False)
-        raise PlanError(f"task {graph.names[missing]!r} is in no device's order")
+            seen[i] += 1
+    for i in range(graph.n):
+        if seen[i] != len(graph.option_lanes[schedule.device[i]]):
+            where = "no device's order" if not seen[i] else "the order of only some of its lanes"
+            raise PlanError(f"task {graph.names[i]!r} is in {where}")
 
 
 def simulate(
@@ -109,12 +124,14 @@ def simulate(
     """
     check_schedule_shape(graph, schedule)
     n, m = graph.n, graph.m
-    cost = graph.cost.tolist()
+    cost = graph.option_cost.tolist()
     step = costs.step_ms if costs else 0.0
     handoff = costs.handoff_ms if costs else 0.0
     copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
-    group = graph.memory_group
+    group = graph.option_group
     device = list(schedule.device)
+    lanes_of = [graph.option_lanes[o] for o in device]
+    runner = [lanes[0] for lanes in lanes_of]  # the lane whose thread runs each task
     order = schedule.order
     succs, succ_cost = graph.succs, graph.succ_cost
     missing = [len(p) for p in graph.preds]
@@ -132,13 +149,33 @@ def simulate(
         for d in range(m):
             if idle[d] and next_pos[d] < len(order[d]):
                 i = order[d][next_pos[d]]
-                if missing[i] == 0:
-                    idle[d] = False
-                    next_pos[d] += 1
-                    start[i] = now
-                    finish[i] = now + cost[i][d] + step
-                    heapq.heappush(events, (finish[i], _FINISH, seq, i))
-                    seq += 1
+                if missing[i] != 0:
+                    continue
+                lanes = lanes_of[i]
+                if len(lanes) > 1 and not all(
+                    idle[e] and next_pos[e] < len(order[e]) and order[e][next_pos[e]] == i
+                    for e in lanes
+                ):
+                    continue  # a wide task waits for every lane it holds
+                for e in lanes:
+                    idle[e] = False
+                    next_pos[e] += 1
+                start[i] = now
+                finish[i] = now + cost[i][device[i]] + step
+                heapq.heappush(events, (finish[i], _FINISH, seq, i))
+                seq += 1
+
+    def free_lanes(i: int) -> None:
+        """Task i is done: its lanes take their next task, after a wake-up where another
+        lane's thread runs that task."""
+        nonlocal seq
+        for d in lanes_of[i]:
+            after = order[d][next_pos[d]] if next_pos[d] < len(order[d]) else -1
+            if after < 0 or handoff == 0.0 or runner[after] == runner[i]:
+                idle[d] = True
+            else:
+                heapq.heappush(events, (now + handoff, _LANE_FREE, seq, d))
+                seq += 1
 
     start_ready_tasks()
     while events:
@@ -148,10 +185,12 @@ def simulate(
             if kind == _ARRIVAL:
                 missing[i] -= 1
                 continue
+            if kind == _LANE_FREE:
+                idle[i] = True
+                continue
             done += 1
-            d = device[i]
-            idle[d] = True
-            g = group[d]
+            free_lanes(i)
+            g = group[device[i]]
             ss, sc = succs[i], succ_cost[i]
             if costs is None:
                 for k in range(len(ss)):
@@ -173,11 +212,11 @@ def simulate(
                 copies[gv] = landed
             for k in range(len(ss)):
                 v = ss[k]
-                dv, gv = device[v], group[device[v]]
+                gv = group[device[v]]
                 if gv in copies:
                     at = copies[gv]
                 else:
-                    at = now + (handoff if dv != d else 0.0)
+                    at = now + (handoff if runner[v] != runner[i] else 0.0)
                 if at == now:
                     missing[v] -= 1
                 else:
@@ -193,7 +232,7 @@ def simulate(
         raise PlanError(
             "schedule deadlocks (an order contradicts a dependency): " + "; ".join(stuck)
         )
-    busy = [float(sum(cost[i][d] + step for i in order[d])) for d in range(m)]
+    busy = [float(sum(cost[i][device[i]] + step for i in order[d])) for d in range(m)]
     if costs is not None and n:
         shift = costs.call_ms  # the call's entry before the first step; the exit is in makespan
         start = [t + shift for t in start]

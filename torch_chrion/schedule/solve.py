@@ -51,13 +51,13 @@ def default_budget_s(graph: TaskGraph, objective: str = "latency") -> float:
 def placement_priority(graph: TaskGraph, placement: Sequence[int]) -> list[int]:
     """Tasks by decreasing upward rank computed with their placed costs and the transfers the
     placement actually pays: the critical path of this placement first."""
-    w = graph.cost[np.arange(graph.n), np.asarray(placement)].tolist()
+    w = graph.option_cost[np.arange(graph.n), np.asarray(placement)].tolist()
     return order_by(graph, _placed_rank(graph, placement, w))
 
 
 def _placed_rank(graph: TaskGraph, placement: Sequence[int], w: list[float]) -> list[float]:
     """Upward rank with placed costs ``w`` and the transfers the placement pays."""
-    group = graph.memory_group
+    group = graph.option_group
     rank = [0.0] * graph.n
     succs, succ_cost = graph.succs, graph.succ_cost
     for i in reversed(graph.topo_order):
@@ -117,7 +117,7 @@ class _Search:
         if self.slo is None or s.makespan <= self.slo or s.makespan > 1.15 * self.slo:
             return s
         graph = self.graph
-        w = graph.cost[np.arange(graph.n), np.asarray(s.device)]
+        w = graph.option_cost[np.arange(graph.n), np.asarray(s.device)]
         rank = np.asarray(_placed_rank(graph, s.device, w.tolist()))
         for _ in range(tries):
             self.evals += 1
@@ -237,7 +237,7 @@ class _SideSearch(_Search):
 
     def __init__(self, graph: TaskGraph, budget_s: float, seed: int) -> None:
         super().__init__(graph, budget_s, seed)
-        accel = graph.is_accelerator
+        accel = graph.option_is_accelerator
         self.sides = [
             {side: [d for d in graph.runnable_on[i] if int(accel[d]) == side] for side in (0, 1)}
             for i in range(graph.n)
@@ -245,7 +245,7 @@ class _SideSearch(_Search):
         self.options = [[side for side in (0, 1) if self.sides[i][side]] for i in range(graph.n)]
 
     def state_of(self, s: Schedule) -> list[int]:
-        return [int(self.graph.is_accelerator[d]) for d in s.device]
+        return [int(self.graph.option_is_accelerator[d]) for d in s.device]
 
     def evaluate(self, state: Sequence[int]) -> Schedule:
         self.evals += 2
@@ -331,12 +331,7 @@ def solve_memory(
     if host:
         off = np.where(graph.is_accelerator[None, :], np.inf, graph.cost)
         runnable_off = np.isfinite(off).any(axis=1)
-        masked = TaskGraph(
-            np.where(runnable_off[:, None], off, graph.cost),
-            graph.edges,
-            devices=graph.devices,
-            shares_memory=_shares_matrix(graph),
-        )
+        masked = graph.with_cost(np.where(runnable_off[:, None], off, graph.cost))
         # the best schedule that keeps off the accelerators everything that can run elsewhere
         starts.append(solve_latency(masked, budget_s / 6, seed))
     if fastest.makespan > slo:
@@ -359,11 +354,6 @@ def solve_memory(
     if best is None:
         return fastest, False
     return best, True
-
-
-def _shares_matrix(graph: TaskGraph) -> list[list[bool]]:
-    g = graph.memory_group
-    return [[g[a] == g[b] for b in range(graph.m)] for a in range(graph.m)]
 
 
 def solve(

@@ -7,6 +7,16 @@ knows nothing about PyTorch: anyone with a task graph can build one by hand
 Devices are named lanes. Two lanes may share memory (two CPU lanes do): an edge between them
 costs nothing, only ordering. Devices whose name starts with ``accelerator_prefix`` ("cuda" by
 default) are the accelerators whose resident bytes the memory objective minimises.
+
+Note [Chrion wide placement]
+A task may also be placed "wide": on every lane of ``wide_lanes`` at once (CPU lanes, one
+memory), with its own cost ``wide_cost[i]`` (measured with that many intra-op threads). It starts
+when all of those lanes are free and holds all of them until it finishes; the first of them, its
+leader, runs it with all the threads while the others wait. The schedulers see it as one more
+placement option, index ``graph.wide_option`` (= m, after the lanes): ``option_cost``,
+``option_group`` and ``option_lanes`` describe every option, and ``runnable_on`` lists it for the
+tasks that have a wide cost. A Schedule that places task i wide has ``device[i] == wide_option``,
+and lists i in the order of every lane it holds.
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ class TaskGraph:
             device pairs share memory; default: CPU lanes share, every other pair does not.
         accelerator_prefix: devices whose name starts with it count as accelerators.
         names: optional task names used in error messages and pictures.
+        wide_cost: ``wide_cost[i]`` is task i's run time placed wide (Note [Chrion wide
+            placement]); ``inf`` where it has no wide option. None: no task has one.
+        wide_lanes: the devices a wide task holds, its leader first; at least two, sharing one
+            memory, none an accelerator. Required with ``wide_cost``.
 
     Raises:
         PlanError: bad shapes, negative costs, a task no device can run, an edge to an unknown
@@ -59,6 +73,8 @@ class TaskGraph:
         shares_memory: SharesMemory | Sequence[Sequence[bool]] | np.ndarray | None = None,
         accelerator_prefix: str = "cuda",
         names: Sequence[str] | None = None,
+        wide_cost: Sequence[float] | np.ndarray | None = None,
+        wide_lanes: Sequence[str] | None = None,
     ) -> None:
         cost_arr = np.asarray(cost, dtype=np.float64)
         if cost_arr.ndim != 2 or cost_arr.shape[1] == 0:
@@ -108,6 +124,87 @@ class TaskGraph:
             [int(d) for d in np.flatnonzero(row)] for row in runnable
         ]
         self.cross_memory = bool(len(set(self.memory_group)) > 1)
+        self._add_wide_option(wide_cost, wide_lanes)
+
+    def _add_wide_option(
+        self, wide_cost: Sequence[float] | np.ndarray | None, wide_lanes: Sequence[str] | None
+    ) -> None:
+        """The placement options: each device alone, then the wide option if any task has one."""
+        n, m = self.n, self.m
+        self.option_lanes: list[tuple[int, ...]] = [(d,) for d in range(m)]
+        self.option_group: list[int] = list(self.memory_group)
+        self.option_is_accelerator: list[bool] = [bool(a) for a in self.is_accelerator]
+        self.wide_option: int | None = None
+        self.wide_lanes: tuple[int, ...] = ()
+        self.wide_cost: np.ndarray | None = None
+        if wide_cost is None:
+            if wide_lanes is not None:
+                raise PlanError("wide_lanes given without wide_cost")
+            return
+        wide = np.asarray(wide_cost, dtype=np.float64)
+        if wide.shape != (n,) or np.isnan(wide).any() or (wide < 0).any():
+            raise PlanError(
+                f"wide_cost must hold one non-negative number (or inf) per task ({n}), "
+                f"got shape {wide.shape}"
+            )
+        lanes = list(wide_lanes or ())
+        unknown = [d for d in lanes if d not in self.devices]
+        if unknown:
+            raise PlanError(f"wide lane {unknown[0]!r} is not one of {list(self.devices)}")
+        index = [self.devices.index(d) for d in lanes]
+        if len(set(index)) != len(index) or len(index) < 2:
+            raise PlanError(f"wide_lanes must name at least two distinct lanes, got {lanes}")
+        if len({self.memory_group[d] for d in index}) != 1 or self.is_accelerator[index].any():
+            raise PlanError(f"wide_lanes {lanes} must be host lanes sharing one memory")
+        self.wide_option = m
+        self.wide_lanes = tuple(index)
+        self.option_lanes.append(self.wide_lanes)
+        self.option_group.append(self.memory_group[index[0]])
+        self.option_is_accelerator.append(False)
+        self.wide_cost = wide
+        for i in np.flatnonzero(np.isfinite(wide)):
+            self.runnable_on[int(i)].append(m)
+
+    @property
+    def option_cost(self) -> np.ndarray:
+        """``cost`` with a last column for the wide option, if there is one (tasks x options)."""
+        if self.wide_cost is None:
+            return self.cost
+        return np.concatenate([self.cost, self.wide_cost[:, None]], axis=1)
+
+    def with_cost(self, cost: np.ndarray) -> TaskGraph:
+        """The same graph (edges, bytes, memories, wide option) with other device costs."""
+        return TaskGraph(
+            cost,
+            self.edges,
+            devices=self.devices,
+            weight_bytes=self.weight_bytes,
+            out_bytes=self.out_bytes,
+            shares_memory=[
+                [self.memory_group[a] == self.memory_group[b] for b in range(self.m)]
+                for a in range(self.m)
+            ],
+            accelerator_prefix=self.accelerator_prefix,
+            names=self.names,
+            wide_cost=self.wide_cost,
+            wide_lanes=[self.devices[d] for d in self.wide_lanes] if self.wide_lanes else None,
+        )
+
+    def lane_of(self, option: int) -> int:
+        """The device that runs a task placed on ``option`` (a wide task's leader)."""
+        return self.option_lanes[option][0]
+
+    def runners(self, placement: Sequence[int]) -> Sequence[int]:
+        """The device that runs each task of a placement (a wide task's leader): memory is
+        counted there."""
+        if self.wide_option is None:
+            return placement
+        leader = self.wide_lanes[0]
+        return [leader if o == self.wide_option else o for o in placement]
+
+    def option_name(self, option: int) -> str:
+        """A device's name, or "wide" joined names of the wide lanes."""
+        return "+".join(self.devices[d] for d in self.option_lanes[option])
 
     def _topological_order(self) -> list[int]:
         """Kahn's algorithm: linear time; a cycle is reported by naming a task on it."""
@@ -132,8 +229,8 @@ class TaskGraph:
         return order
 
     def transfer(self, u: int, v: int, du: int, dv: int) -> float:
-        """Transfer time of edge (u, v) when u runs on device du and v on dv."""
-        if self.memory_group[du] == self.memory_group[dv]:
+        """Transfer time of edge (u, v) when u runs on option du and v on dv."""
+        if self.option_group[du] == self.option_group[dv]:
             return 0.0
         return self.edges[(u, v)]
 
@@ -190,10 +287,12 @@ class Schedule:
     """Where and when every task runs.
 
     Attributes:
-        device: device index of each task.
+        device: placement option of each task: a device index, or ``graph.wide_option`` for a
+            task placed wide (Note [Chrion wide placement]).
         start: start time of each task.
         finish: finish time of each task.
-        order: for each device, its tasks in the order it runs them.
+        order: for each device, its tasks in the order it runs them (a wide task in the order
+            of each device it holds).
         makespan: finish time of the last task.
         algorithm: what produced it ("heft", "solve", "milp", ...).
         objective: "latency" or "memory".

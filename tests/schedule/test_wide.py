@@ -1,0 +1,205 @@
+"""Wide placements (Note [Chrion wide placement]): a task that holds every CPU lane at once.
+
+References: a timeline worked out by hand, brute force over every placement (wide included)
+and every order, and the task graph and plan built from a synthetic profile."""
+
+import math
+import operator
+
+import numpy as np
+import pytest
+import torch
+from schedule_checks import all_schedules, assert_valid
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from torch_chrion.errors import PlanError
+from torch_chrion.schedule import (
+    Plan,
+    Schedule,
+    TaskGraph,
+    heft,
+    make_plan,
+    milp_schedule,
+    random_task_graph,
+    simulate,
+    solve,
+    task_graph_from,
+)
+from torch_chrion.schedule.simulate import ExecutorCosts
+from torch_chrion.settings import ChrionSettings
+
+LANES = ["cpu:0", "cpu:1"]
+INF = math.inf
+
+
+def hand_graph() -> TaskGraph:
+    # a (2 ms) -> W (wide 3 ms, 8 ms on one lane) -> c (1 ms); b (5 ms) and d (1 ms) alone
+    return TaskGraph(
+        [[2, 2], [8, 8], [1, 1], [5, 5], [1, 1]],
+        {(0, 1): 0.0, (1, 2): 0.0},
+        devices=LANES,
+        wide_cost=[INF, 3.0, INF, INF, INF],
+        wide_lanes=LANES,
+        names=["a", "W", "c", "b", "d"],
+    )
+
+
+def hand_schedule(graph: TaskGraph) -> Schedule:
+    # cpu:0 runs a, W, d; cpu:1 runs b, holds W, then runs c
+    wide = graph.wide_option
+    return Schedule([0, wide, 1, 1, 0], [0.0] * 5, [0.0] * 5, [[0, 1, 4], [3, 1, 2]], 0.0)
+
+
+def test_the_simulator_holds_every_lane_of_a_wide_task_as_worked_out_by_hand():
+    graph = hand_graph()
+    sim = simulate(graph, hand_schedule(graph))
+    # W waits for b to free cpu:1 (5), holds both lanes for 3; c and d follow it
+    assert sim.start == [0.0, 5.0, 8.0, 0.0, 8.0]
+    assert sim.finish == [2.0, 8.0, 9.0, 5.0, 9.0]
+    assert sim.makespan == 9.0
+    assert sim.busy == [2.0 + 3.0 + 1.0, 5.0 + 3.0 + 1.0]
+
+
+def test_the_simulator_charges_the_executor_costs_of_a_hold_as_worked_out_by_hand():
+    graph = hand_graph()
+    costs = ExecutorCosts(step_ms=0.1, handoff_ms=0.5, call_ms=0.25)
+    sim = simulate(graph, hand_schedule(graph), costs)
+    # a [0, 2.1] and b [0, 5.1]; cpu:1's thread hands W to cpu:0 (5.6); W ends at 8.7; cpu:0
+    # goes on with d at once, cpu:1 is woken for c (9.2, also when W's output reaches it)
+    expected_start = [0.0, 5.6, 9.2, 0.0, 8.7]
+    expected_finish = [2.1, 8.7, 10.3, 5.1, 9.8]
+    assert sim.start == pytest.approx([t + 0.25 for t in expected_start])
+    assert sim.finish == pytest.approx([t + 0.25 for t in expected_finish])
+    assert sim.makespan == pytest.approx(10.3 + 0.25)
+
+
+def test_a_wide_task_missing_from_a_lane_it_holds_is_refused():
+    graph = hand_graph()
+    bad = hand_schedule(graph)
+    bad.order = [[0, 1, 4], [3, 2]]
+    with pytest.raises(PlanError, match="'W' is in the order of only some of its lanes"):
+        simulate(graph, bad)
+
+
+def wide_random_graph(seed: int, n: int) -> TaskGraph:
+    plain = random_task_graph(np.random.default_rng(300 + seed), n, devices=LANES, beta=0.3)
+    rng = np.random.default_rng(seed)
+    wide = np.where(rng.random(n) < 0.5, plain.cost.min(axis=1) * rng.uniform(0.4, 1.2, n), INF)
+    return TaskGraph(plain.cost, plain.edges, devices=LANES, wide_cost=wide, wide_lanes=LANES)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_schedulers_with_wide_options_against_brute_force(seed):
+    graph = wide_random_graph(seed, 5)
+    brute = min(sim.makespan for _, sim in all_schedules(graph))
+    for schedule in (heft(graph), solve(graph, budget_s=0.5)):
+        assert_valid(graph, schedule)
+        assert schedule.makespan >= brute - 1e-9
+    exact = milp_schedule(graph, "latency")
+    assert exact.optimal
+    assert exact.schedule.makespan == pytest.approx(brute, rel=1e-6)
+
+
+def model(x, w1, w2):
+    a = torch.mm(x, w1)  # the big one
+    b = torch.relu(a)
+    c = torch.mm(x, w2)
+    return b.sum(dim=1) + c.sum(dim=1)
+
+
+class WideProfile:
+    """A profile as make_plan reads it, with wide costs for the first mm."""
+
+    def __init__(self, gm, wide_ratio: float):
+        self.devices = list(LANES)
+        self.graph_hash = "wide"
+        self.transfer = {}
+        self.node_ms = {}
+        mms = [n for n in gm.graph.nodes if n.target is torch.ops.aten.mm.default]
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target is not operator.getitem:
+                ms = 10.0 if node is mms[0] else 0.5
+                self.node_ms[node.name] = {"cpu:0": ms, "cpu:1": ms}
+        self.big = mms[0].name
+        self.wide_lanes = list(LANES)
+        self.wide_ms = {self.big: 10.0 * wide_ratio}
+
+
+def aten_graph():
+    return make_fx(model)(torch.randn(4, 8), torch.randn(8, 16), torch.randn(8, 16))
+
+
+def test_heft_places_wide_a_node_whose_threads_cost_much_less_and_not_otherwise():
+    gm = aten_graph()
+    fast = WideProfile(gm, wide_ratio=0.55)
+    graph, names = task_graph_from(gm, fast)
+    schedule = heft(graph)
+    assert schedule.device[names.index(fast.big)] == graph.wide_option
+    assert all(
+        d != graph.wide_option for k, d in enumerate(schedule.device) if names[k] != fast.big
+    )
+    # 0.9 of the one-lane cost is within a profile's noise and the hold's own cost: no option
+    slow = WideProfile(gm, wide_ratio=0.9)
+    graph, names = task_graph_from(gm, slow)
+    assert math.isinf(graph.wide_cost[names.index(slow.big)])
+    assert graph.wide_option not in heft(graph).device
+
+
+def test_a_plan_with_a_wide_node_round_trips_through_json_and_replays():
+    gm = aten_graph()
+    profile = WideProfile(gm, wide_ratio=0.55)
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)))
+    assert plan.wide == {profile.big: LANES}
+    assert plan.placement[profile.big] == "cpu:0"
+    assert profile.big in plan.lane_order("cpu:1")
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    graph, names = task_graph_from(gm, profile)
+    replay = simulate(graph, again.schedule(graph, names))
+    assert replay.makespan == pytest.approx(plan.predicted_ms)
+    # while it runs, nothing else does
+    big = profile.big
+    for node in plan.order:
+        if node != big:
+            assert (
+                plan.finish_ms[node] <= plan.start_ms[big]
+                or plan.start_ms[node] >= plan.finish_ms[big]
+            )
+    assert "cpu:0+cpu:1" in plan.table()
+
+
+def test_the_gantt_draws_a_wide_node_on_every_lane_it_holds(tmp_path):
+    gm = aten_graph()
+    profile = WideProfile(gm, wide_ratio=0.55)
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)))
+    figure = plan.gantt(tmp_path / "wide.png")
+    bars = figure.axes[0].patches
+    start = plan.start_ms[profile.big]
+    on_big = [b for b in bars if b.get_x() == start and b.get_width() > 1.0]
+    # one bar per lane: cpu:0 runs it (row 0), cpu:1 holds it (row 1, hatched)
+    assert sorted(round(b.get_y() + b.get_height() / 2) for b in on_big) == [0, 1]
+    assert [b.get_hatch() for b in on_big if round(b.get_y() + 0.3) == 1] == ["//"]
+
+
+@pytest.mark.parametrize(
+    "held, message",
+    [
+        (["cpu:1", "cpu:0"], "its own \\('cpu:0'\\) first"),
+        (["cpu:0"], "two or more distinct lanes"),
+        (["cpu:0", "cpu:7"], "'cpu:7', which is not a CPU lane"),
+    ],
+)
+def test_a_plan_file_with_a_bad_wide_entry_is_refused(held, message):
+    gm = aten_graph()
+    profile = WideProfile(gm, wide_ratio=0.55)
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)))
+    plan.wide = {profile.big: held}
+    with pytest.raises(PlanError, match=f"plan.json: wide node .*{message}"):
+        Plan.from_json(plan.to_json(), "plan.json")
+
+
+def test_a_plan_without_wide_nodes_stays_as_plans_were_written():
+    gm = aten_graph()
+    plan = make_plan(gm, WideProfile(gm, wide_ratio=0.9), ChrionSettings(devices=tuple(LANES)))
+    assert plan.wide is None
+    assert Plan.from_json(plan.to_json()) == plan
