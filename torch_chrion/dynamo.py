@@ -20,6 +20,9 @@ what every other backend in the process traces (inductor's first LSTM call went 
 compiling thread around each frame's compilation) turn it on with ``config.patch`` (thread-local)
 only when the frame being compiled is compiled for chrion, and restore it afterwards
 (``specialize_float`` too: see _COMPILE_CONFIG).
+The same callbacks scope how Dynamo traces ``torch.lstm/gru/rnn_*`` in chrion's compilations
+(Note [Recurrent calls in Dynamo] in dynamo_calls.py: as chrion operators, so that no length is
+fixed while Dynamo traces).
 ``torch._dynamo.reset()`` clears every compile callback ("as in a fresh process"): the hooks
 are installed again by each chrion compilation and by ``install_compile_hooks()``, and a
 compilation that ran without them warns that its recurrent layers were left to eager.
@@ -39,6 +42,7 @@ import torch
 import torch._dynamo
 from torch import fx
 
+from . import dynamo_calls
 from .errors import ModelError, OptionError
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,7 @@ def _on_compile_start(_: Any) -> None:
     if _compiling_for_chrion():
         patch = torch._dynamo.config.patch(**_COMPILE_CONFIG)
         patch.__enter__()
+        dynamo_calls.install()  # Note [Recurrent calls in Dynamo]
     _scope.__dict__.setdefault("patches", []).append(patch)
 
 
@@ -93,6 +98,7 @@ def _on_compile_end(_: Any) -> None:
     if patches:
         patch = patches.pop()
         if patch is not None:
+            dynamo_calls.uninstall()
             patch.__exit__(None, None, None)
 
 

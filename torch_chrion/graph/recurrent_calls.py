@@ -91,6 +91,12 @@ _REPLACEMENTS: dict[Any, Callable[..., Any]] = {
 }
 
 
+def replacements() -> dict[Any, Callable[..., Any]]:
+    """``torch._VF`` recurrent function -> the function calling its chrion operator (also what
+    chrion's Dynamo compilations trace in their place: dynamo_calls.py)."""
+    return _REPLACEMENTS
+
+
 class RecurrentToChrion(TorchFunctionMode):
     """Inside this mode, ``torch.lstm/gru/rnn_tanh/rnn_relu`` call ``torch.ops.chrion.*``."""
 
