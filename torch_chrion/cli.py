@@ -302,6 +302,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "max_body_mb": args.max_body_mb,
         "slo_ms": args.slo_ms,
     }
+    if args.ray_num_cpus is not None and (not args.ray or args.ray_address):
+        raise OptionError(
+            "--ray-num-cpus sizes the local Ray instance: give it with --ray and "
+            "without --ray-address"
+        )
     if args.ray:
         from .serve.ray_app import run_on_ray
 
@@ -311,6 +316,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             replicas=args.replicas,
             address=args.ray_address,
+            num_cpus=args.ray_num_cpus,
             **app_options,
             **options,
         )
@@ -485,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one process")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (default 1)")
     p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+    p.add_argument(
+        "--ray-num-cpus",
+        type=_positive_int,
+        help="logical CPUs of the local Ray instance (default: the machine's); each replica asks "
+        "for its plan's CPU lanes",
+    )
     p.set_defaults(run=_cmd_serve)
 
     p = commands.add_parser(

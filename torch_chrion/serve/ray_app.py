@@ -133,6 +133,10 @@ def deployment(
     return replica.bind(path, name, max_batch, batch_timeout_ms, max_body_mb, slo_ms, load_options)
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGINT reached ``chrion serve --ray``: stop and shut Ray down."""
+
+
 def run_on_ray(
     path: str,
     *,
@@ -141,22 +145,58 @@ def run_on_ray(
     port: int,
     replicas: int,
     address: str | None = None,
+    num_cpus: int | None = None,
     **options: Any,
 ) -> int:
-    """``chrion serve --ray``: start (or join) Ray, run the deployment, wait for SIGTERM/SIGINT."""
+    """``chrion serve --ray``: start (or join) Ray, run the deployment, serve until SIGTERM or
+    SIGINT, then take the application down: on a Ray instance it started, Serve and Ray with
+    it, so no Ray process outlives the command (a signal during start-up does the same).
+
+    Args:
+        address: an existing cluster; None starts a local instance (``num_cpus`` logical CPUs,
+            default the machine's), which is shut down on exit.
+    """
     import ray
 
-    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(
-        deployment(path, name=name, num_replicas=replicas, **options), name=name, route_prefix="/"
-    )
-    print(f"serving model {name!r} on Ray Serve, http://{host}:{port}/v2/models/{name}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    serve.delete(name)
-    serve.shutdown()
-    ray.shutdown()
+    def stop(signum: int, frame: Any) -> None:
+        # once: a second signal must not interrupt the shutdown below
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # ray.init joins the cluster of RAY_ADDRESS when no address is given
+    own_instance = address is None and not os.environ.get("RAY_ADDRESS")
+    deployed = False
+    try:
+        ray.init(
+            address=address, num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True
+        )
+        # ray.init puts in its own SIGTERM handler (sys.exit, skipping Serve's shutdown)
+        signal.signal(signal.SIGTERM, stop)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(
+            deployment(path, name=name, num_replicas=replicas, **options),
+            name=name,
+            route_prefix="/",
+        )
+        deployed = True
+        print(
+            f"serving model {name!r} on Ray Serve, http://{host}:{port}/v2/models/{name}",
+            flush=True,
+        )
+        threading.Event().wait()  # until a signal raises _Stopped
+    except _Stopped as why:
+        print(f"{why}: shutting down", flush=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        if ray.is_initialized():
+            if own_instance:  # Serve, and every Ray process with ray.shutdown
+                serve.shutdown()
+            elif deployed:  # a shared cluster: only this application
+                serve.delete(name)
+            ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
