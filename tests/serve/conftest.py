@@ -3,7 +3,7 @@ export (helpers in serve_helpers.py)."""
 
 import pytest
 import torch
-from serve_helpers import FAST, Tagger, frames, train_tagger
+from serve_helpers import FAST, CausalTagger, Tagger, frames, train_tagger
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +53,27 @@ def onnx_package(onnx_file, tmp_path_factory):
         str(onnx_file),
         (frames(10),),
         root / "tagger_onnx",
+        batch_axis=1,
+        cache_dir=str(root / "cache"),
+        **FAST,
+    )
+
+
+@pytest.fixture(scope="session")
+def causal_tagger() -> CausalTagger:
+    torch.manual_seed(1)
+    return CausalTagger().eval()
+
+
+@pytest.fixture(scope="session")
+def causal_package(causal_tagger, tmp_path_factory):
+    import torch_chrion
+
+    root = tmp_path_factory.mktemp("packages")
+    return torch_chrion.package(
+        causal_tagger,
+        (frames(10),),
+        root / "causal",
         batch_axis=1,
         cache_dir=str(root / "cache"),
         **FAST,

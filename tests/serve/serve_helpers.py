@@ -20,6 +20,19 @@ class Tagger(nn.Module):
         return self.head(y).log_softmax(-1)
 
 
+class CausalTagger(nn.Module):
+    """A 2-layer unidirectional LSTM with a per-frame classifier: causal in time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(FEATURES, 16, num_layers=2)
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(features)
+        return self.head(y).log_softmax(-1)
+
+
 def train_tagger() -> Tagger:
     """What a training script does: a few optimiser steps, then eval()."""
     torch.manual_seed(0)

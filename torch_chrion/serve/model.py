@@ -1,11 +1,15 @@
 """ServedModel: what a server runs. It checks request tensors against the model's inputs,
 groups requests into batches and splits the answers back, whatever the server around it.
 
-Batching concatenates requests along the batch axis. It never pads the time axis: without the
-true lengths a recurrent layer (a backward direction above all) computes something else on a
-padded sequence, so only requests whose shapes are identical apart from the batch axis share a
-batch. The batch itself is padded with zero rows up to a power of two (rows of a batch are
-independent, so this is exact), which bounds the number of shapes the model is built for.
+Batching concatenates requests along the batch axis, and pads the batch with zero rows up to a
+power of two (rows of a batch are independent, so this is exact), which bounds the number of
+shapes the model is built for. Requests of different lengths share a batch only when the graph
+proves the model causal in time (graph/time_causal.py: every output step depends on input steps
+up to it, as through unidirectional recurrent layers and per-frame layers): then requests whose
+lengths fall in one power-of-two bucket are padded at the end to the longest of them, and each
+answer is cut back to its own length, which leaves it what the unpadded call gives. Any other
+model (a bidirectional layer, pooling over time, ...) computes something else on a padded
+sequence, so there only requests of equal shapes share a batch.
 """
 
 from __future__ import annotations
@@ -44,6 +48,20 @@ class TensorSpec:
 Result = list[np.ndarray] | BaseException
 
 
+@dataclasses.dataclass(frozen=True)
+class TimeAxes:
+    """Where a model causal in time takes and gives its steps: per input and per output the
+    axis of its steps, None for one without (graph/time_causal.py proved it)."""
+
+    inputs: tuple[int | None, ...]
+    outputs: tuple[int | None, ...]
+
+
+def _length_bucket(length: int) -> int:
+    """Requests whose lengths share a bucket may be padded to a common length."""
+    return 1 << (length - 1).bit_length()
+
+
 def _numpy_dtype(name: str) -> np.dtype:
     return torch.empty((), dtype=getattr(torch, name)).numpy().dtype
 
@@ -59,6 +77,8 @@ class ServedModel:
         warmup_inputs: inputs run once before the server says it is ready.
         slo_ms: the latency objective of the plan, if it has one.
         resources: CPU cores and GPUs the plan uses ({"num_cpus": .., "num_gpus": ..}).
+        time_axes: the model is causal in time along these axes (``time_axes_of``): requests
+            of lengths in one bucket may share a padded batch. None: only equal shapes do.
     """
 
     def __init__(
@@ -71,6 +91,7 @@ class ServedModel:
         warmup_inputs: Sequence[Sequence[np.ndarray]] = (),
         slo_ms: float | None = None,
         resources: dict[str, float] | None = None,
+        time_axes: TimeAxes | None = None,
     ) -> None:
         self.call = call
         self.inputs = list(inputs)
@@ -79,6 +100,7 @@ class ServedModel:
         self.warmup_inputs = [tuple(w) for w in warmup_inputs]
         self.slo_ms = slo_ms
         self.resources = resources or {"num_cpus": 1, "num_gpus": 0}
+        self.time_axes = time_axes if batch_axis is not None else None
 
     # -- requests ---------------------------------------------------------------------------
     def check(self, given: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -115,12 +137,30 @@ class ServedModel:
             arrays.append(array)
         return tuple(arrays)
 
+    def _length(self, arrays: Sequence[np.ndarray]) -> int | None:
+        """The request's length when it may be padded: its inputs' steps agree."""
+        if self.time_axes is None:
+            return None
+        lengths = {
+            a.shape[ax]
+            for a, ax in zip(arrays, self.time_axes.inputs, strict=True)
+            if ax is not None
+        }
+        return lengths.pop() if len(lengths) == 1 else None
+
     def batch_key(self, arrays: Sequence[np.ndarray]) -> tuple:
-        """Requests with equal keys can share a batch: equal shapes apart from the batch axis."""
+        """Requests with equal keys can share a batch: equal shapes apart from the batch axis,
+        and for a model causal in time apart from a length in the same bucket."""
         axis = self.batch_axis
+        length = self._length(arrays)
+        time = self.time_axes.inputs if length is not None else (None,) * len(arrays)
         return tuple(
-            tuple(d for i, d in enumerate(a.shape) if axis is None or i != axis % a.ndim)
-            for a in arrays
+            tuple(
+                ("bucket", _length_bucket(d)) if i == t else d
+                for i, d in enumerate(a.shape)
+                if axis is None or i != axis % a.ndim
+            )
+            for a, t in zip(arrays, time, strict=True)
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -137,15 +177,19 @@ class ServedModel:
         if len(requests) == 1 or self.batch_axis is None:
             return [self._run_alone(r) for r in requests]
         axis = self.batch_axis
+        lengths = [self._length(r) for r in requests]
+        padded_to = max(lengths) if None not in lengths else None
+        if padded_to is not None and min(lengths) < padded_to:
+            requests = [self._padded(r, padded_to) for r in requests]
         sizes = [r[0].shape[axis] for r in requests]
         total = sum(sizes)
-        padded = 1 << (total - 1).bit_length()
+        rows = 1 << (total - 1).bit_length()
         joined = []
         for k in range(len(self.inputs)):
             parts = [r[k] for r in requests]
-            if padded > total:
+            if rows > total:
                 shape = list(parts[0].shape)
-                shape[axis] = padded - total
+                shape[axis] = rows - total
                 parts.append(np.zeros(shape, dtype=parts[0].dtype))
             joined.append(np.concatenate(parts, axis=axis))
         try:
@@ -158,7 +202,28 @@ class ServedModel:
             np.split(out[(slice(None),) * axis + (slice(0, total),)], cuts, axis=axis)
             for out in outputs
         ]
-        return [[pieces[i] for pieces in per_output] for i in range(len(requests))]
+        answers = [[pieces[i] for pieces in per_output] for i in range(len(requests))]
+        if padded_to is not None:
+            answers = [self._cut(a, length) for a, length in zip(answers, lengths, strict=True)]
+        return answers
+
+    def _padded(self, arrays: Sequence[np.ndarray], length: int) -> list[np.ndarray]:
+        """The request padded at the end of its time axes to ``length`` steps (zeros)."""
+        padded = []
+        for array, axis in zip(arrays, self.time_axes.inputs, strict=True):
+            if axis is not None and array.shape[axis] < length:
+                widths = [(0, 0)] * array.ndim
+                widths[axis] = (0, length - array.shape[axis])
+                array = np.pad(array, widths)
+            padded.append(array)
+        return padded
+
+    def _cut(self, outputs: list[np.ndarray], length: int) -> list[np.ndarray]:
+        """Each output cut back to the request's own ``length`` steps."""
+        return [
+            out if axis is None else out[(slice(None),) * axis + (slice(0, length),)]
+            for out, axis in zip(outputs, self.time_axes.outputs, strict=True)
+        ]
 
     def _run_alone(self, arrays: Sequence[np.ndarray]) -> Result:
         try:
@@ -170,6 +235,34 @@ class ServedModel:
         """Run every warm-up input once (builds each shape's executable before traffic)."""
         for arrays in self.warmup_inputs:
             self.run(arrays)
+
+
+def time_axes_of(
+    module: Any, inputs: Sequence[TensorSpec], batch_axis: int | None
+) -> TimeAxes | None:
+    """Where ``module`` (a ChrionModule) may be padded in time, or None.
+
+    An input's time axis is its one dynamic axis other than the batch axis (an input with none
+    does not vary in time; one with several is not padded). The captured graph must then prove
+    every output causal in time along those axes (graph/time_causal.py).
+    """
+    from ..graph.time_causal import causal_time_axes
+
+    if batch_axis is None:
+        return None
+    axes: list[int | None] = []
+    for spec in inputs:
+        batch = batch_axis % len(spec.shape)
+        dynamic = [a for a, d in enumerate(spec.shape) if d is None and a != batch]
+        if len(dynamic) > 1:
+            return None
+        axes.append(dynamic[0] if dynamic else None)
+    if all(a is None for a in axes):
+        return None
+    outputs = causal_time_axes(module.captured_graph(), axes)
+    if outputs is None:
+        return None
+    return TimeAxes(tuple(axes), tuple(outputs))
 
 
 def lane_resources(devices: Sequence[str], cpu_threads: int | None) -> dict[str, float]:
@@ -213,6 +306,7 @@ def from_package(path: str | os.PathLike, *, strict: bool = False) -> ServedMode
         warmup_inputs=warmup,
         slo_ms=module.plan.slo_ms,
         resources=lane_resources(settings.devices or default_devices(), settings.cpu_threads),
+        time_axes=time_axes_of(module, inputs, manifest["batch_axis"]),
     )
 
 
@@ -254,6 +348,7 @@ def from_onnx(
         warmup_inputs=[tuple(x.numpy() for x in example)],
         slo_ms=module.plan.slo_ms,
         resources=lane_resources(settings.devices or default_devices(), settings.cpu_threads),
+        time_axes=time_axes_of(module, inputs, batch_axis),
     )
 
 
@@ -264,4 +359,13 @@ def load_served(path: str | os.PathLike, **kwargs: Any) -> ServedModel:
     return from_onnx(path, **kwargs)
 
 
-__all__ = ["DATATYPES", "ServedModel", "TensorSpec", "from_onnx", "from_package", "load_served"]
+__all__ = [
+    "DATATYPES",
+    "ServedModel",
+    "TensorSpec",
+    "TimeAxes",
+    "time_axes_of",
+    "from_onnx",
+    "from_package",
+    "load_served",
+]
