@@ -1,6 +1,8 @@
 """Fixtures of the serving tests: the trained tagger, packaged from PyTorch and from its ONNX
 export (helpers in serve_helpers.py)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from serve_helpers import FAST, CausalTagger, Tagger, frames, train_tagger
@@ -45,18 +47,27 @@ def onnx_file(tagger, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def onnx_package(onnx_file, tmp_path_factory):
-    import torch_chrion
+def onnx_package_command(onnx_file, tmp_path_factory):
+    """The ONNX export packaged by ``chrion package`` (two shapes): (argv, what it printed)."""
+    import contextlib
+    import io
+
+    from torch_chrion.cli import main
 
     root = tmp_path_factory.mktemp("packages")
-    return torch_chrion.package(
-        str(onnx_file),
-        (frames(10),),
-        root / "tagger_onnx",
-        batch_axis=1,
-        cache_dir=str(root / "cache"),
-        **FAST,
-    )
+    argv = ["package", str(onnx_file), "--shape", "features=10,1,8", "--more", "features=10,2,8"]
+    argv += ["--batch-axis", "1", "--cache-dir", str(root / "cache"), "-o", str(root / "onnx")]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return argv, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def onnx_package(onnx_package_command):
+    argv, _ = onnx_package_command
+    return Path(argv[argv.index("-o") + 1])
 
 
 @pytest.fixture(scope="session")

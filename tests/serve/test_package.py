@@ -99,27 +99,12 @@ def test_existing_path_is_kept_unless_overwrite(tagger, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "taken"]  # nothing half-written beside it
 
 
-def test_chrion_package_command(onnx_file, tmp_path, capsys):
+def test_chrion_package_command(onnx_package_command, onnx_package, capsys):
     from torch_chrion.cli import main
 
-    out = tmp_path / "pkg"
-    argv = [
-        "package",
-        str(onnx_file),
-        "--shape",
-        "features=10,1,8",
-        "--more",
-        "features=10,2,8",
-        "--batch-axis",
-        "1",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "-o",
-        str(out),
-    ]
-    assert main(argv) == 0
-    assert "(2 shape(s))" in capsys.readouterr().out
-    model = torch_chrion.load_package(out)
+    argv, printed = onnx_package_command
+    assert "(2 shape(s))" in printed
+    model = torch_chrion.load_package(onnx_package)
     assert [e["shapes"] for e in model.manifest["entries"]] == [[[10, 1, 8]], [[10, 2, 8]]]
     assert model.batch_axis == 1 and model.profiles_made == 0
     assert main(argv) == 2  # exists: refused, named

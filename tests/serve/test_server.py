@@ -4,6 +4,7 @@ failure is a 500 for its request only, /metrics counts all of it, SIGTERM drains
 
 import concurrent.futures
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,34 +43,54 @@ def served(torch_package):
     return from_package(torch_package)
 
 
-def test_concurrent_varying_lengths_equal_eager(served, tagger):
-    app = create_app(served, name="tagger", max_batch=4, batch_timeout_ms=20)
-    lengths = [10, 9, 12, 10, 11, 10]
+@pytest.fixture(scope="module")
+def tagger_server(served):
+    """One server of the packaged tagger for the tests that need nothing else; they read
+    /metrics before and after, so each counts only its own requests."""
+    app = create_app(served, name="tagger", max_batch=4, batch_timeout_ms=20, max_body_mb=0.05)
     with EmbeddedServer(app) as server:
-        meta = server.client.get("/v2/models/tagger").json()
-        assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, -1, 8]}]
-
-        def client(worker: int) -> int:
-            with httpx.Client(base_url=server.url, timeout=60) as c:
-                for k, length in enumerate(lengths):
-                    x = frames(length, seed=100 * worker + k)
-                    send = infer_binary if (worker + k) % 2 else infer_json
-                    (y,) = outputs_of(send(c, "tagger", x)).values()
-                    expected = tagger(x).detach().numpy()
-                    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
-            return len(lengths)
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answered = sum(pool.map(client, range(4)))
-        text = server.client.get("/metrics").text
-    assert metric(text, "chrion_requests_total", model="tagger", code="200") == answered
-    assert metric(text, "chrion_batch_size_count", model="tagger") <= answered
-    assert metric(text, "chrion_batch_size_sum", model="tagger") == answered
-    assert metric(text, "chrion_request_latency_seconds_count", model="tagger") == answered
+        yield server
 
 
-def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, tagger):
-    app = create_app(served, name="tagger", max_body_mb=0.05)
+def counted(server, name: str, **labels) -> float:
+    return metric(server.client.get("/metrics").text, name, model="tagger", **labels)
+
+
+def test_concurrent_varying_lengths_equal_eager(tagger_server, tagger):
+    server = tagger_server
+    lengths = [10, 9, 12, 10]
+    names = [
+        ("chrion_requests_total", {"code": "200"}),
+        ("chrion_batch_size_count", {}),
+        ("chrion_batch_size_sum", {}),
+        ("chrion_request_latency_seconds_count", {}),
+    ]
+    before = {name: counted(server, name, **labels) for name, labels in names}
+    meta = server.client.get("/v2/models/tagger").json()
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, -1, 8]}]
+
+    def client(worker: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for k, length in enumerate(lengths):
+                x = frames(length, seed=100 * worker + k)
+                send = infer_binary if (worker + k) % 2 else infer_json
+                (y,) = outputs_of(send(c, "tagger", x)).values()
+                expected = tagger(x).detach().numpy()
+                np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+        return len(lengths)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answered = sum(pool.map(client, range(4)))
+    after = {name: counted(server, name, **labels) for name, labels in names}
+    added = {name: after[name] - before[name] for name in after}
+    assert added["chrion_requests_total"] == answered
+    assert added["chrion_batch_size_count"] <= answered
+    assert added["chrion_batch_size_sum"] == answered
+    assert added["chrion_request_latency_seconds_count"] == answered
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(tagger_server, tagger):
+    server = tagger_server  # its body limit: 0.05 MiB
     x = frames(10)
     good = {"name": "features", "shape": [10, 1, FEATURES], "datatype": "FP32"}
     data = x.flatten().tolist()
@@ -110,24 +131,23 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, tagger):
         ),
         (413, "over the 0.05 MiB limit", {"content": b" " * 60_000}),
     ]
-    with EmbeddedServer(app) as server:
-        for status, message, request in bad:
-            response = server.client.post("/v2/models/tagger/infer", **request)
-            assert response.status_code == status, (message, response.text)
-            assert response.json()["error"]
-            import re
-
-            assert re.search(message, response.json()["error"]), response.json()
-            (y,) = outputs_of(infer_json(server.client, "tagger", x)).values()
-            np.testing.assert_allclose(y, tagger(x).detach().numpy(), atol=1e-5, rtol=1e-5)
-        unknown = infer_json(server.client, "other", x)
-        assert unknown.status_code == 404 and "unknown model 'other'" in unknown.json()["error"]
-        assert server.client.get("/v2/models/other").status_code == 404
-        text = server.client.get("/metrics").text
-    assert metric(text, "chrion_request_errors_total", reason="bad_request") == len(bad) - 1
-    assert metric(text, "chrion_request_errors_total", reason="too_large") == 1
-    assert metric(text, "chrion_request_errors_total", reason="unknown_model") == 2
-    assert metric(text, "chrion_requests_total", code="200") == len(bad)
+    reasons = ("bad_request", "too_large", "unknown_model")
+    before = {r: counted(server, "chrion_request_errors_total", reason=r) for r in reasons}
+    answered = counted(server, "chrion_requests_total", code="200")
+    for status, message, request in bad:
+        response = server.client.post("/v2/models/tagger/infer", **request)
+        assert response.status_code == status, (message, response.text)
+        assert re.search(message, response.json()["error"]), response.json()
+        (y,) = outputs_of(infer_json(server.client, "tagger", x)).values()
+        np.testing.assert_allclose(y, tagger(x).detach().numpy(), atol=1e-5, rtol=1e-5)
+    unknown = infer_json(server.client, "other", x)
+    assert unknown.status_code == 404 and "unknown model 'other'" in unknown.json()["error"]
+    assert server.client.get("/v2/models/other").status_code == 404
+    errors = {
+        r: counted(server, "chrion_request_errors_total", reason=r) - before[r] for r in reasons
+    }
+    assert errors == {"bad_request": len(bad) - 1, "too_large": 1, "unknown_model": 2}
+    assert counted(server, "chrion_requests_total", code="200") - answered == len(bad)
 
 
 def test_a_model_failure_is_a_500_for_that_request_only(served, tagger):
