@@ -595,7 +595,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         if self._generic is not None and key in self._by_plan:
             return self._by_plan[key]
         executable = runtime.PlacedGraph(
-            graph, plan.placement, plan.order, cpu_threads=self.settings.cpu_threads, plan=plan
+            graph,
+            plan.placement,
+            plan.order,
+            cpu_threads=self.settings.cpu_threads,
+            plan=plan,
+            wide=plan.wide,
         )
         executable.enable_trace(self._trace)
         self.stats["executables_built"] += 1
@@ -657,8 +662,9 @@ def _shapes_of(signature: tuple) -> list:
 
 
 def _plan_identity(plan: Any) -> tuple:
-    """What an executable depends on in a plan: placement and order."""
-    return (tuple(sorted(plan.placement.items())), tuple(plan.order))
+    """What an executable depends on in a plan: placement, wide nodes and order."""
+    wide = tuple(sorted((node, tuple(lanes)) for node, lanes in (plan.wide or {}).items()))
+    return (tuple(sorted(plan.placement.items())), wide, tuple(plan.order))
 
 
 def _scaled_profile(profile: Any, graph: torch.fx.GraphModule, scale: float) -> Any:
@@ -673,8 +679,12 @@ def _scaled_profile(profile: Any, graph: torch.fx.GraphModule, scale: float) -> 
             lane: (measured[lane] * scale if measured and lane in measured else 1e-3)
             for lane in profile.devices
         }
+    wide_ms = {name: ms * scale for name, ms in profile.wide_ms.items() if name in node_ms}
     return dataclasses.replace(
-        profile, node_ms=node_ms, notes=[*profile.notes, f"derived, scaled x{scale:.3g}"]
+        profile,
+        node_ms=node_ms,
+        wide_ms=wide_ms,
+        notes=[*profile.notes, f"derived, scaled x{scale:.3g}"],
     )
 
 

@@ -341,6 +341,12 @@ void Core::handle(Task& task, bool cancelled) const {
             request.pending[step.lane_next].fetch_sub(1, std::memory_order_acq_rel) == 1) {
           next = step.lane_next;
         }
+        // Note [Chrion wide steps]: the lanes a wide step held go on with their next steps.
+        for (int32_t held : step.held_next) {
+          if (request.pending[held].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            schedule(owner, held);
+          }
+        }
         if (!step.lands_later) {  // else its consumers are released when the data lands
           int32_t ready_here = release_consumers(owner, step, lane_index);
           if (ready_here >= 0) next = ready_here;
@@ -348,8 +354,9 @@ void Core::handle(Task& task, bool cancelled) const {
       }
     }
     // The lane's next step runs right here when no other request waits on the lane (a chain,
-    // the common case): no queue round trip. Otherwise it queues behind earlier requests.
-    if (next >= 0 && !lane.idle()) {
+    // the common case): no queue round trip. Otherwise it queues behind earlier requests; and
+    // a wide step that this lane held for goes to its own lane (Note [Chrion wide steps]).
+    if (next >= 0 && (!lane.idle() || program->steps[next].lane != lane_index)) {
       schedule(owner, next);
       next = -1;
     }

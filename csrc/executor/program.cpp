@@ -68,6 +68,20 @@ Step parse_step(const py::dict& d, const Program& program) {
   step.num_outputs = d["num_outputs"].cast<int32_t>();
   TORCH_CHECK_VALUE(step.lane >= 0 && step.lane < (int32_t)program.lanes.size(), "node '",
                     step.name, "': lane ", step.lane, " does not exist");
+  if (d.contains("hold")) {
+    const LaneSpec& own = program.lanes[step.lane];
+    TORCH_CHECK_VALUE(!own.asynchronous(), "node '", step.name, "': a wide step runs on a CPU ",
+                      "lane, not ", own.name);
+    for (auto h : d["hold"].cast<py::list>()) {
+      int32_t lane = h.cast<int32_t>();
+      TORCH_CHECK_VALUE(lane >= 0 && lane < (int32_t)program.lanes.size() && lane != step.lane &&
+                            !program.lanes[lane].asynchronous() &&
+                            std::find(step.hold.begin(), step.hold.end(), lane) == step.hold.end(),
+                        "node '", step.name, "': a wide step holds distinct CPU lanes other than ",
+                        "its own; lane ", lane, " is not one");
+      step.hold.push_back(lane);
+    }
+  }
   auto kind = d["kind"].cast<std::string>();
   auto args = d["args"].cast<py::list>();
   if (kind == "op") {
@@ -220,17 +234,41 @@ Program Program::build(const py::dict& description) {
   // so a lane's next step becomes ready only when the step before it in the plan has run: the
   // dependency counts that already order data make the lane order too, with no extra locking.
   // (Running whatever became ready first made a lane's order depend on thread timing.)
+  //
+  // Note [Chrion wide steps]
+  // A wide step (a node placed wide, Note [Chrion wide placement] in schedule/task_graph.py)
+  // runs on a lane of its own, a thread whose intra-op thread count is that of all the CPU lanes
+  // it holds (set once, when the lane starts, like every lane's), and it is also in the order
+  // of each lane it holds. So it waits for the step before it on each of them, and the step
+  // after it on each of them waits for it: while it runs, the lanes it holds run nothing (their
+  // threads sleep), and their cores are its threads'. A thread of its own, rather than one of
+  // the held lanes switching its count per step: at::set_num_threads also sets the count that
+  // threads started later in the process inherit, and a lane must not change that.
   p.lane_steps.assign(p.lanes.size(), {});
-  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) p.lane_steps[p.steps[i].lane].push_back(i);
+  for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
+    p.lane_steps[p.steps[i].lane].push_back(i);
+    for (int32_t held : p.steps[i].hold) p.lane_steps[held].push_back(i);
+  }
+  std::vector<std::vector<int32_t>> order_prev(p.steps.size());  // lane-order predecessors
   for (auto& order : p.lane_steps) {
     std::stable_sort(order.begin(), order.end(),
                      [&](int32_t a, int32_t b) { return p.steps[a].rank < p.steps[b].rank; });
     for (size_t k = 1; k < order.size(); ++k) {
-      auto& prev = p.steps[order[k - 1]];
+      const int32_t before = order[k - 1], after = order[k];
+      auto& prev = p.steps[before];
       const auto& c = prev.consumers;
-      if (std::find(c.begin(), c.end(), order[k]) != c.end()) continue;  // ordered by its data
-      prev.lane_next = order[k];
-      p.steps[order[k]].num_dependencies += 1;
+      if (std::find(c.begin(), c.end(), after) != c.end()) continue;  // ordered by its data
+      auto& seen = order_prev[after];
+      if (std::find(seen.begin(), seen.end(), before) != seen.end()) continue;  // two lanes
+      seen.push_back(before);
+      // the successor on the step's own lane is lane_next (run in place); others are released
+      // onto their lanes
+      if (prev.lane_next < 0 && (p.steps[after].lane == prev.lane || prev.hold.empty())) {
+        prev.lane_next = after;
+      } else {
+        prev.held_next.push_back(after);
+      }
+      p.steps[after].num_dependencies += 1;
     }
   }
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
@@ -252,6 +290,9 @@ Program Program::build(const py::dict& description) {
       if (--remaining[c] == 0) ready.push_back(c);
     }
     if (s.lane_next >= 0 && --remaining[s.lane_next] == 0) ready.push_back(s.lane_next);
+    for (int32_t n : s.held_next) {
+      if (--remaining[n] == 0) ready.push_back(n);
+    }
   }
   TORCH_CHECK_VALUE(reached == p.steps.size(), "the graph has a cycle, or a lane's order runs a ",
                     "step before one it reads: ", p.steps.size() - reached, " steps can never run");

@@ -72,6 +72,10 @@ struct Step {
   int32_t num_dependencies = 0;          ///< distinct steps it reads from, +1 for lane_prev
   int32_t lane_next = -1;                ///< the next step of its lane in plan order, when it is
                                          ///< not also a consumer (Note [Chrion plan order])
+  std::vector<int32_t> hold;             ///< a wide step: the lanes it holds (Note [Chrion wide
+                                         ///< steps]); empty for every other step
+  std::vector<int32_t> held_next;        ///< a wide step: the next step of each lane it holds,
+                                         ///< when not a consumer or its lane_next
   bool record_event = false;             ///< a device lane step read by a copy step
   int32_t source_step = -1;              ///< kCopy: producer of the copied value (-1: an input)
   bool lands_later = false;              ///< kCopy out of an asynchronous lane to the host:

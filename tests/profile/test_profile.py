@@ -16,6 +16,7 @@ from torch_chrion.graph.nodes import schedulable_nodes
 from torch_chrion.profile import Profile, profile_graph
 from torch_chrion.profile import profiler as profiler_module
 from torch_chrion.profile import progress as progress_module
+from torch_chrion.profile.assemble import WIDE_MIN_MS
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
 
@@ -85,13 +86,20 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
 def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
     profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    # one measurement of 3 repeats, for both lanes
-    assert [repeats for _, repeats in count_timed_calls] == [3]
+    # one measurement of 3 repeats for both lanes, and one with both lanes' threads (wide)
+    assert [repeats for _, repeats in count_timed_calls] == [3, 3]
     for costs in profile.node_ms.values():
         assert costs["cpu:0"] == costs["cpu:1"]
     assert profile.transfer == {}
     assert profile.transfer_ms("cpu:0", "cpu:1", 10**9) == 0.0
     assert any("thread" in note for note in profile.notes)
+    assert profile.wide_lanes == ["cpu:0", "cpu:1"]
+    # wide costs are kept for the nodes that cost enough on one lane, and only for them
+    worth = {n for n, c in profile.node_ms.items() if c["cpu:0"] >= WIDE_MIN_MS}
+    assert set(profile.wide_ms) == worth
+    # both measurements are cached: a second profile times nothing
+    again = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
+    assert len(count_timed_calls) == 2 and again == profile
 
 
 def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_calls):

@@ -64,10 +64,11 @@ def test_the_simulator_charges_the_executor_costs_of_a_hold_as_worked_out_by_han
     graph = hand_graph()
     costs = ExecutorCosts(step_ms=0.1, handoff_ms=0.5, call_ms=0.25)
     sim = simulate(graph, hand_schedule(graph), costs)
-    # a [0, 2.1] and b [0, 5.1]; cpu:1's thread hands W to cpu:0 (5.6); W ends at 8.7; cpu:0
-    # goes on with d at once, cpu:1 is woken for c (9.2, also when W's output reaches it)
-    expected_start = [0.0, 5.6, 9.2, 0.0, 8.7]
-    expected_finish = [2.1, 8.7, 10.3, 5.1, 9.8]
+    # a [0, 2.1] and b [0, 5.1]; W runs on a thread of its own: cpu:1's thread wakes it
+    # (5.6), it ends at 8.7 and wakes cpu:0 for d and cpu:1 for c (9.2, when W's output
+    # reaches c too)
+    expected_start = [0.0, 5.6, 9.2, 0.0, 9.2]
+    expected_finish = [2.1, 8.7, 10.3, 5.1, 10.3]
     assert sim.start == pytest.approx([t + 0.25 for t in expected_start])
     assert sim.finish == pytest.approx([t + 0.25 for t in expected_finish])
     assert sim.makespan == pytest.approx(10.3 + 0.25)

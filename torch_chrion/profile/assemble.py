@@ -1,11 +1,25 @@
 """One Profile over the lanes, assembled from the profiles of the physical devices they run on
-(all CPU lanes share the "cpu" device's measurement, each CUDA lane its own "cuda:i")."""
+(all CPU lanes share the "cpu" device's measurement, each CUDA lane its own "cuda:i"), and the
+wide costs from the CPU measured with the threads of every CPU lane on one lane (WIDE_GROUP).
+"""
 
 from __future__ import annotations
 
 import math
 
 from .profile import Profile
+
+# the key of the wide CPU measurement among the per-device profiles (its profile is of "cpu")
+WIDE_GROUP = "cpu@wide"
+# a node costs at least this on one lane for its wide cost to be kept: below it, what threads
+# could save is within the noise of a shared machine's profile, and handing the step to the wide
+# lane and holding the others (tens of microseconds under load) eats it
+WIDE_MIN_MS = 0.25
+
+
+def device_of(group: str) -> str:
+    """The device a per-device measurement is of: "cpu" for the wide one."""
+    return "cpu" if group == WIDE_GROUP else group
 
 
 def assemble(
@@ -32,7 +46,7 @@ def assemble(
             node_ms[name][lane] = source.node_ms.get(name, {}).get(group, math.inf)
     for group, source in device_profiles.items():
         notes += source.notes
-        if group == "cpu":
+        if device_of(group) == "cpu":
             continue
         for lane in lanes:
             if parsed[lane][0] != "cpu":
@@ -40,6 +54,19 @@ def assemble(
             transfer[f"{lane}->{_lane_of(group, lanes, parsed)}"] = source.transfer[f"cpu->{group}"]
             transfer[f"{_lane_of(group, lanes, parsed)}->{lane}"] = source.transfer[f"{group}->cpu"]
     profile = Profile(lanes, device_names, node_ms, transfer, ghash, shapes, version, notes)
+    if WIDE_GROUP in device_profiles:
+        cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
+        narrow, wide = device_profiles["cpu"].node_ms, device_profiles[WIDE_GROUP].node_ms
+        profile.wide_lanes = cpu_lanes
+        profile.wide_ms = {
+            name: wide[name]["cpu"]
+            for name in names
+            if narrow[name]["cpu"] >= WIDE_MIN_MS and math.isfinite(wide[name]["cpu"])
+        }
+        profile.notes.append(
+            f"wide ({'+'.join(cpu_lanes)}): {threads * len(cpu_lanes)} intra-op threads on one "
+            f"lane, kept for the {len(profile.wide_ms)} node(s) of {WIDE_MIN_MS} ms or more"
+        )
     profile.validate("assembled profile")
     return profile
 

@@ -1,7 +1,9 @@
 """profile_graph: the cost of every schedulable node of an aten graph on every lane.
 
 How: each physical device is measured once. All CPU lanes of one intra-op thread count share one
-CPU measurement, taken by the executor on a traced lane (cpu.py); each CUDA lane gets its own, each
+CPU measurement, taken by the executor on a traced lane (cpu.py); with two or more CPU lanes the
+CPU is measured once more with the threads of all of them on one lane, the cost of a node placed
+wide (Note [Chrion wide placement] in schedule/task_graph.py); each CUDA lane gets its own, each
 node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
 host<->device copy costs (transfer.py), within the time budget (budget.py). Each device's
 measurement is cached on disk (cache.py). A lane whose device is not on this machine comes from a
@@ -25,7 +27,7 @@ from ..graph import graph_hash
 from ..graph.nodes import schedulable_nodes
 from ..runtime.lanes import DEFAULT_CPU_THREADS
 from ..settings import ChrionSettings
-from .assemble import assemble
+from .assemble import WIDE_GROUP, assemble, device_of
 from .budget import Budget
 from .cache import Expected, ProfileCache, cache_key
 from .cpu import measure_on_cpu_lane
@@ -90,12 +92,17 @@ def profile_graph(
     cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
     cuda_lanes = [lane for lane in lanes if parsed[lane][0] == "cuda"]
     threads = settings.cpu_threads or DEFAULT_CPU_THREADS
+    wide_threads = threads * len(cpu_lanes) if len(cpu_lanes) > 1 else 0
 
-    # what each physical device ("cpu" or "cuda:i") needs: a cached, measured or recorded profile
+    # what each physical device ("cpu" or "cuda:i") needs: a cached, measured or recorded
+    # profile; and WIDE_GROUP, the CPU with the threads of every CPU lane (cached by that count)
     groups: dict[str, tuple[str, str]] = {}  # group -> (device name, cache key)
     if cpu_lanes:
         name = lane_device_name("cpu", 0, threads)
         groups["cpu"] = (name, cache_key(ghash, signature, name, version))
+    if wide_threads:
+        name = lane_device_name("cpu", 0, wide_threads)
+        groups[WIDE_GROUP] = (name, cache_key(ghash, signature, name, version))
     for lane in cuda_lanes:
         index = parsed[lane][1]
         if cuda_present(index):
@@ -109,13 +116,14 @@ def profile_graph(
             recorded_lane = from_recorded(recorded_profile, lane, ghash, shapes, names)
             device_profiles[group] = rename_lane(recorded_lane, lane, group)
     found = {
-        group: cache.get(key, Expected(group, name, ghash, shapes, version, names))
+        group: cache.get(key, Expected(device_of(group), name, ghash, shapes, version, names))
         for group, (name, key) in groups.items()
     }
     to_measure = [group for group, profile in found.items() if profile is None]
     device_profiles.update({g: p for g, p in found.items() if p is not None})
     if to_measure:
-        values = node_values(gm, inputs) if to_measure != ["cpu"] else {}
+        on_cuda = any(device_of(group) != "cpu" for group in to_measure)
+        values = node_values(gm, inputs) if on_cuda else {}
         budget = Budget(
             settings.profile_budget_s,
             len(nodes) * len(to_measure),
@@ -123,13 +131,13 @@ def profile_graph(
             settings.profile_repeats,
         )
         for group in to_measure:
-            device = torch.device(group)
+            device = torch.device(device_of(group))
             if device.type == "cpu":
                 costs, notes = measure_on_cpu_lane(
                     gm,
                     inputs,
                     nodes,
-                    threads,
+                    wide_threads if group == WIDE_GROUP else threads,
                     settings.profile_warmup,
                     settings.profile_repeats,
                     settings.profile_budget_s / len(to_measure),
@@ -147,9 +155,9 @@ def profile_graph(
                 )
                 log.warning(notes[-1])
             profile = Profile(
-                devices=[group],
-                device_names={group: groups[group][0]},
-                node_ms={name: {group: ms} for name, ms in costs.items()},
+                devices=[device_of(group)],
+                device_names={device_of(group): groups[group][0]},
+                node_ms={name: {device_of(group): ms} for name, ms in costs.items()},
                 transfer=transfer,
                 graph_hash=ghash,
                 input_shapes=shapes,

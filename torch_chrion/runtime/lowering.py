@@ -3,12 +3,16 @@
 The description is plain Python data (lists, tuples, dicts, tensors), read once by
 ``Program::build`` (csrc/executor/program.cpp):
 
-- ``lanes``: ``{"name", "device", "threads"}`` per lane, in lane-index order.
+- ``lanes``: ``{"name", "device", "threads"}`` per lane, in lane-index order. The lanes of the
+  placement come first; then, for each set of CPU lanes that nodes are placed wide on, its wide
+  lane ("cpu:0+cpu:1"): a thread of its own with the intra-op threads of all of them.
 - ``num_inputs`` / ``num_slots``: value slots; slots ``[0, num_inputs)`` are the graph's inputs.
 - ``steps``: per step ``kind`` ("op" | "python" | "copy"), ``name``, ``lane``, ``rank`` (its
   position in the plan's order: each lane runs its steps by rank, see Note [Chrion plan order]
   in csrc/executor/program.cpp), ``first_output`` / ``num_outputs`` (the slots it writes),
-  ``args``, and ``op``/``overload`` (op), ``fn`` (python) or ``target`` (copy).
+  ``args``, and ``op``/``overload`` (op), ``fn`` (python) or ``target`` (copy). A wide node's
+  step runs on its wide lane and lists the lanes it holds in ``hold`` (Note [Chrion wide steps]
+  in csrc/executor/program.cpp).
   ``chrion::python_call`` nodes (ONNX If / Loop / Scan) are "op" steps, called through the
   dispatcher, whose kernel runs Python under the GIL: they are listed in ``python_nodes`` with
   the Python steps.
@@ -44,7 +48,7 @@ import torch.utils._pytree as pytree
 from ..errors import PlanError, UnsupportedOperatorError
 from ..graph.nodes import fetch_attr, is_schedulable, node_callable
 from ..ops.python_call import is_python_call, lookup
-from .lanes import LaneSpec, lane_specs
+from .lanes import LaneSpec, lane_specs, parse_lane
 
 
 @dataclass
@@ -85,6 +89,26 @@ def _check_placement(
     return schedulable
 
 
+def _check_wide(
+    wide: Mapping[str, Sequence[str]], placement: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """Wide nodes (Note [Chrion wide placement] in schedule/task_graph.py): placed, holding two
+    or more distinct CPU lanes, their placed lane first."""
+    for name, lanes in wide.items():
+        if name not in placement:
+            raise PlanError(f"wide node {name!r} is not placed")
+        lanes = list(lanes)
+        if len(lanes) < 2 or len(set(lanes)) != len(lanes) or lanes[0] != placement[name]:
+            raise PlanError(
+                f"wide node {name!r} must hold two or more distinct lanes, its own "
+                f"({placement[name]!r}) first; got {lanes}"
+            )
+        not_cpu = [lane for lane in lanes if parse_lane(lane).type != "cpu" or "fake" in lane]
+        if not_cpu:
+            raise PlanError(f"wide node {name!r} holds {not_cpu[0]!r}, which is not a CPU lane")
+    return {name: list(lanes) for name, lanes in wide.items()}
+
+
 def _ranks(schedulable: list[torch.fx.Node], order: Sequence[str] | None) -> dict[str, int]:
     if order is None:
         return {n.name: i for i, n in enumerate(schedulable)}
@@ -111,13 +135,21 @@ class _Lowering:
         placement: Mapping[str, str],
         order: Sequence[str] | None,
         cpu_threads: int | None,
+        wide: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.gm = gm
         self.nodes = list(gm.graph.nodes)
         schedulable = _check_placement(self.nodes, placement)
         self.rank = _ranks(schedulable, order)
-        self.lanes = lane_specs((placement[n.name] for n in schedulable), cpu_threads)
+        self.wide = _check_wide(wide or {}, placement)
+        held = [lane for lanes in self.wide.values() for lane in lanes]
+        self.lanes = lane_specs([*(placement[n.name] for n in schedulable), *held], cpu_threads)
         self.lane_index = {lane.name: i for i, lane in enumerate(self.lanes)}
+        for lanes in dict.fromkeys(tuple(lanes) for lanes in self.wide.values()):
+            members = [self.lanes[self.lane_index[lane]] for lane in lanes]
+            name = "+".join(lanes)
+            self.lane_index[name] = len(self.lanes)
+            self.lanes.append(LaneSpec(name, members[0].device, sum(m.threads for m in members)))
         self.placement = placement
         self.mixed = any(lane.physical != "cpu" for lane in self.lanes)
         self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
@@ -267,7 +299,8 @@ class _Lowering:
             if node.op == "call_function" and node.target is operator.getitem:
                 self.refs[node] = self._getitem(node)
             elif is_schedulable(node):
-                lane = self.lane_index[self.placement[node.name]]
+                held = self.wide.get(node.name)
+                lane = self.lane_index["+".join(held) if held else self.placement[node.name]]
                 # copies it reads run just before it (3r), copies of its value just after (3r+2)
                 rank = 3 * self.rank[node.name] + 1
                 if isinstance(node.target, torch._ops.OpOverload) and node.op == "call_function":
@@ -279,6 +312,8 @@ class _Lowering:
                     step = self._python_step(node, lane, rank - 1)
                 first = self._new_slots(step["num_outputs"], self.lanes[lane].physical, lane, rank)
                 step.update(name=node.name, lane=lane, rank=rank, first_output=first)
+                if held:
+                    step["hold"] = [self.lane_index[h] for h in held]
                 self.steps.append(step)
                 many = step["kind"] == "op" and step["num_outputs"] > 1
                 self.refs[node] = (
@@ -446,6 +481,7 @@ def lower(
     placement: Mapping[str, str],
     order: Sequence[str] | None = None,
     cpu_threads: int | None = None,
+    wide: Mapping[str, Sequence[str]] | None = None,
 ) -> Lowered:
     """Describe ``gm`` placed by ``placement`` for ``Program::build``.
 
@@ -454,10 +490,11 @@ def lower(
         placement: lane of every schedulable node, by node name.
         order: global priority order of the schedulable nodes (default: graph order).
         cpu_threads: intra-op threads of each CPU lane (default: shared out evenly).
+        wide: the CPU lanes each wide node holds, its placed lane first (a plan's ``wide``).
 
     Raises:
         PlanError: a placement or order naming unknown nodes, or missing some.
         OptionError: an unknown lane string, or a CUDA lane without CUDA.
         UnsupportedOperatorError: a graph shape the executor cannot express.
     """
-    return _Lowering(gm, placement, order, cpu_threads).run()
+    return _Lowering(gm, placement, order, cpu_threads, wide).run()

@@ -55,6 +55,9 @@ class PlacedGraph(nn.Module):
         cpu_threads: intra-op threads per CPU lane (default: torch.get_num_threads() shared
             evenly among the CPU lanes, at least 1).
         plan: the Plan this placement came from, stored as ``.plan``.
+        wide: node name -> the CPU lanes it holds, its placed lane first (a Plan's ``wide``):
+            such a node runs with the intra-op threads of all of them while they run nothing
+            else (Note [Chrion wide steps] in csrc/executor/program.cpp).
 
     Raises:
         PlanError: unknown or missing nodes in ``placement``/``order``, or a graph the executor
@@ -80,9 +83,10 @@ class PlacedGraph(nn.Module):
         *,
         cpu_threads: int | None = None,
         plan: object | None = None,
+        wide: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
-        lowered = lower(gm, placement, order, cpu_threads)
+        lowered = lower(gm, placement, order, cpu_threads, wide)
         extension = executor_extension()
         try:
             executor = extension.Executor(lowered.description)

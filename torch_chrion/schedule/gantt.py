@@ -113,11 +113,16 @@ def _draw_predicted(ax: Any, plan: Plan, lanes: list[str], span: float) -> None:
 
 def _draw_measured(ax: Any, events: list[Any], lanes: list[str], span: float) -> None:
     for event in events:
-        row = lanes.index(event.lane)
-        copy = event.node.startswith("copy:")
-        colour = _TRANSFER if copy else _COLOURS[row % len(_COLOURS)]
-        start, end = event.start_us / 1e3, event.end_us / 1e3
-        _bar(ax, row, start, end - start, colour, event.node, span)
+        # a wide step ran on its own lane, "cpu:0+cpu:1": drawn on each lane it held
+        held = event.lane.split("+")
+        for lane in held:
+            row = lanes.index(lane)
+            copy = event.node.startswith("copy:")
+            colour = _TRANSFER if copy else _COLOURS[lanes.index(held[0]) % len(_COLOURS)]
+            start, end = event.start_us / 1e3, event.end_us / 1e3
+            _bar(ax, row, start, end - start, colour, event.node if lane == held[0] else "", span)
+            if lane != held[0]:
+                ax.patches[-1].set_hatch("//")
     ax.axvline(max(e.end_us for e in events) / 1e3, color="black", linewidth=1)
     _lane_axis(ax, lanes, "measured")
 

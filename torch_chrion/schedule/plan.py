@@ -80,8 +80,8 @@ class Plan:
             start ms, finish ms).
         memory: lane -> predicted resident bytes over time, as (ms, bytes from then on) steps.
         wide: node name -> the CPU lanes it holds, for the nodes placed wide (Note [Chrion wide
-            placement] in task_graph.py): its lane in ``placement`` (the first listed) runs it
-            with the intra-op threads of all of them, and the others run nothing meanwhile.
+            placement] in task_graph.py): it runs with the intra-op threads of all of them
+            while they run nothing else; its lane in ``placement`` is the first listed.
             None or absent: no node is wide.
     """
 

@@ -8,7 +8,7 @@ have arrived. Every algorithm (HEFT, solve, the MILP) is scored by this one func
 
 A wide task (Note [Chrion wide placement] in task_graph.py) is in the order of every lane it
 holds; it starts when each of those lanes is free and has it next, and frees them all when it
-ends, as the executor runs it: its leader's thread runs it, the other lanes wait.
+ends, as the executor runs it: a thread of its own runs it while those lanes wait.
 
 Given ``ExecutorCosts`` (measured by ``torch_chrion.runtime.calibrate``), the replay is what the
 executor does rather than the ideal the schedulers assume: every step pays the executor's fixed
@@ -17,7 +17,8 @@ wake that lane, a value crosses to another memory once per destination (one copy
 its readers there) on that direction's single copy stream, so copies in one direction queue
 behind each other, and the call pays its fixed entry and exit cost. A lane's next task that
 another lane's thread runs (a wide task led elsewhere, or a lane's first task after a wide task)
-pays the wake-up as well: the thread that finished the lane's previous task hands it over.
+pays the wake-up as well: the thread that finished the lane's previous task hands it over (a
+wide task is always handed over, and so is the next task of each lane it held).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def simulate(
     group = graph.option_group
     device = list(schedule.device)
     lanes_of = [graph.option_lanes[o] for o in device]
-    runner = [lanes[0] for lanes in lanes_of]  # the lane whose thread runs each task
+    # the thread that runs each task: its lane's, or for a wide task the wide lane's own thread
+    runner = [lanes[0] if len(lanes) == 1 else m + device[i] for i, lanes in enumerate(lanes_of)]
     order = schedule.order
     succs, succ_cost = graph.succs, graph.succ_cost
     missing = [len(p) for p in graph.preds]

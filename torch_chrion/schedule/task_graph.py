@@ -10,9 +10,11 @@ default) are the accelerators whose resident bytes the memory objective minimise
 
 Note [Chrion wide placement]
 A task may also be placed "wide": on every lane of ``wide_lanes`` at once (CPU lanes, one
-memory), with its own cost ``wide_cost[i]`` (measured with that many intra-op threads). It starts
-when all of those lanes are free and holds all of them until it finishes; the first of them, its
-leader, runs it with all the threads while the others wait. The schedulers see it as one more
+memory), with its own cost ``wide_cost[i]`` (measured with the intra-op threads of all of them
+on one thread). It starts when all of those lanes are free and holds all of them until it
+finishes: the executor runs it on a thread of its own with all their threads while the lanes
+wait (Note [Chrion wide steps] in csrc/executor/program.cpp). The first lane, its leader, is
+where the plan places it and its memory is counted. The schedulers see it as one more
 placement option, index ``graph.wide_option`` (= m, after the lanes): ``option_cost``,
 ``option_group`` and ``option_lanes`` describe every option, and ``runnable_on`` lists it for the
 tasks that have a wide cost. A Schedule that places task i wide has ``device[i] == wide_option``,

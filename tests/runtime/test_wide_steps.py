@@ -1,0 +1,125 @@
+"""Wide steps (Note [Chrion wide steps]): a node that holds several CPU lanes runs with all of
+their intra-op threads while they run nothing else; outputs against eager PyTorch, the hold
+against the executor's own trace."""
+
+import threading
+
+import pytest
+import torch
+from runtime_helpers import aten_graph, random_order, schedulable
+
+from torch_chrion.errors import PlanError
+from torch_chrion.runtime import PlacedGraph
+
+LANES = ["cpu:0", "cpu:1"]
+
+
+def branches(x, w1, w2):
+    a = torch.relu(x @ w1)  # mm -> relu on one branch
+    b = torch.tanh(x @ w2)  # mm -> tanh on the other
+    c = a @ w2.t() + b @ w1.t()
+    return torch.softmax(c, -1), a.sum(0)
+
+
+def inputs():
+    return torch.randn(64, 48), torch.randn(48, 96), torch.randn(48, 96)
+
+
+def wide_of(gm, targets):
+    """Every node whose op is among ``targets`` wide over both lanes, led by cpu:0."""
+    return {n.name: list(LANES) for n in schedulable(gm) if n.target in targets}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wide_steps_equal_eager_in_any_plan_order(seed):
+    gm = aten_graph(branches, *inputs())
+    nodes = schedulable(gm)
+    wide = wide_of(gm, {torch.ops.aten.mm.default})
+    assert len(wide) == 4
+    # the wide nodes' placed lane is the first they hold; the rest alternate
+    placement = {n.name: "cpu:0" if n.name in wide else LANES[k % 2] for k, n in enumerate(nodes)}
+    module = PlacedGraph(gm, placement, random_order(gm, seed), wide=wide)
+    try:
+        assert module.lanes == ["cpu:0", "cpu:1", "cpu:0+cpu:1"]
+        for _ in range(5):
+            args = inputs()
+            torch.testing.assert_close(module(*args), branches(*args))
+    finally:
+        module.stop()
+
+
+def test_the_lanes_a_wide_step_holds_run_nothing_while_it_runs():
+    gm = aten_graph(branches, *inputs())
+    nodes = schedulable(gm)
+    wide = wide_of(gm, {torch.ops.aten.mm.default})
+    placement = {n.name: LANES[k % 2] for k, n in enumerate(nodes)}
+    placement.update(dict.fromkeys(wide, "cpu:0"))
+    module = PlacedGraph(gm, placement, wide=wide)
+    module.enable_trace()
+    try:
+        for _ in range(20):
+            module(*inputs())
+            events = module.last_trace()
+            held = [e for e in events if e.lane == "cpu:0+cpu:1"]
+            assert sorted(e.node for e in held) == sorted(wide)
+            for w in held:
+                for e in events:
+                    if e.lane in LANES:
+                        assert e.end_us <= w.start_us or e.start_us >= w.end_us, (e, w)
+    finally:
+        module.stop()
+
+
+def threads_here(x):
+    """The intra-op thread count of the thread running this step, as a tensor."""
+    return x.new_full((1,), float(torch.get_num_threads()))
+
+
+def threads_of_a_new_thread() -> int:
+    """The intra-op thread count a thread started now begins with (ATen's process default)."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_wide_step_runs_with_the_threads_of_every_lane_it_holds():
+    caller, newcomer = torch.get_num_threads(), threads_of_a_new_thread()
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    narrow = graph.call_function(threads_here, (x,))
+    wide = graph.call_function(threads_here, (x,))
+    graph.output((narrow, wide))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    names = [n.name for n in gm.graph.nodes if n.op == "call_function"]
+    module = PlacedGraph(
+        gm,
+        {names[0]: "cpu:1", names[1]: "cpu:0"},
+        cpu_threads=1,
+        wide={names[1]: list(LANES)},
+    )
+    try:
+        one, both = module(torch.zeros(1))
+        assert one.item() == 1.0 and both.item() == 2.0
+        # neither the caller's count nor the one later threads inherit has changed
+        assert torch.get_num_threads() == caller
+        assert threads_of_a_new_thread() == newcomer
+    finally:
+        module.stop()
+
+
+@pytest.mark.parametrize(
+    "held, message",
+    [
+        (["cpu:1", "cpu:0"], "its own \\('cpu:0'\\) first"),
+        (["cpu:0"], "two or more distinct lanes"),
+        (["cpu:0", "fake:0"], "'fake:0', which is not a CPU lane"),
+    ],
+)
+def test_bad_wide_nodes_are_refused(held, message):
+    gm = aten_graph(branches, *inputs())
+    placement = {n.name: "cpu:0" for n in schedulable(gm)}
+    name = next(iter(placement))
+    with pytest.raises(PlanError, match=message):
+        PlacedGraph(gm, placement, wide={name: held})
