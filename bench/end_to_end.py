@@ -3,15 +3,16 @@ eager PyTorch on CPU (and CUDA when present), torch.compile (inductor) and onnxr
 
 Models: the bundled demo speech model and the recurrent models of tests/models.py, exported to
 ONNX. Prints a table of median latency and each peer's ratio to chrion (> 1: chrion is faster),
-and saves it to bench/results/end_to_end_<device>.md.
+and with ``--write`` saves it to bench/results/end_to_end_<device>.md, with the machine's load
+average, since other jobs may share it.
 
-    python bench/end_to_end.py [--repeats 30] [--devices cpu cuda:0] [--objective latency]
+    python bench/end_to_end.py [--repeats 30] [--devices cpu cuda:0] [--objective latency] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from models import BiGRUWithState, SpeechConvBiGRU, StackedLSTM  # noqa: E402
 
 from torch_chrion.bench_peers import run_peers  # noqa: E402
 from torch_chrion.demo import DEMO_ONNX  # noqa: E402
+from torch_chrion.profile.devices import cpu_name  # noqa: E402
 from torch_chrion.settings import ChrionSettings  # noqa: E402
 
 
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--devices", nargs="+")
     parser.add_argument("--objective", default="latency")
     parser.add_argument("--slo-ms", type=float)
+    parser.add_argument("--write", action="store_true", help="save the table in bench/results")
     args = parser.parse_args()
     settings = ChrionSettings.from_options(
         {},
@@ -80,14 +83,16 @@ def main() -> None:
         slo_ms=args.slo_ms,
         devices=tuple(args.devices) if args.devices else None,
     )
-    device = (
-        torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    )
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     lines = [
         f"# End-to-end latency ({device}, {torch.get_num_threads()} threads, torch {torch.__version__})",
         "",
         f"Command: `python bench/end_to_end.py {' '.join(sys.argv[1:])}`; median of {args.repeats} runs; "
         "ratio = peer latency / chrion latency (> 1: chrion faster).",
+        "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, load "
+        f"average {os.getloadavg()[0]:.1f} at the start (shared with other jobs: figures are "
+        "noisy; engines are timed in interleaved rounds, so the ratios are what count).",
         "",
     ]
     with tempfile.TemporaryDirectory() as folder:
@@ -109,10 +114,11 @@ def main() -> None:
                 )
             lines.append("")
             print("\n".join(lines[-len(rows) - 4 :]), flush=True)
-    tag = "cuda" if torch.cuda.is_available() else "cpu"
-    out = ROOT / "bench" / "results" / f"end_to_end_{tag}.md"
-    out.write_text("\n".join(lines))
-    print(f"-> {out}")
+    if args.write:
+        tag = "cuda" if torch.cuda.is_available() else "cpu"
+        out = ROOT / "bench" / "results" / f"end_to_end_{tag}.md"
+        out.write_text("\n".join(lines))
+        print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -22,48 +22,25 @@ __all__ = ["ChrionModule", "compile_graph", "compile_onnx", "example_inputs_for"
 EXAMPLE_INPUT_BYTES_LIMIT = 2**32
 
 
-def declared_inputs(model: Any) -> list[tuple[str, torch.dtype, list[int | str] | None]]:
-    """(name, dtype, dims) of each input an ONNX model declares (initializers excluded); a
-    dimension is its size, or its symbolic name ("?" when unnamed); dims is None when the model
-    does not declare the input's rank."""
-    import numpy as np
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    initializers = {i.name for i in model.graph.initializer}
-    declared = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dtype = torch.from_numpy(
-            np.zeros(1, dtype=tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        ).dtype
-        dims: list[int | str] | None = (
-            [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                for d in tensor_type.shape.dim
-            ]
-            if tensor_type.HasField("shape")
-            else None
-        )
-        declared.append((value.name, dtype, dims))
-    return declared
-
-
-def check_shape(name: str, dims: Sequence[int | str] | None, shape: Sequence[int]) -> None:
+def check_shape(name: str, dims: Sequence[int | str | None] | None, shape: Sequence[int]) -> None:
     """OptionError unless ``shape`` fits input ``name`` declared with ``dims``: the same rank,
     positive sizes, the declared size wherever one is fixed (any rank when ``dims`` is None)."""
     if dims is None:
-        dims = ["?"] * len(shape)
+        dims = [None] * len(shape)
     fits = len(shape) == len(dims) and all(
         isinstance(s, int) and s > 0 and (not isinstance(d, int) or d == s)
         for s, d in zip(shape, dims, strict=False)
     )
     if not fits:
         raise OptionError(
-            f"input {name!r} is declared with shape {list(dims)}, got {list(shape)}: give "
+            f"input {name!r} is declared with shape {_dims_text(dims)}, got {list(shape)}: give "
             "positive sizes, one per declared dimension, equal to the fixed ones"
         )
+
+
+def _dims_text(dims: Sequence[int | str | None]) -> list[int | str]:
+    """Declared dimensions as shown in messages: a size, a symbolic name, or "?" (unnamed)."""
+    return ["?" if d is None else d for d in dims]
 
 
 def example_inputs_for(
@@ -81,21 +58,25 @@ def example_inputs_for(
             :data:`EXAMPLE_INPUT_BYTES_LIMIT` (checked before anything is allocated).
     """
     shapes = dict(shapes or {})
-    declared = declared_inputs(model)
-    unknown = sorted(set(shapes) - {name for name, _, _ in declared})
+    declared = declared_onnx_inputs(model).specs
+    unknown = sorted(set(shapes) - {spec.name for spec in declared})
     if unknown:
         raise OptionError(
             f"shapes given for unknown inputs {unknown}; the model's inputs are "
-            f"{[name for name, _, _ in declared]}"
+            f"{[spec.name for spec in declared]}"
         )
     generator = torch.Generator().manual_seed(0)
     inputs, symbolic = [], []
-    for name, dtype, dims in declared:
+    for spec in declared:
+        name, dtype, dims = spec.name, spec.dtype, spec.dims
+        if dtype is None:
+            raise ModelError(f"input {name!r} declares no element type")
         if name in shapes:
             check_shape(name, dims, shapes[name])
-            dims = list(shapes[name])
+            dims = tuple(shapes[name])
         if dims is None or not all(isinstance(d, int) for d in dims):
-            symbolic.append(f"{name} {dims if dims is not None else '(rank not declared)'}")
+            shown = _dims_text(dims) if dims is not None else "(rank not declared)"
+            symbolic.append(f"{name} {shown}")
             continue
         _check_example_dims(name, list(dims), dtype, given=name in shapes)
         if dtype.is_floating_point:

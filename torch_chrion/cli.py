@@ -57,10 +57,11 @@ def _inputs_from_file(proto: Any, path: Path) -> tuple:
     import numpy as np
     import torch
 
-    from .api import check_shape, declared_inputs
+    from .api import check_shape
+    from .inputs import declared_onnx_inputs
 
-    declared = declared_inputs(proto)
-    names = [name for name, _, _ in declared]
+    declared = declared_onnx_inputs(proto).specs
+    names = [spec.name for spec in declared]
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -80,14 +81,14 @@ def _inputs_from_file(proto: Any, path: Path) -> tuple:
             f"--input {path} holds arrays {sorted(arrays)}; the model's inputs are {names}"
         )
     inputs = []
-    for name, dtype, dims in declared:
-        tensor = torch.from_numpy(np.ascontiguousarray(arrays[name]))
-        if tensor.dtype != dtype:
+    for spec in declared:
+        tensor = torch.from_numpy(np.ascontiguousarray(arrays[spec.name]))
+        if spec.dtype is not None and tensor.dtype != spec.dtype:
             raise OptionError(
-                f"--input {path}: input {name!r} is declared {dtype}, the array is "
-                f"{arrays[name].dtype}"
+                f"--input {path}: input {spec.name!r} is declared {spec.dtype}, the array is "
+                f"{arrays[spec.name].dtype}"
             )
-        check_shape(name, dims, list(tensor.shape))
+        check_shape(spec.name, spec.dims, list(tensor.shape))
         inputs.append(tensor)
     return tuple(inputs)
 

@@ -117,6 +117,28 @@ def write_atomic(path: str | os.PathLike[str], text: str, what: str) -> None:
         raise
 
 
+def check_document(
+    data: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    version: int,
+    source: str,
+    what: str,
+    optional: tuple[str, ...] = (),
+) -> None:
+    """Check a document's ``schema_version`` is ``version``, then its fields (``check_fields``).
+
+    Raises:
+        PlanError: naming ``source``, the version found and the one read, or the misfit field.
+    """
+    found = data.get("schema_version")
+    if found != version:
+        raise PlanError(
+            f"{source}: {what} schema_version {found!r} is not supported (this torch_chrion "
+            f"reads {version}); write the {what} again"
+        )
+    check_fields(data, schema, source, what, optional)
+
+
 # -- typed fields ----------------------------------------------------------------------------
 def check_fields(
     data: Mapping[str, Any],

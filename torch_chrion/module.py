@@ -713,27 +713,13 @@ def _describe(bucket: tuple) -> str:
 
 
 def compile_graph(
-    model: torch.nn.Module,
-    example_inputs: Sequence[Any],
-    settings: ChrionSettings,
-    *,
-    plan: Any | None = None,
-    recorded_profile: Any | None = None,
-    shape_generic: bool = False,
-    reference: ChrionModule | None = None,
+    model: torch.nn.Module, example_inputs: Sequence[Any], settings: ChrionSettings, **options: Any
 ) -> ChrionModule:
     """Capture, profile, place and build ``model`` for CPU and GPU lanes (both front ends).
 
-    ``shape_generic``: ``model`` is already an aten graph valid for every shape (a Dynamo
-    graph captured by dynamo.py), so no shape is captured again. ``reference``: a module of
-    the same model whose profiles derive this one's first plan (profiled in the background).
+    ``options`` are ChrionModule's keywords: ``plan``, ``recorded_profile``, ``shape_generic``
+    (``model`` is already an aten graph valid for every shape, a Dynamo graph captured by
+    dynamo.py, so no shape is captured again) and ``reference`` (a module of the same model
+    whose profiles derive this one's first plan, profiled in the background).
     """
-    return ChrionModule(
-        model,
-        example_inputs,
-        settings,
-        plan=plan,
-        recorded_profile=recorded_profile,
-        shape_generic=shape_generic,
-        reference=reference,
-    )
+    return ChrionModule(model, example_inputs, settings, **options)

@@ -18,6 +18,8 @@ direction backwards in time.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,9 +35,7 @@ def _check_input_size(input: torch.Tensor, params: list[torch.Tensor]) -> None:
     )
 
 
-def _output(
-    input: torch.Tensor, h0: torch.Tensor, bidirectional: bool, batch_first: bool
-) -> torch.Tensor:
+def _output(input: torch.Tensor, h0: torch.Tensor, bidirectional: bool) -> torch.Tensor:
     hidden = h0.shape[-1] * (2 if bidirectional else 1)
     if input.dim() == 2:  # unbatched
         return input.new_empty((input.shape[0], hidden))
@@ -43,61 +43,23 @@ def _output(
     return input.new_empty((*input.shape[:2], hidden))
 
 
-Tensor = torch.Tensor
+def _fake_kernel(states: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The fake kernel of the op whose ``states`` state inputs (LSTM: h0, c0; GRU and RNN: h0)
+    follow ``input``: (output, *final states), each state shaped as its initial value."""
 
+    def fake(input: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
+        initial, params = args[:states], args[states]
+        bidirectional = args[states + 3]  # after params, has_biases, num_layers
+        _check_input_size(input, params)
+        return (_output(input, initial[0], bidirectional), *map(torch.empty_like, initial))
 
-def _lstm_fake(
-    input: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    params: list[Tensor],
-    has_biases: bool,
-    num_layers: int,
-    bidirectional: bool,
-    batch_first: bool,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    _check_input_size(input, params)
-    return (
-        _output(input, h0, bidirectional, batch_first),
-        torch.empty_like(h0),
-        torch.empty_like(c0),
-    )
-
-
-def _gru_fake(
-    input: Tensor,
-    h0: Tensor,
-    params: list[Tensor],
-    has_biases: bool,
-    num_layers: int,
-    bidirectional: bool,
-    batch_first: bool,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    _check_input_size(input, params)
-    return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
-
-
-def _rnn_fake(
-    input: Tensor,
-    h0: Tensor,
-    params: list[Tensor],
-    has_biases: bool,
-    num_layers: int,
-    bidirectional: bool,
-    batch_first: bool,
-    reverse: bool,
-    nonlinearity: str,
-) -> tuple[Tensor, Tensor]:
-    _check_input_size(input, params)
-    return _output(input, h0, bidirectional, batch_first), torch.empty_like(h0)
+    return fake
 
 
 @functools.cache
 def ensure_loaded() -> None:
     """Load the chrion:: kernels and register their fake kernels (once per process)."""
     load("kernels")
-    torch.library.register_fake("chrion::lstm", _lstm_fake)
-    torch.library.register_fake("chrion::gru", _gru_fake)
-    torch.library.register_fake("chrion::rnn", _rnn_fake)
+    torch.library.register_fake("chrion::lstm", _fake_kernel(states=2))
+    torch.library.register_fake("chrion::gru", _fake_kernel(states=1))
+    torch.library.register_fake("chrion::rnn", _fake_kernel(states=1))

@@ -119,13 +119,7 @@ class Profile:
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], source: str) -> Profile:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(
-                f"{source}: profile schema_version {version!r}, this torch_chrion reads "
-                f"{SCHEMA_VERSION}; record the profile again"
-            )
-        jsonfile.check_fields(data, _SCHEMA, source, "profile", optional=_OPTIONAL)
+        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, "profile", _OPTIONAL)
         del data["schema_version"]
         profile = cls(**data)
         profile.node_ms = {

@@ -119,13 +119,7 @@ class Plan:
 
     @classmethod
     def _from_data(cls, data: dict[str, Any], source: str) -> Plan:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(
-                f"{source}: plan schema_version {version!r} is not supported"
-                f" (this torch_chrion reads {SCHEMA_VERSION})"
-            )
-        jsonfile.check_fields(data, _SCHEMA, source, "plan", optional=_OPTIONAL)
+        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, "plan", _OPTIONAL)
         plan = cls.__new__(cls)
         for field in dataclasses.fields(cls):
             setattr(plan, field.name, data.get(field.name))

@@ -18,6 +18,7 @@ single output, otherwise a tuple with one entry per declared output (None for an
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -246,10 +247,16 @@ class _OnnxRecurrent(nn.Module, OnnxToTorchModule):
             One tensor when the node declares one output, else a tuple with one entry per
             declared output (None where the output is omitted).
         """
-        return self._run(**dict(zip(self.runtime_slots, inputs, strict=True)))
+        given = dict(zip(self.runtime_slots, inputs, strict=True))
+        return self._run(given["x"], given)
 
-    def _slot(self, slot: str, runtime: Tensor | None) -> Tensor | None:
+    def _run(self, x: Tensor, given: Mapping[str, Tensor]) -> Tensor | tuple[Tensor | None, ...]:
+        """The node's outputs from X and the runtime inputs ``given`` by slot name."""
+        raise NotImplementedError
+
+    def _slot(self, slot: str, given: Mapping[str, Tensor]) -> Tensor | None:
         """An input's runtime value, else its constant, else None (omitted)."""
+        runtime = given.get(slot)
         if runtime is not None:
             return runtime
         return getattr(self, f"const_{slot}", None)
@@ -299,29 +306,19 @@ class OnnxRecurrentKernel(_OnnxRecurrent):
                     self.register_buffer(f"const_{slot}", consts[slot])
         self.nonlinearity = spec.activations[0][0].name.lower()
 
-    def _run(
-        self,
-        x: Tensor,
-        w: Tensor | None = None,
-        r: Tensor | None = None,
-        b: Tensor | None = None,
-        sequence_lens: Tensor | None = None,
-        initial_h: Tensor | None = None,
-        initial_c: Tensor | None = None,
-        p: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor | None, ...]:
+    def _run(self, x: Tensor, given: Mapping[str, Tensor]) -> Tensor | tuple[Tensor | None, ...]:
         spec = self.spec
-        del sequence_lens, p  # equal to the full length / zero: checked at conversion time
+        # sequence_lens and P are not read: equal to the full length / zero, checked at conversion
         if self.n_params:
             params = [getattr(self, f"param_{k}") for k in range(self.n_params)]
             hidden = self.hidden_size
         else:
-            r = self._slot("r", r)
+            r = self._slot("r", given)
             params = torch_flat_weights(
-                spec.op, self._slot("w", w), r, self._slot("b", b), spec.num_directions
+                spec.op, self._slot("w", given), r, self._slot("b", given), spec.num_directions
             )
             hidden = self._hidden(r)
-        h0 = self._initial_state(self._slot("initial_h", initial_h), x, hidden)
+        h0 = self._initial_state(self._slot("initial_h", given), x, hidden)
         flags = (
             self.has_biases,
             1,
@@ -331,7 +328,7 @@ class OnnxRecurrentKernel(_OnnxRecurrent):
         )
         c_n = None
         if spec.op == "LSTM":
-            c0 = self._initial_state(self._slot("initial_c", initial_c), x, hidden)
+            c0 = self._initial_state(self._slot("initial_c", given), x, hidden)
             out, h_n, c_n = torch.ops.chrion.lstm(x, h0, c0, params, *flags)
         elif spec.op == "GRU":
             out, h_n = torch.ops.chrion.gru(x, h0, params, *flags)
@@ -379,27 +376,16 @@ class OnnxRecurrentLoop(_OnnxRecurrent):
             )
         return self.static_steps
 
-    def _run(
-        self,
-        x: Tensor,
-        w: Tensor | None = None,
-        r: Tensor | None = None,
-        b: Tensor | None = None,
-        sequence_lens: Tensor | None = None,
-        initial_h: Tensor | None = None,
-        initial_c: Tensor | None = None,
-        p: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor | None, ...]:
+    def _run(self, x: Tensor, given: Mapping[str, Tensor]) -> Tensor | tuple[Tensor | None, ...]:
         spec = self.spec
-        if not self.prepared:
-            w, r = self._slot("w", w), self._slot("r", r)
-            b, p = self._slot("b", b), self._slot("p", p)
+        # prepared: every weight is a constant, split and transposed in __init__
+        w, r, b, p = (None if self.prepared else self._slot(s, given) for s in ("w", "r", "b", "p"))
         hidden = self._hidden(r)
-        h0 = self._initial_state(self._slot("initial_h", initial_h), x, hidden)
+        h0 = self._initial_state(self._slot("initial_h", given), x, hidden)
         c0 = None
         if spec.op == "LSTM":
-            c0 = self._initial_state(self._slot("initial_c", initial_c), x, hidden)
-        lens = self._slot("sequence_lens", sequence_lens)
+            c0 = self._initial_state(self._slot("initial_c", given), x, hidden)
+        lens = self._slot("sequence_lens", given)
         x = x.transpose(0, 1) if spec.layout == 1 else x  # time-major from here on
         steps = self._steps(x.shape[0])
         want_sequence = bool(spec.outputs) and bool(spec.outputs[0])
