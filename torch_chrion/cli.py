@@ -189,7 +189,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     latency = time_ms(module, inputs, args.repeats, sync_cuda=uses_cuda)
     print(f"latency: {latency:.3f} ms (median of {args.repeats})")
     if args.trace:
-        module.save_trace(args.trace)
+        from .runtime.trace import record_memory
+
+        # one more traced call, under torch.profiler: the trace then carries the memory
+        with torch.no_grad():
+            memory = record_memory(lambda: module(*inputs), module.last_trace)
+        module.save_trace(args.trace, memory)
         print(f"trace -> {args.trace}")
     if args.output:
         np.savez(args.output, *[o.detach().cpu().numpy() for o in flat])
@@ -221,10 +226,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     print(plan.table())
     if args.gantt:
-        from .runtime.trace import load_chrome_trace
+        from .runtime.trace import load_chrome_trace, load_memory
 
         measured = load_chrome_trace(args.measured) if args.measured else None
-        plan.gantt(args.gantt, measured=measured)
+        memory = load_memory(args.measured) if args.measured else None
+        plan.gantt(args.gantt, measured=measured, measured_memory=memory)
         print(f"gantt -> {args.gantt}")
     if args.trace:
         from .runtime.trace import TraceEvent, save_chrome_trace
@@ -444,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gantt", help="write the CPU/GPU timeline as a PNG here")
     p.add_argument(
         "--measured",
-        help="a trace written by `chrion run --trace`: the gantt draws it under the prediction",
+        help="a trace written by `chrion run --trace`: the gantt draws it (steps, copies, "
+        "memory) under the prediction",
     )
     p.add_argument("--trace", help="write the predicted timeline as Chrome/Perfetto JSON here")
     p.set_defaults(run=_cmd_show)

@@ -633,10 +633,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             raise PlanError("no call has run yet: call the module with tracing enabled first")
         return self._last.last_trace()
 
-    def save_trace(self, path: str) -> None:
+    def save_trace(self, path: str, memory: Sequence[Any] = ()) -> None:
+        """Write the last traced call as Chrome / Perfetto JSON, with ``memory`` (the
+        MemorySamples of ``runtime.trace.record_memory``) as counter tracks."""
         if self._last is None:
             raise PlanError("no call has run yet: call the module with tracing enabled first")
-        self._last.save_trace(path)
+        self._last.save_trace(path, memory)
 
 
 def _copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:

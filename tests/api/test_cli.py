@@ -15,6 +15,7 @@ import pytest
 
 from torch_chrion import __version__
 from torch_chrion.cli import main
+from torch_chrion.runtime.trace import load_memory
 from torch_chrion.settings import ChrionSettings
 
 COMMANDS = ["profile", "plan", "run", "bench", "show", "demo"]
@@ -75,9 +76,12 @@ def test_profile_plan_run_show(stacked_lstm_onnx, tmp_path):
     events = json.loads(trace.read_text())
     events = events["traceEvents"] if isinstance(events, dict) else events
     assert any(e.get("ph") == "X" for e in events)
+    # the traced call ran under torch.profiler: the trace carries the host's memory
+    memory = load_memory(trace)
+    assert memory and {m.device for m in memory} == {"cpu"}
 
     gantt, predicted = tmp_path / "gantt.png", tmp_path / "predicted.json"
-    result = chrion("show", plan, "--gantt", gantt, "--trace", predicted)
+    result = chrion("show", plan, "--gantt", gantt, "--trace", predicted, "--measured", trace)
     assert result.returncode == 0, result.stderr
     assert gantt.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(gantt).shape[0] > 100

@@ -3,12 +3,14 @@ after its node, and the aten operators it runs are recorded under it, on the lan
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import torch
 from runtime_helpers import aten_graph, schedulable
 
 from torch_chrion.runtime import PlacedGraph
+from torch_chrion.runtime.trace import record_memory
 
 
 def _model(x):
@@ -42,3 +44,21 @@ def test_no_profiler_no_recorded_state():
         placed(x)
     # after the profiler, calls run as before and record nothing
     torch.testing.assert_close(placed(x), _model(x))
+
+
+def test_recorded_memory_is_on_the_trace_clock():
+    """record_memory moves torch.profiler's allocator samples onto the executor's trace clock:
+    the 4 MiB the mm allocates for its output shows up within the mm's own traced step."""
+    x, w = torch.randn(1024, 64), torch.randn(64, 1024)
+    gm = aten_graph(lambda x, w: torch.relu(x @ w), x, w)
+    placed = PlacedGraph(gm, {n.name: "cpu:0" for n in schedulable(gm)})
+    placed.enable_trace(True)
+    placed(x, w)
+    samples = record_memory(lambda: placed(x, w), placed.last_trace)
+    (mm,) = [e for e in placed.last_trace() if e.op == "aten::mm"]
+    assert samples and all(s.device == "cpu" for s in samples)
+    nbytes = 1024 * 1024 * 4
+    grows = [b.us for a, b in itertools.pairwise(samples) if b.bytes - a.bytes == nbytes]
+    grows += [s.us for s in samples[:1] if s.bytes == nbytes]
+    # the clocks agree to within the spread of the steps' offsets (tens of µs)
+    assert any(mm.start_us - 50 <= t <= mm.end_us + 50 for t in grows), (mm, samples)

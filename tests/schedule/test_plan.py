@@ -13,6 +13,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from torch_chrion.errors import InfeasiblePlanError, PlanError
 from torch_chrion.schedule import Plan, make_plan, simulate, task_graph_from
+from torch_chrion.schedule.memory import resident_timeline
 from torch_chrion.settings import ChrionSettings
 
 LANES = ["cpu:0", "cpu:1", "cuda:0"]
@@ -252,10 +253,48 @@ def test_gantt_scales_to_the_plan_not_to_a_far_slo(tmp_path, split_plan):
     assert "off the axis" in predicted.get_title()
     labels = [t.get_text() for t in predicted.get_yticklabels()]
     assert labels == [*LANES, "transfers"]
-    assert [line.get_label() for line in memory.get_lines()] == ["cuda:0"]
+    assert [line.get_label() for line in memory.get_lines()] == ["cuda:0 predicted"]
     near = dataclasses.replace(plan, slo_ms=plan.predicted_ms, slo_met=True)
     figure = near.gantt(tmp_path / "near.png")
     assert "(red)" in figure.axes[0].get_title()
+
+
+def test_gantt_memory_track_is_the_memory_model(tmp_path, split_plan):
+    """The drawn GPU memory track, point by point, is schedule/memory.py's resident timeline of
+    the plan's placement and times; it starts at the weights placed there (the mm's 512 bytes)
+    and peaks at the plan's device_bytes."""
+    plan, gm = split_plan
+    graph, names = task_graph_from(gm, FakeProfile(gm), LANES)
+    device = [LANES.index(plan.placement[name]) for name in names]
+    start = [plan.start_ms[name] for name in names]
+    finish = [plan.finish_ms[name] for name in names]
+    model = resident_timeline(graph, device, start, finish)[LANES.index("cuda:0")]
+    figure = plan.gantt(tmp_path / "g.png")
+    (line,) = figure.axes[-1].get_lines()
+    times, mib = line.get_data()
+    assert list(times[:-1]) == pytest.approx([t for t, _ in model])
+    assert list(mib[:-1]) == pytest.approx([b / 2**20 for _, b in model])
+    assert mib[0] == pytest.approx(512 / 2**20)
+    assert max(mib) == pytest.approx(plan.device_bytes["cuda:0"] / 2**20)
+    assert times[-1] == pytest.approx(figure.axes[-1].get_xlim()[1])  # held to the axis' end
+
+
+def test_gantt_draws_the_measured_memory_a_trace_carries(tmp_path, split_plan):
+    from torch_chrion.runtime.trace import MemorySample, TraceEvent, load_memory, save_chrome_trace
+
+    plan, _ = split_plan
+    steps = [TraceEvent(n, "op", plan.placement[n], 0, 0.0, 10.0) for n in plan.order]
+    samples = [MemorySample("cuda:0", 0.0, 2048), MemorySample("cuda:0", 5.0, 4096)]
+    samples.append(MemorySample("cpu", 1.0, 99))  # the host's: not on a GPU plan's track
+    save_chrome_trace(steps, LANES, tmp_path / "run.json", samples)
+    assert load_memory(tmp_path / "run.json") == samples
+    figure = plan.gantt(tmp_path / "g.png", measured_memory=load_memory(tmp_path / "run.json"))
+    lines = {line.get_label(): line for line in figure.axes[-1].get_lines()}
+    assert set(lines) == {"cuda:0 predicted", "cuda:0 measured"}
+    times, mib = lines["cuda:0 measured"].get_data()
+    assert list(times[:-1]) == pytest.approx([0.0, 0.005])  # µs on the trace, ms on the axis
+    assert list(mib) == pytest.approx([2048 / 2**20, 4096 / 2**20, 4096 / 2**20])
+    assert lines["cuda:0 measured"].get_linestyle() == "--"
 
 
 def test_show_writes_op_names_and_draws_a_measured_trace(tmp_path, split_plan, capsys):

@@ -17,7 +17,7 @@ from torch import nn
 from .. import _extension
 from ..errors import ModelError, PlanError
 from .lowering import lower
-from .trace import TraceEvent, save_chrome_trace
+from .trace import MemorySample, TraceEvent, save_chrome_trace
 
 
 def _stop_executor(executor: Any, timeout_s: float) -> bool:
@@ -144,9 +144,10 @@ class PlacedGraph(nn.Module):
             )
         return events
 
-    def save_trace(self, path: str | Path) -> Path:
-        """Write the last trace as Chrome / Perfetto trace JSON, one row per lane."""
-        return save_chrome_trace(self.last_trace(), self.lanes, path)
+    def save_trace(self, path: str | Path, memory: Sequence[MemorySample] = ()) -> Path:
+        """Write the last trace (and ``memory``, from ``trace.record_memory``) as Chrome /
+        Perfetto trace JSON, one row per lane."""
+        return save_chrome_trace(self.last_trace(), self.lanes, path, memory)
 
     def transfer_stats(self) -> dict[str, int]:
         """Cross-device copies so far: host_to_device, device_to_host, pinned (copies whose host

@@ -2,9 +2,11 @@
 
 Panels, on one time axis scaled to the plan (and to the measured run, when given): the
 predicted timeline (one row per lane, a row of the predicted cross-device copies), the measured
-timeline of a traced run (its copy steps drawn as transfers), and the predicted resident memory
-of each GPU lane (of each lane on a CPU-only plan). An SLO beyond the axis is named in the
-legend rather than stretching the axis to it.
+timeline of a traced run (its copy steps drawn as transfers), and the memory of each GPU lane
+(of each lane on a CPU-only plan): predicted by the plan's memory model (schedule/memory.py),
+and measured, dashed, when the trace carries the allocators' samples (``chrion run --trace``
+records them). An SLO beyond the axis is named in the legend rather than stretching the axis
+to it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def draw_gantt(
     path: str | os.PathLike[str],
     title: str | None = None,
     measured: Sequence[Any] | None = None,
+    measured_memory: Sequence[Any] | None = None,
 ) -> Any:
-    """Draw ``plan`` (and ``measured``, the TraceEvents of a traced run) to ``path``; returns
-    the matplotlib Figure. A Figure made without pyplot renders with Agg and leaves the
-    caller's backend alone."""
+    """Draw ``plan`` (and ``measured``, the TraceEvents of a traced run, and
+    ``measured_memory``, its MemorySamples) to ``path``; returns the matplotlib Figure. A
+    Figure made without pyplot renders with Agg and leaves the caller's backend alone."""
     from matplotlib.figure import Figure
 
     lanes = list(plan.devices)
@@ -49,11 +52,11 @@ def draw_gantt(
             lanes.append(event.lane)
     measured_ms = max((e.end_us for e in measured), default=0.0) / 1e3
     span = max(plan.predicted_ms, measured_ms, 1e-9) * 1.05
-    memory = _memory_rows(plan)
+    memory = _memory_tracks(plan, measured_memory or [])
     panels = [("predicted", len(lanes) + (1 if plan.transfers else 0))]
     if measured:
         panels.append(("measured", len(lanes)))
-    if memory:
+    if any(memory):
         panels.append(("memory", 2))
     fig = Figure(figsize=(12, 1.4 + 0.5 * sum(rows + 1 for _, rows in panels)))
     axes = fig.subplots(
@@ -65,7 +68,7 @@ def draw_gantt(
         elif kind == "measured":
             _draw_measured(ax, measured, lanes, span)
         else:
-            _draw_memory(ax, memory, span)
+            _draw_memory(ax, *memory, span)
     slo_note = _draw_slo(axes, plan, span)
     axes[-1].set_xlim(0, span)
     axes[-1].set_xlabel("ms from the request")
@@ -127,23 +130,42 @@ def _draw_measured(ax: Any, events: list[Any], lanes: list[str], span: float) ->
     _lane_axis(ax, lanes, "measured")
 
 
-def _memory_rows(plan: Plan) -> dict[str, list[list[float]]]:
-    """The lanes whose predicted memory is drawn: the GPU lanes, or every lane without one."""
-    if not plan.memory:
-        return {}
-    gpus = {lane: points for lane, points in plan.memory.items() if lane.startswith("cuda")}
-    return gpus or dict(plan.memory)
+Track = dict[str, list[tuple[float, float]]]  # lane or device -> (ms, bytes from then on)
 
 
-def _draw_memory(ax: Any, memory: dict[str, list[list[float]]], span: float) -> None:
-    for k, (lane, points) in enumerate(memory.items()):
-        times = [t for t, _ in points] + [span]
-        mib = [b / 2**20 for _, b in points]
-        ax.step(times, mib + mib[-1:], where="post", color=_COLOURS[k % len(_COLOURS)], label=lane)
-    gpu = any(lane.startswith("cuda") for lane in memory)
+def _memory_tracks(plan: Plan, samples: Sequence[Any]) -> tuple[Track, Track]:
+    """The (predicted, measured) memory drawn: the GPUs' when the plan or the trace has one,
+    else every lane's and the host's."""
+    predicted = {lane: [(t, b) for t, b in points] for lane, points in (plan.memory or {}).items()}
+    measured: Track = {}
+    for sample in samples:
+        measured.setdefault(sample.device, []).append((sample.us / 1e3, sample.bytes))
+    if any(name.startswith("cuda") for name in [*predicted, *measured]):
+        predicted = {k: v for k, v in predicted.items() if k.startswith("cuda")}
+        measured = {k: v for k, v in measured.items() if k.startswith("cuda")}
+    return predicted, measured
+
+
+def _draw_memory(ax: Any, predicted: Track, measured: Track, span: float) -> None:
+    colours = {
+        name: _COLOURS[k % len(_COLOURS)] for k, name in enumerate({**predicted, **measured})
+    }
+    for tracks, kind, style in ((predicted, "predicted", "-"), (measured, "measured", "--")):
+        for name, points in tracks.items():
+            times = [t for t, _ in points] + [max(span, points[-1][0])]
+            mib = [b / 2**20 for _, b in points]
+            ax.step(
+                times,
+                mib + mib[-1:],
+                where="post",
+                color=colours[name],
+                linestyle=style,
+                label=f"{name} {kind}",
+            )
+    gpu = any(name.startswith("cuda") for name in colours)
     ax.set_ylabel("GPU MiB" if gpu else "resident MiB")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize=7, title="predicted", title_fontsize=7)
+    ax.legend(loc="upper right", fontsize=7)
 
 
 def _draw_slo(axes: Sequence[Any], plan: Plan, span: float) -> str:

@@ -281,14 +281,18 @@ class Plan:
         path: str | os.PathLike[str],
         title: str | None = None,
         measured: Sequence[Any] | None = None,
+        measured_memory: Sequence[Any] | None = None,
     ) -> Any:
         """Save the timeline as a PNG: one row per lane, one labelled bar per node, transfers
         and the predicted memory per lane; with ``measured`` (the TraceEvents of a traced run,
-        ``model.last_trace()``), the measured timeline under the predicted one. Returns the
-        matplotlib Figure."""
+        ``model.last_trace()``), the measured timeline under the predicted one, and with
+        ``measured_memory`` (its MemorySamples, ``runtime.trace.load_memory``) the measured
+        memory beside the predicted. Returns the matplotlib Figure."""
         from .gantt import draw_gantt
 
-        return draw_gantt(self, path, title=title, measured=measured)
+        return draw_gantt(
+            self, path, title=title, measured=measured, measured_memory=measured_memory
+        )
 
 
 def _check_structure(plan: Plan, source: str) -> None:
