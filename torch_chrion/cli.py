@@ -207,7 +207,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     rows = run_peers(args.model, _shapes(args.shape), _settings(args), repeats=args.repeats)
     width = max(len(r[0]) for r in rows)
-    print(f"{'engine':<{width}}  latency (ms)  vs chrion")
+    # the ratio is each engine's latency over chrion's: above 1, chrion is that many times faster
+    print(f"{'engine':<{width}}  latency (ms)  latency / chrion's (>1: chrion faster)")
     chrion_ms = rows[0][1]
     for name, ms, note in rows:
         ratio = (

@@ -24,7 +24,7 @@ import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from .errors import PlanError
 
@@ -137,6 +137,35 @@ def check_document(
             f"reads {version}); write the {what} again"
         )
     check_fields(data, schema, source, what, optional)
+
+
+class Document:
+    """A dataclass kept as one JSON document: ``from_json`` and ``load`` parse it (bounded, see
+    above) and hand the object to the subclass's ``_from_data``, which checks and builds it."""
+
+    WHAT: ClassVar[str]  # what the document is, in messages ("plan", "profile")
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> Self:
+        """Parse and check a document written by ``to_json``; ``source`` names it in errors.
+
+        Raises:
+            PlanError: naming ``source`` and what is wrong.
+        """
+        return cls._from_data(parse(text, source, cls.WHAT), source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read and check the document saved at ``path`` (a regular file only).
+
+        Raises:
+            PlanError: a missing, non-regular or bad file, naming it.
+        """
+        return cls._from_data(load(path, cls.WHAT), str(path))
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any], source: str) -> Self:
+        raise NotImplementedError
 
 
 # -- typed fields ----------------------------------------------------------------------------

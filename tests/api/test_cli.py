@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,10 @@ from torch_chrion.runtime.trace import load_memory
 from torch_chrion.settings import ChrionSettings
 
 COMMANDS = ["profile", "plan", "run", "bench", "show", "demo"]
+
+
+# the stacked LSTM fixture's input shape, on one CPU lane
+ONE_CPU_LANE = ["--shape", "x=8,2,16", "--devices", "cpu"]
 
 
 def chrion(*args, timeout=600):
@@ -98,10 +103,7 @@ def test_run_outputs_match_onnxruntime(stacked_lstm_onnx, tmp_path):
     result = chrion(
         "run",
         model,
-        "--shape",
-        "x=8,2,16",
-        "--devices",
-        "cpu",
+        *ONE_CPU_LANE,
         "--repeats",
         2,
         "--output",
@@ -124,10 +126,7 @@ def test_bench_lists_peers(stacked_lstm_onnx, tmp_path):
     result = chrion(
         "bench",
         model,
-        "--shape",
-        "x=8,2,16",
-        "--devices",
-        "cpu",
+        *ONE_CPU_LANE,
         "--repeats",
         3,
         "--cache-dir",
@@ -136,6 +135,15 @@ def test_bench_lists_peers(stacked_lstm_onnx, tmp_path):
     assert result.returncode == 0, result.stderr
     for engine in ("chrion", "eager cpu", "onnxruntime cpu", "inductor"):
         assert engine in result.stdout
+    # the ratio column says which way it reads, and is each engine's latency over chrion's
+    lines = result.stdout.splitlines()
+    (start,) = [k for k, line in enumerate(lines) if line.startswith("engine")]
+    assert "latency / chrion's (>1: chrion faster)" in lines[start]
+    timed = [re.search(r"\s(\d+\.\d+)\s+(\d+\.\d+)x", line) for line in lines[start + 1 :]]
+    timed = [(float(m[1]), float(m[2])) for m in timed if m]
+    assert len(timed) >= 3 and timed[0][1] == 1.0  # chrion's own row first
+    for ms, ratio in timed:
+        assert ratio == pytest.approx(ms / timed[0][0], rel=0.01, abs=0.01)
 
 
 def test_demo_runs():

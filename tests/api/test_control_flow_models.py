@@ -26,6 +26,18 @@ DEVICES = ["cpu:0", "cpu:1"]
 FAST = {"profile_budget_s": 4.0, "profile_repeats": 3}
 
 
+def if_positive_sum(x, then_branch, else_branch, output, name):
+    """Nodes of ``output = If(ReduceSum(x) > zero, then_branch, else_branch)`` (an initializer
+    "zero" is expected)."""
+    return [
+        helper.make_node("ReduceSum", [x], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node(
+            "If", ["cond"], [output], then_branch=then_branch, else_branch=else_branch, name=name
+        ),
+    ]
+
+
 def info(name, elem_type, shape):
     return helper.make_tensor_value_info(name, elem_type, shape)
 
@@ -64,16 +76,7 @@ def if_model():
         [helper.make_node("Sub", ["x", "w"], ["b"])], "else", [], [info("b", F, [2, 3])]
     )
     nodes = [
-        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-        helper.make_node("Greater", ["s", "zero"], ["cond"]),
-        helper.make_node(
-            "If",
-            ["cond"],
-            ["t"],
-            then_branch=then_branch,
-            else_branch=else_branch,
-            name="branch_if",
-        ),
+        *if_positive_sum("x", then_branch, else_branch, "t", "branch_if"),
         helper.make_node("Relu", ["t"], ["r"]),
         helper.make_node("Add", ["r", "one"], ["y"]),
     ]
@@ -275,16 +278,7 @@ def sequence_if_model():
         )
 
     nodes = [
-        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-        helper.make_node("Greater", ["s", "zero"], ["cond"]),
-        helper.make_node(
-            "If",
-            ["cond"],
-            ["seq"],
-            then_branch=branch("a", ["x"]),
-            else_branch=branch("b", ["b_neg", "x"]),
-            name="seq_if",
-        ),
+        *if_positive_sum("x", branch("a", ["x"]), branch("b", ["b_neg", "x"]), "seq", "seq_if"),
         helper.make_node("SequenceAt", ["seq", "zero_i"], ["y"]),
     ]
     initializers = [

@@ -33,22 +33,21 @@ def _batch_statistics_differ(model: torch.nn.Module, x: torch.Tensor, want: np.n
     return float(np.abs(training.numpy() - want).max()) > 1e-2
 
 
-def test_batchnorm_lstm_export_matches_onnxruntime(tmp_path):
+@pytest.mark.parametrize(
+    ("cls", "shape", "axes", "other_shape"),
+    [
+        (BatchNormLSTM, (2, 5, 8), {0: "batch", 1: "time"}, (3, 9, 8)),
+        (ConvBatchNormBiLSTM, (2, 8, 7), {0: "batch", 2: "time"}, (1, 8, 12)),
+    ],
+    ids=["batchnorm_lstm", "conv_batchnorm_bilstm"],
+)
+def test_batchnorm_export_matches_onnxruntime(tmp_path, cls, shape, axes, other_shape):
     torch.manual_seed(0)
-    model = randomise_batch_norms(BatchNormLSTM())
-    x = torch.randn(2, 5, 8)
-    proto = export_torchscript(model, x, {0: "batch", 1: "time"})
+    model = randomise_batch_norms(cls())
+    x = torch.randn(*shape)
+    proto = export_torchscript(model, x, axes)
     assert _batch_statistics_differ(model, x, onnxruntime_outputs(proto, {"x": x.numpy()})[0])
-    assert_load_onnx_matches_onnxruntime(proto, x, [torch.randn(3, 9, 8)], str(tmp_path))
-
-
-def test_conv_batchnorm_bilstm_export_matches_onnxruntime(tmp_path):
-    torch.manual_seed(0)
-    model = randomise_batch_norms(ConvBatchNormBiLSTM())
-    x = torch.randn(2, 8, 7)
-    proto = export_torchscript(model, x, {0: "batch", 2: "time"})
-    assert _batch_statistics_differ(model, x, onnxruntime_outputs(proto, {"x": x.numpy()})[0])
-    assert_load_onnx_matches_onnxruntime(proto, x, [torch.randn(1, 8, 12)], str(tmp_path))
+    assert_load_onnx_matches_onnxruntime(proto, x, [torch.randn(*other_shape)], str(tmp_path))
 
 
 def test_batchnorm_node_uses_running_statistics():

@@ -38,17 +38,21 @@ def test_failing_operator_names_node_lane_and_op_and_next_call_works():
         torch.testing.assert_close(module(x, w, v), net(x, w, v))
 
 
+def sin_then_python(fn):
+    """sin(x) on cpu:0, then the Python callable ``fn`` of it on cpu:1."""
+    graph = torch.fx.Graph()
+    y = graph.call_function(torch.ops.aten.sin.default, (graph.placeholder("x"),))
+    z = graph.call_function(fn, (y,))
+    graph.output(z)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    return PlacedGraph(gm, {y.name: "cpu:0", z.name: "cpu:1"})
+
+
 def test_python_node_failure_is_an_execution_error():
     def boom(t):
         raise ValueError("planted failure")
 
-    graph = torch.fx.Graph()
-    x = graph.placeholder("x")
-    y = graph.call_function(torch.ops.aten.sin.default, (x,))
-    z = graph.call_function(boom, (y,))
-    graph.output(z)
-    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
-    module = PlacedGraph(gm, {y.name: "cpu:0", z.name: "cpu:1"})
+    module = sin_then_python(boom)
     assert module.python_nodes == ["boom"]
     with pytest.raises(ExecutionError, match="planted failure") as info:
         module(torch.randn(2))
@@ -83,13 +87,7 @@ def test_python_step_exception_is_the_cause_with_its_type_and_traceback():
     def pick(t):
         return t[7]  # IndexError for fewer than 8 elements
 
-    graph = torch.fx.Graph()
-    x = graph.placeholder("x")
-    y = graph.call_function(torch.ops.aten.sin.default, (x,))
-    z = graph.call_function(pick, (y,))
-    graph.output(z)
-    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
-    module = PlacedGraph(gm, {y.name: "cpu:0", z.name: "cpu:1"})
+    module = sin_then_python(pick)
     with pytest.raises(ExecutionError, match="IndexError") as info:
         module(torch.randn(4))
     cause = info.value.__cause__

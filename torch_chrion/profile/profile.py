@@ -53,7 +53,7 @@ def same_memory(a: str, b: str) -> bool:
 
 
 @dataclasses.dataclass
-class Profile:
+class Profile(jsonfile.Document):
     """Measured costs of one aten graph for one input-shape bucket.
 
     Attributes:
@@ -73,6 +73,8 @@ class Profile:
             which). Empty: no wide costs (a single CPU lane, or a profile older than them).
         wide_lanes: the CPU lanes ``wide_ms`` holds (every CPU lane profiled), or empty.
     """
+
+    WHAT = "profile"  # in messages (a class attribute, not a field)
 
     devices: list[str]
     device_names: dict[str, str]
@@ -113,13 +115,8 @@ class Profile:
         return json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> Profile:
-        """Parse a profile written by ``to_json``; a bad document raises PlanError naming it."""
-        return cls._from_data(jsonfile.parse(text, source, "profile"), source)
-
-    @classmethod
     def _from_data(cls, data: dict[str, Any], source: str) -> Profile:
-        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, "profile", _OPTIONAL)
+        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, cls.WHAT, _OPTIONAL)
         del data["schema_version"]
         profile = cls(**data)
         profile.node_ms = {
@@ -181,12 +178,6 @@ class Profile:
         except OSError as exc:
             raise PlanError(f"cannot write the profile {path}: {exc.strerror or exc}") from exc
         jsonfile.write_atomic(path, self.to_json(), "profile")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Profile:
-        """Read a profile saved by ``save``; a missing, non-regular or bad file raises
-        PlanError."""
-        return cls._from_data(jsonfile.load(path, "profile"), str(path))
 
     def summary(self) -> dict[str, Any]:
         """Total milliseconds per lane (a quick look, not a schedule)."""

@@ -59,7 +59,7 @@ _OPTIONAL = ("granularity", "seq_chunks", "ops", "transfers", "memory", "wide")
 
 
 @dataclasses.dataclass
-class Plan:
+class Plan(jsonfile.Document):
     """Where and in which order every schedulable node runs, and what that predicts.
 
     Attributes:
@@ -84,6 +84,8 @@ class Plan:
             while they run nothing else; its lane in ``placement`` is the first listed.
             None or absent: no node is wide.
     """
+
+    WHAT = "plan"  # in messages (a class attribute, not a field)
 
     placement: dict[str, str]
     order: list[str]
@@ -113,13 +115,8 @@ class Plan:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> Plan:
-        """Parse and check a plan; ``source`` names the file in error messages."""
-        return cls._from_data(jsonfile.parse(text, source, "plan"), source)
-
-    @classmethod
     def _from_data(cls, data: dict[str, Any], source: str) -> Plan:
-        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, "plan", _OPTIONAL)
+        jsonfile.check_document(data, _SCHEMA, SCHEMA_VERSION, source, cls.WHAT, _OPTIONAL)
         plan = cls.__new__(cls)
         for field in dataclasses.fields(cls):
             setattr(plan, field.name, data.get(field.name))
@@ -134,11 +131,6 @@ class Plan:
             PlanError: the file cannot be written (a missing folder, no permission), naming it.
         """
         jsonfile.write_atomic(path, self.to_json(), "plan")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Plan:
-        """Read and check a plan file (a regular file only)."""
-        return cls._from_data(jsonfile.load(path, "plan"), str(path))
 
     # -- against a graph -------------------------------------------------------------------
     def validate(self, gm: fx.GraphModule) -> None:
