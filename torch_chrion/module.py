@@ -10,9 +10,13 @@ two). A request never waits for profiling:
 - the example inputs' bucket is profiled and planned at compile time (or by ``warmup``);
 - the first call in a new bucket runs at once on the plan of the nearest planned bucket (a plan
   is placement and order by node name, valid for any graph with the same nodes), its
-  predictions scaled by the buckets' sizes; the bucket is queued for profiling on a background
-  thread (``settings.profile_budget_s``), and its own plan, with its executable built off the
-  request path, replaces the borrowed one in one step when ready.
+  predictions scaled by the buckets' sizes (a borrowed plan lends itself too: scheduling anew
+  would put the scheduler's search on the request path); the bucket is queued for profiling on
+  a background thread (``settings.profile_budget_s``), and its own plan, with its executable
+  built off the request path, replaces the borrowed one in one step when ready;
+- background work runs its steps in the lulls between requests (_Traffic): each profiling run,
+  the scheduler's search and the new executable's first run wait until no request has run for
+  a few milliseconds, and a profiling run that a request overlapped is not counted.
 
 Graphs: a torch.compile graph is shape-generic (Note [Dynamic shapes] in dynamo.py): one graph
 and one executable per plan serve every shape, so a new length costs a dictionary look-up. An
@@ -30,6 +34,7 @@ import math
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,9 +155,57 @@ def _borrowed(plan: Any, source: tuple, target: tuple) -> Any:
     )
 
 
+class _Traffic:
+    """The requests of every ChrionModule of the process, so that background planning runs its
+    steps in the lulls between them (Note [Shape buckets]), and a background profile does not
+    count the graph runs that a request overlapped."""
+
+    # how long no request must have run before background work starts
+    QUIET_S = 0.005
+
+    def __init__(self) -> None:
+        self._lull = threading.Condition(threading.Lock())
+        self._running = 0
+        self._started = 0  # requests started so far: the tokens of ``disturbed``
+        self._last_end = 0.0
+
+    def __enter__(self) -> None:
+        with self._lull:
+            self._running += 1
+            self._started += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lull:
+            self._running -= 1
+            self._last_end = time.monotonic()
+            if not self._running:
+                self._lull.notify_all()
+
+    def wait(self) -> int:
+        """Block until no request has run for QUIET_S; a token for ``disturbed``."""
+        with self._lull:
+            while True:
+                if self._running:
+                    self._lull.wait()
+                    continue
+                quiet = self._last_end + self.QUIET_S - time.monotonic()
+                if quiet <= 0:
+                    return self._started
+                self._lull.wait(quiet)
+
+    def disturbed(self, token: int) -> bool:
+        with self._lull:
+            return self._running > 0 or self._started != token
+
+
+_TRAFFIC = _Traffic()
+# a child forked while a request ran would wait for it forever
+os.register_at_fork(after_in_child=_TRAFFIC.__init__)
+
+
 class _Planner:
     """One background thread per process that profiles and plans queued shape buckets, one at
-    a time (two profiles at once would measure each other)."""
+    a time (two profiles at once would measure each other), in the lulls between requests."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
@@ -181,6 +234,7 @@ class _Planner:
         while True:
             job = jobs.get()
             try:
+                _TRAFFIC.wait()
                 job()
             except Exception:  # a failed background plan leaves the borrowed one in place
                 log.exception("chrion: background planning failed")
@@ -213,7 +267,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         settings: the ChrionSettings it was compiled with.
         stats: counts of what happened: ``captures``, ``profiles`` (made on the request
             path or at compile/warmup time), ``background_profiles``, ``borrowed_plans``,
-            ``plan_swaps``, ``executables_built``, ``calls``.
+            ``derived_plans`` (of those, the ones scheduled from another bucket's profile, as
+            no plan fitted), ``plan_swaps``, ``executables_built``, ``calls``.
     """
 
     def __init__(
@@ -302,7 +357,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         executable = entry.executable
         self._last = executable
         self.stats["calls"] += 1
-        return executable(*inputs)
+        with _TRAFFIC:
+            return executable(*inputs)
 
     def warmup(self, shapes: Sequence[Sequence[Sequence[int]]], *, wait: bool = True) -> None:
         """Prepare shape buckets ahead of traffic: profile, plan and build each bucket of
@@ -442,6 +498,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             _describe(bucket),
             " (in the background)" if threading.current_thread().name == _PLANNER_THREAD else "",
         )
+        background = threading.current_thread().name == _PLANNER_THREAD
         prof = profile.profile_graph(
             planning,
             tensors,
@@ -449,8 +506,11 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             settings=settings,
             cache_dir=settings.cache_dir,
             recorded=self.recorded_profile,
+            lull=_TRAFFIC if background else None,
         )
         costs = runtime.executor_costs(self.devices)  # measured once per process
+        if background:
+            _TRAFFIC.wait()  # the scheduler's search holds a core (and the GIL) for a while
         plan = schedule.make_plan(planning, prof, settings, costs=costs)
         _share_plan(self._shared_key(gm, bucket), plan)
         with self._lock:
@@ -504,10 +564,15 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self, bucket: tuple, graph: torch.fx.GraphModule, inputs: Sequence[Any]
     ) -> None:
         """A plan for ``bucket`` made without profiling, its own queued for the background:
-        the nearest planned bucket's plan where it fits this graph, else one scheduled from
-        the nearest measured profile (node costs by name, scaled by the buckets' sizes)."""
-        for source in sorted(self._own_plans, key=lambda b: _bucket_distance(b, bucket)):
-            if _fits(self.plans[source], graph):
+        the nearest planned bucket's plan where it fits this graph (its own plan first at equal
+        distance, then a borrowed or derived one: placement and order hold for any size, and
+        scheduling anew costs the scheduler's search on the request path), else one scheduled
+        from the nearest measured profile (node costs by name, scaled by the buckets' sizes)."""
+        nearest = sorted(
+            self.plans, key=lambda b: (_bucket_distance(b, bucket), b not in self._own_plans)
+        )
+        for source in nearest:
+            if source != bucket and _fits(self.plans[source], graph):
                 self.plans[bucket] = _borrowed(self.plans[source], source, bucket)
                 how = f"the plan of bucket {_describe(source)}"
                 break
@@ -515,7 +580,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             self.plans[bucket], how = self._derived_plan(bucket, graph, inputs)
         self.stats["borrowed_plans"] += 1
         log.info("new input shape bucket %s runs on %s until profiled", _describe(bucket), how)
-        self._queue_profile(bucket, _signature(inputs))
+        self._queue_profile(bucket, inputs)
 
     def _derived_plan(
         self, bucket: tuple, graph: torch.fx.GraphModule, inputs: Sequence[Any]
@@ -537,26 +602,29 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         derived = _scaled_profile(profiles[source], planning, scale)
         costs = runtime.executor_costs(self.devices)
         plan = schedule.make_plan(planning, derived, self.settings, costs=costs)
+        self.stats["derived_plans"] += 1
         return plan, f"a plan scheduled from bucket {_describe(source)}'s profile x{scale:.2g}"
 
-    def _queue_profile(self, bucket: tuple, signature: tuple) -> None:
-        """Profile ``bucket`` in the background with inputs shaped as ``signature`` (the first
-        request's: a bucket's top may not fit a graph whose other dimensions are static). The
-        job holds the module weakly: a module dropped before its turn is not profiled."""
+    def _queue_profile(self, bucket: tuple, inputs: Sequence[Any]) -> None:
+        """Profile ``bucket`` in the background with a copy of ``inputs`` (the first request's:
+        a bucket's top may not fit a graph whose other dimensions are static, and made-up
+        values may not be valid ones, such as a packed sequence's lengths). The job holds the
+        module weakly: a module dropped before its turn is not profiled."""
         if bucket in self._queued:
             return
         self._queued.add(bucket)
         ref = weakref.ref(self)
+        kept = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in inputs)
 
         def job() -> None:
             module = ref()
             if module is not None:
-                module._profile_in_background(bucket, signature)
+                module._profile_in_background(bucket, kept)
 
         _PLANNER.submit(job)
 
-    def _profile_in_background(self, bucket: tuple, signature: tuple) -> None:
-        inputs = self._inputs_of_shapes(0, _shapes_of(signature))
+    def _profile_in_background(self, bucket: tuple, inputs: tuple) -> None:
+        signature = _signature(inputs)
         with self._lock:
             entry = self._entries.get(signature)
             # the request's graph, or a capture of its own if that shape was evicted meanwhile
@@ -564,23 +632,31 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         plan = self._profile_and_plan(graph, inputs, bucket)
         self.stats["background_profiles"] += 1
         built: dict[tuple, Any] = {}
+        warm: set[int] = set()
         with self._lock:
             stale = [s for s, e in self._entries.items() if e.bucket == bucket]
-        for signature in stale:  # built and run once off the request path, swapped in below
-            entry = self._entries.get(signature)
+        for shape in stale:  # built and run once off the request path, swapped in below
+            entry = self._entries.get(shape)
             if entry is not None and _fits(plan, entry.graph):
-                built[signature] = self._executable(entry.graph, plan)
+                built[shape] = executable = self._executable(entry.graph, plan)
+                if id(executable) in warm:  # a shape-generic graph's shapes share one
+                    continue
+                warm.add(id(executable))
+                _TRAFFIC.wait()
                 with torch.no_grad():
-                    built[signature](*self._inputs_of_shapes(0, _shapes_of(signature)))
+                    if shape == signature:
+                        executable(*inputs)
+                    else:
+                        executable(*self._inputs_of_shapes(0, _shapes_of(shape)))
         with self._lock:
             self._install_plan(bucket, plan)
-            for signature, executable in built.items():
-                if signature in self._entries:
-                    self._entries[signature] = dataclasses.replace(
-                        self._entries[signature], executable=executable
+            for shape, executable in built.items():
+                if shape in self._entries:
+                    self._entries[shape] = dataclasses.replace(
+                        self._entries[shape], executable=executable
                     )
-            for signature in [s for s in stale if s not in built]:
-                self._entries.pop(signature, None)  # rebuilt with the new plan on next use
+            for shape in [s for s in stale if s not in built]:
+                self._entries.pop(shape, None)  # rebuilt with the new plan on next use
         self.stats["plan_swaps"] += 1
         log.info(
             "input shape bucket %s now runs on its own plan (predicted %.3f ms)",

@@ -3,6 +3,7 @@ graph serves every length and batch size, exact to eager, with no Dynamo recompi
 no call outside chrion, and no capture or profiling on the request path."""
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -67,7 +68,10 @@ def test_default_compile_serves_every_length_and_batch_in_chrion(model):
     generic = modules[-1]
     assert generic.stats["captures"] == 1  # one shape-generic capture at compile time ...
     assert generic.stats["profiles"] == 0  # ... and no profile on the request path:
-    assert generic.stats["borrowed_plans"] >= 1  # new buckets ran on borrowed plans
+    assert generic.stats["borrowed_plans"] >= 1  # new buckets ran on borrowed plans ...
+    # ... lent by planned buckets: the scheduler ran for none of them on the request path (its
+    # first plan, at compile time, is scheduled from the static graph's profile)
+    assert generic.stats["derived_plans"] <= 1
 
 
 def test_new_lengths_reuse_one_executable_per_plan(caplog):
@@ -181,3 +185,21 @@ def _cause(error, kind):
     while error is not None and not isinstance(error, kind):
         error = error.__cause__ or error.__context__
     return error
+
+
+def test_background_work_waits_for_a_lull_between_requests():
+    from torch_chrion.module import _Traffic
+
+    traffic = _Traffic()
+    tokens = []
+    with traffic:  # a request runs
+        waiter = threading.Thread(target=lambda: tokens.append(traffic.wait()))
+        waiter.start()
+        waiter.join(timeout=0.2)
+        assert waiter.is_alive() and not tokens  # background work waits for it ...
+    waiter.join(timeout=10)
+    assert len(tokens) == 1  # ... and starts once it is over
+    assert not traffic.disturbed(tokens[0])
+    with traffic:
+        pass
+    assert traffic.disturbed(tokens[0])  # a run that a request overlapped is not counted

@@ -39,9 +39,9 @@ def count_timed_calls(monkeypatch):
     calls = []
     real = profiler_module.measure_on_cpu_lane
 
-    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc):
+    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, lull=None):
         calls.append(([n.name for n in nodes], repeats))
-        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc)
+        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, lull)
 
     monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
     return calls

@@ -6,6 +6,7 @@ import itertools
 import logging
 import statistics
 import time
+from typing import Protocol
 
 import torch
 from torch import fx
@@ -17,6 +18,18 @@ from .progress import progress
 log = logging.getLogger(__name__)
 
 
+class Lull(Protocol):
+    """When a background profile may run without sharing the cores with requests."""
+
+    def wait(self) -> int:
+        """Block until no request runs; returns a token for ``disturbed``."""
+        ...
+
+    def disturbed(self, token: int) -> bool:
+        """Whether a request ran since ``wait`` returned ``token``."""
+        ...
+
+
 def measure_on_cpu_lane(
     gm: fx.GraphModule,
     inputs: tuple,
@@ -26,6 +39,7 @@ def measure_on_cpu_lane(
     repeats: int,
     budget_s: float,
     desc: str,
+    lull: Lull | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """Median ms of each node run by the executor itself on a CPU lane with ``threads`` threads,
     over ``repeats`` whole-graph runs after ``warmup`` runs (and at least a warm-up period).
@@ -36,6 +50,10 @@ def measure_on_cpu_lane(
     profile taken on the main thread predicted half the latency the executor then took. As TVM's
     debug executor does, the profile times the calls the lane will make: the whole graph runs on
     one traced lane, and each node's cost is the median of its steps' durations.
+
+    With ``lull`` (a background profile), each graph run waits until no request runs, and a
+    run that a request overlapped is not counted: it would have slowed the request, and its
+    times would include the cores it shared.
     """
     from ..runtime import PlacedGraph
 
@@ -49,18 +67,25 @@ def measure_on_cpu_lane(
             for run in itertools.count():
                 if run >= warmup and time.monotonic() >= deadline:
                     break
+                if lull is not None:
+                    lull.wait()
                 placed(*inputs)
             placed.enable_trace(True)
-            for run in range(repeats):
+            kept = 0
+            while kept < repeats:
+                token = lull.wait() if lull is not None else 0
                 placed(*inputs)
+                if lull is not None and lull.disturbed(token):
+                    continue
                 for event in placed.last_trace():
                     if event.node in durations:
                         durations[event.node].append((event.end_us - event.start_us) / 1e3)
+                kept += 1
                 bar.update()
-                if time.monotonic() > stop and MIN_REPEATS <= run + 1 < repeats:
+                if time.monotonic() > stop and MIN_REPEATS <= kept < repeats:
                     notes.append(
                         f"cpu: the {budget_s:g} s profile budget cut repeats from {repeats} "
-                        f"to {run + 1}"
+                        f"to {kept}"
                     )
                     log.warning(notes[-1])
                     break

@@ -30,7 +30,7 @@ from ..settings import ChrionSettings
 from .assemble import WIDE_GROUP, assemble, device_of
 from .budget import Budget
 from .cache import Expected, ProfileCache, cache_key
-from .cpu import measure_on_cpu_lane
+from .cpu import Lull, measure_on_cpu_lane
 from .cuda import measure_on_cuda, node_values
 from .devices import cuda_present, lane_device_name, parse_lane
 from .profile import Profile
@@ -48,6 +48,7 @@ def profile_graph(
     settings: ChrionSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
     recorded: Profile | str | os.PathLike | None = None,
+    lull: Lull | None = None,
 ) -> Profile:
     """Measure (or load from the cache) what each node of ``gm`` costs on each lane.
 
@@ -60,6 +61,8 @@ def profile_graph(
         cache_dir: overrides ``settings.cache_dir``; default ``$TORCH_CHRION_CACHE/profiles``.
         recorded: a Profile (or the path of one) recorded on another machine, used for the lanes
             whose device is not here (e.g. cuda:0 on a machine without a GPU).
+        lull: for a profile taken in the background: CPU graph runs wait for it and runs that
+            requests overlapped are not counted (profile/cpu.py).
 
     Returns:
         The Profile of every schedulable node on every lane, with host<->device transfer costs.
@@ -142,6 +145,7 @@ def profile_graph(
                     settings.profile_repeats,
                     settings.profile_budget_s / len(to_measure),
                     f"profiling on {group}",
+                    lull,
                 )
             else:
                 costs, notes = measure_on_cuda(
