@@ -1,17 +1,20 @@
 """The ``torch.ops.chrion`` operator library: recurrent layers as single operators, and
-``python_call``, one node running a Python callable (ONNX If / Loop / Scan).
+``python_call``, one node running a Python callable (ONNX If / Loop / Scan), and
+``lstm_packed_cell_state`` (packed sequences under torch.compile).
 
 ``ensure_loaded()`` loads the C++ kernels (building them once if need be), registers the fake
 kernels that shape propagation, make_fx and torch.export use, and defines ``python_call``.
 """
 
-from . import python_call, recurrent
+from . import packed_state, python_call, recurrent
 
 
 def ensure_loaded() -> None:
-    """Load the chrion:: kernels and define chrion::python_call (once per process)."""
+    """Load the chrion:: kernels and define chrion::python_call and
+    chrion::lstm_packed_cell_state (once per process)."""
     recurrent.ensure_loaded()
     python_call.register_operator()
+    packed_state.register_operator()
 
 
 __all__ = ["ensure_loaded", "python_call"]
