@@ -47,13 +47,10 @@ def build_tag(text: str) -> str:
 
 
 def compile_flags(name: str, torch_version: str) -> list[str]:
-    # the CPU recurrent kernels split a layer's hidden units over the calling thread's OpenMP
-    # threads (csrc/kernels/recurrent_cpu_impl.h); the runtime is torch's own libgomp, already
-    # loaded with libtorch_cpu
-    openmp = ["-fopenmp"] if name == "kernels" else []
+    # (the CPU recurrent kernels bring their own helper threads, csrc/kernels/worker_team.h:
+    # no OpenMP)
     return [
         "-O3",
-        *openmp,
         f"-DCHRION_SOURCE_HASH={build_tag(source_hash(name))}",
         f"-DCHRION_TORCH_VERSION={build_tag(torch_version)}",
     ]

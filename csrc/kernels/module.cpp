@@ -4,6 +4,7 @@
 #include "../build_info.h"
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
+#include "worker_team.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &chrion::build_info);
@@ -11,7 +12,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "recurrent_cpu_isa", [] { return std::string(chrion::recurrent::cpu_kernels().name); },
       "The instruction set chrion's CPU recurrent kernels run with (AVX512, AVX2 or DEFAULT).");
   m.def("packed_weights_hold", &chrion::recurrent::packed_weights_hold,
-        "Whether the CPU kernels' cache holds a current packed form of this recurrent weight.");
+        "Whether the CPU kernels' cache holds a current packed form of this layer weight.");
   m.def("packed_weights_cached", &chrion::recurrent::packed_weights_cached,
         "How many packed recurrent weights the CPU kernels' cache holds.");
+  m.def("helper_threads_started", &chrion::recurrent::helper_threads_started,
+        "Helper threads the CPU recurrent kernels have started in this process.");
 }

@@ -23,11 +23,12 @@ std::unordered_map<const c10::TensorImpl*, Entry>& cache() {
   return *entries;  // leaked on purpose: no destruction-order race with lanes at exit
 }
 
-at::Tensor pack(const at::Tensor& w_hh, int64_t gates, const CpuKernels& kernels) {
-  const int64_t hidden = w_hh.size(1);
-  const at::Tensor w = w_hh.contiguous();
-  at::Tensor packed = at::empty({kernels.packed_size(gates, hidden)}, w.options());
-  kernels.pack(w.data_ptr<float>(), gates, hidden, packed.data_ptr<float>());
+at::Tensor pack(const at::Tensor& weight, int64_t gates, const CpuKernels& kernels) {
+  const int64_t hidden = weight.size(0) / gates;
+  const int64_t columns = weight.size(1);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor packed = at::empty({kernels.packed_size(gates, hidden, columns)}, w.options());
+  kernels.pack(w.data_ptr<float>(), gates, hidden, columns, packed.data_ptr<float>());
   return packed;
 }
 
@@ -37,11 +38,11 @@ void drop_freed(std::unordered_map<const c10::TensorImpl*, Entry>& entries) {
   }
 }
 
-// the entry of `w_hh` if it is current (call with cache_mutex held)
-const Entry* current_entry(const at::Tensor& w_hh) {
-  const c10::TensorImpl* impl = w_hh.unsafeGetTensorImpl();
+// the entry of `weight` if it is current (call with cache_mutex held)
+const Entry* current_entry(const at::Tensor& weight) {
+  const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
   auto it = cache().find(impl);
-  if (it == cache().end() || it->second.owner.expired() || it->second.data != w_hh.data_ptr() ||
+  if (it == cache().end() || it->second.owner.expired() || it->second.data != weight.data_ptr() ||
       it->second.version != impl->version_counter().current_version()) {
     return nullptr;
   }
@@ -50,30 +51,29 @@ const Entry* current_entry(const at::Tensor& w_hh) {
 
 }  // namespace
 
-at::Tensor packed_recurrent_weights(const at::Tensor& w_hh, int64_t gates,
-                                    const CpuKernels& kernels) {
-  if (w_hh.is_inference()) return pack(w_hh, gates, kernels);  // no version counter to key on
-  const c10::TensorImpl* impl = w_hh.unsafeGetTensorImpl();
+at::Tensor packed_gate_weights(const at::Tensor& weight, int64_t gates, const CpuKernels& kernels) {
+  if (weight.is_inference()) return pack(weight, gates, kernels);  // no version counter to key on
+  const c10::TensorImpl* impl = weight.unsafeGetTensorImpl();
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto& entries = cache();
-  const Entry* entry = current_entry(w_hh);
+  const Entry* entry = current_entry(weight);
   if (entry != nullptr && entry->gates == gates && entry->kernels == &kernels) {
     return entry->packed;
   }
   const uint32_t version = impl->version_counter().current_version();
-  const void* data = w_hh.data_ptr();
+  const void* data = weight.data_ptr();
   drop_freed(entries);
-  at::Tensor packed = pack(w_hh, gates, kernels);
+  at::Tensor packed = pack(weight, gates, kernels);
   entries.insert_or_assign(
-      impl, Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(w_hh.getIntrusivePtr()), data, version,
+      impl, Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()), data, version,
                   gates, &kernels, packed});
   return packed;
 }
 
-bool packed_weights_hold(const at::Tensor& w_hh) {
-  if (w_hh.is_inference()) return false;
+bool packed_weights_hold(const at::Tensor& weight) {
+  if (weight.is_inference()) return false;
   std::lock_guard<std::mutex> lock(cache_mutex);
-  return current_entry(w_hh) != nullptr;
+  return current_entry(weight) != nullptr;
 }
 
 int64_t packed_weights_cached() {

@@ -1,5 +1,5 @@
-// Recurrent weights packed once per weight tensor, not once per call (Note [CPU recurrent
-// kernel] in recurrent_cpu.h).
+// Layer weights (W_ih and W_hh) packed once per weight tensor, not once per call (Note [CPU
+// recurrent kernel] in recurrent_cpu.h).
 //
 // Note [Packed weights follow the model]
 // A packed copy is keyed by the weight's TensorImpl and is valid while that tensor is alive and
@@ -20,12 +20,12 @@
 
 namespace chrion::recurrent {
 
-/// The packed form of the recurrent weight `w_hh` ([gates*H, H], float32, CPU) for `kernels`.
-at::Tensor packed_recurrent_weights(const at::Tensor& w_hh, int64_t gates,
-                                    const CpuKernels& kernels);
+/// The packed form of a layer weight (W_ih [gates*H, features] or W_hh [gates*H, H], float32,
+/// CPU) for `kernels`.
+at::Tensor packed_gate_weights(const at::Tensor& weight, int64_t gates, const CpuKernels& kernels);
 
-/// Whether the cache holds a current packed form of `w_hh` (tests: chrion's kernel ran).
-bool packed_weights_hold(const at::Tensor& w_hh);
+/// Whether the cache holds a current packed form of `weight` (tests: chrion's kernel ran).
+bool packed_weights_hold(const at::Tensor& weight);
 
 /// How many packed weights the cache holds (entries of freed weights included until swept).
 int64_t packed_weights_cached();

@@ -26,6 +26,7 @@
 
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
+#include "recurrent_schedule.h"
 
 namespace chrion {
 namespace {
@@ -176,29 +177,57 @@ bool runs_chrion_kernel(const at::Tensor& input, const at::Tensor& h0, const at:
   return true;
 }
 
-struct LayerBiases {
-  at::Tensor gates_x;  // folded into the input projection (undefined: no biases)
-  at::Tensor hidden;   // GRU's b_hn, applied inside r * (W_hn h + b_hn) (undefined otherwise)
-};
-
-LayerBiases layer_biases(Cell cell, at::TensorList p, bool has_biases, int64_t hidden) {
-  if (!has_biases) return {};
-  const at::Tensor& b_ih = p[2];
-  const at::Tensor& b_hh = p[3];
-  if (cell != Cell::gru) return {b_ih + b_hh, {}};
-  const int64_t rz = 2 * hidden;
-  return {at::cat({b_ih.narrow(0, 0, rz) + b_hh.narrow(0, 0, rz), b_ih.narrow(0, rz, hidden)}),
-          b_hh.narrow(0, rz, hidden).contiguous()};
+// Threads of the calling thread's intra-op budget (a lane's cpu_threads, raised by the executor
+// for a "wide" step; torch's threads in eager) that share the layer. Splitting a time step by
+// rows costs one synchronisation per step (a few hundred nanoseconds between two cores), so a
+// step of fewer than ~64K multiply-adds (about a microsecond on one core) stays on one thread;
+// a bidirectional layer splits by direction, with no per-step synchronisation, once a direction
+// has ~1M multiply-adds in its time loop.
+int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidden, int64_t dirs) {
+  constexpr int64_t kMinStepFmas = 64 * 1024;
+  constexpr int64_t kMinDirectionFmas = 1024 * 1024;
+  const int threads = at::get_num_threads();
+  if (threads <= 1) return 1;
+  const int64_t step_fmas = batch * gates * hidden * hidden;
+  if (step_fmas >= kMinStepFmas) return threads;
+  if (dirs == 2 && steps * step_fmas >= kMinDirectionFmas) return static_cast<int>(dirs);
+  return 1;
 }
 
-// Threads of the calling thread's intra-op budget (a lane's cpu_threads; torch's threads in
-// eager) that split each step's hidden units. A barrier per step costs about a microsecond, so a
-// step of fewer than ~128K multiply-adds (under ~2 us on one core) stays on one thread.
-int recurrent_threads(int64_t batch, int64_t gates, int64_t hidden) {
-  constexpr int64_t kMinStepFmas = 128 * 1024;
-  const int threads = at::get_num_threads();
-  if (threads <= 1 || batch * gates * hidden * hidden < kMinStepFmas) return 1;
-  return threads;
+// One direction of one layer: what its projection and time loop read and write. The chains of
+// the schedule point here, so it stays put (and its tensors alive) until the call ends.
+struct DirectionWork {
+  const recurrent::CpuKernels* kernels;
+  recurrent::Projection projection;
+  recurrent::Steps steps;
+  at::Tensor packed_ih, packed_hh, bias_ih, bias_hh;
+};
+
+void run_projection(const void* work, int64_t /*stage*/, int64_t first, int64_t end) {
+  const auto& w = *static_cast<const DirectionWork*>(work);
+  w.kernels->project(w.projection, first, end);
+}
+
+void run_step(const void* work, int64_t step, int64_t first, int64_t end) {
+  const auto& w = *static_cast<const DirectionWork*>(work);
+  w.kernels->step(w.steps, step, first, end);
+}
+
+// The calling thread's scratch memory for a call's gate projections and inner layers' outputs,
+// kept from call to call: a fresh buffer of a few hundred kilobytes or more is fresh pages from
+// the kernel every call (mmap, then a zeroing page fault per 4 KiB: ~10% of a call measured).
+// A thread holds the largest it has needed; nothing returned to the caller lives in it.
+float* thread_scratch(int64_t floats) {
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < floats) {
+    buffer = at::Tensor();  // free the old one first
+    buffer = at::empty({floats}, at::TensorOptions().dtype(at::kFloat));
+  }
+  return buffer.data_ptr<float>();
+}
+
+const float* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
 }
 
 // Returns (output, h_n, c_n); c_n is undefined for GRU / RNN.
@@ -228,52 +257,100 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
   if (c0 != nullptr) cn = (batched ? *c0 : c0->unsqueeze(1)).contiguous().clone();
 
   if (steps > 0 && batch > 0) {
-    const int step_threads = recurrent_threads(batch, gates, hidden);
+    const int64_t rows = steps * batch;
     // row (t, b) of a [T*B, n] view of a sequence: time-major t*B + b, batch-first b*T + t
     const int64_t row_t = bf ? 1 : batch;
     const int64_t row_b = bf ? steps : 1;
-    at::Tensor gates_x = at::empty({steps * batch, gates * hidden}, x.options());
-    at::Tensor layer_buffers[2];
-    at::Tensor layer_in = x.view({steps * batch, x.size(-1)});
+    // scratch: the gate projections of each direction, then each inner layer's output (its own,
+    // so that h_n can be read off it after the call)
+    const int64_t gate_floats = rows * gates * hidden;
+    const int64_t seq_floats = rows * dirs * hidden;
+    float* scratch = thread_scratch(dirs * gate_floats + (num_layers - 1) * seq_floats);
+    std::vector<at::Tensor> layer_out(num_layers);
+    std::vector<DirectionWork> work(num_layers * dirs);
+    std::vector<recurrent::Chain> chains;
+    chains.reserve(2 * num_layers * dirs);
+    const int64_t blocks = (hidden + kernels.block - 1) / kernels.block;
     for (int64_t layer = 0; layer < num_layers; ++layer) {
-      at::Tensor layer_out = out;
-      if (layer + 1 < num_layers) {
-        at::Tensor& buffer = layer_buffers[layer % 2];
-        if (!buffer.defined()) buffer = at::empty(seq_shape, x.options());
-        layer_out = buffer;
-      }
+      layer_out[layer] =
+          layer + 1 < num_layers
+              ? at::from_blob(scratch + dirs * gate_floats + layer * seq_floats, seq_shape,
+                              x.options())
+              : out;
+      const at::Tensor& layer_in = layer == 0 ? x : layer_out[layer - 1];
+      const int first_chain = static_cast<int>(chains.size());
       for (int64_t d = 0; d < dirs; ++d) {
         const int64_t index = layer * dirs + d;
         const at::TensorList p = params.slice(index * per_layer, per_layer);
-        const LayerBiases biases = layer_biases(cell, p, has_biases, hidden);
-        if (biases.gates_x.defined()) {
-          at::addmm_out(gates_x, biases.gates_x, layer_in, p[0].t());
-        } else {
-          at::mm_out(gates_x, layer_in, p[0].t());
+        DirectionWork& w = work[index];
+        w.kernels = &kernels;
+        w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
+        w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
+        if (has_biases) {
+          w.bias_ih = p[2].contiguous();
+          w.bias_hh = p[3].contiguous();
         }
-        const at::Tensor packed = recurrent::packed_recurrent_weights(p[1], gates, kernels);
-        recurrent::Steps s{};
+        float* gx = scratch + d * gate_floats;
+        w.projection = recurrent::Projection{cell,
+                                             rows,
+                                             layer_in.size(-1),
+                                             hidden,
+                                             layer_in.data_ptr<float>(),
+                                             w.packed_ih.data_ptr<float>(),
+                                             data_or_null(w.bias_ih),
+                                             data_or_null(w.bias_hh),
+                                             gx};
+        recurrent::Steps& s = w.steps;
         s.cell = cell;
         s.steps = steps;
         s.batch = batch;
         s.hidden = hidden;
-        s.gates_x = gates_x.data_ptr<float>();
+        s.gates_x = gx;
         s.gates_t = row_t * gates * hidden;
         s.gates_b = row_b * gates * hidden;
         s.h0 = h_init.data_ptr<float>() + index * batch * hidden;
         s.c = cn.defined() ? cn.data_ptr<float>() + index * batch * hidden : nullptr;
-        s.out = layer_out.data_ptr<float>() + d * hidden;
+        s.out = layer_out[layer].data_ptr<float>() + d * hidden;
         s.out_t = row_t * dirs * hidden;
         s.out_b = row_b * dirs * hidden;
-        s.packed = packed.data_ptr<float>();
-        s.hidden_bias = biases.hidden.defined() ? biases.hidden.data_ptr<float>() : nullptr;
+        s.packed = w.packed_hh.data_ptr<float>();
+        // GRU: b_hn, applied inside r * (W_hn h + b_hn)
+        s.hidden_bias = cell == Cell::gru && has_biases ? data_or_null(w.bias_hh) + 2 * hidden
+                                                        : nullptr;
         s.reverse = reverse || d == 1;
-        s.threads = step_threads;
-        kernels.run(s);
-        const int64_t last = s.reverse ? 0 : steps - 1;
-        hn[index].copy_(layer_out.select(bf ? 1 : 0, last).narrow(-1, d * hidden, hidden));
+
+        recurrent::Chain projection;
+        projection.stages = 1;
+        projection.blocks = blocks;
+        projection.home = static_cast<int>(d);
+        if (layer > 0) {  // after both directions of the layer below
+          projection.after[0] = first_chain - static_cast<int>(dirs);
+          projection.after[1] = dirs == 2 ? first_chain - 1 : -1;
+        }
+        projection.run = &run_projection;
+        projection.context = &w;
+        chains.push_back(projection);
       }
-      layer_in = layer_out.view({steps * batch, dirs * hidden});
+      for (int64_t d = 0; d < dirs; ++d) {
+        recurrent::Chain loop;
+        loop.stages = steps;
+        loop.blocks = blocks;
+        loop.home = static_cast<int>(d);
+        loop.after[0] = first_chain + static_cast<int>(d);
+        loop.run = &run_step;
+        loop.context = &work[layer * dirs + d];
+        chains.push_back(loop);
+      }
+    }
+    recurrent::run_chains(chains,
+                          recurrent_threads(steps, batch, gates, hidden, dirs),
+                          static_cast<int>(dirs));
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+      for (int64_t d = 0; d < dirs; ++d) {
+        const int64_t last = reverse || d == 1 ? 0 : steps - 1;
+        hn[layer * dirs + d].copy_(
+            layer_out[layer].select(bf ? 1 : 0, last).narrow(-1, d * hidden, hidden));
+      }
     }
   } else {
     hn.copy_(h_init);

@@ -3,7 +3,8 @@
 // Note [CPU recurrent kernel]
 // A layer direction runs in two phases (recurrent.cpp drives them):
 //  1. the input projection of every time step, X·W_ihᵀ + biases, as ONE GEMM before the time
-//     loop (at::addmm_out: MKL/oneDNN, near the core's FLOP peak);
+//     loop, against W_ih packed in the same panels as W_hh (below), register-blocked over 4 or
+//     more input rows, with the biases folded in;
 //  2. the time loop, here: per step, per block of V hidden units (V = one SIMD vector of
 //     floats), the recurrent product h_{t-1}·W_hhᵀ for the G gates of those units, then the gate
 //     activations and the cell update on the accumulators while they are still in registers, and
@@ -14,12 +15,9 @@
 // batch row in a group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent
 // kernels): the weights' trip through the cache is the cost, so nothing else is read twice.
 //
-// Row split: with `threads` > 1 the blocks of hidden units are divided once among that many
-// OpenMP threads for the whole time loop, with one barrier per step (h_t must be complete
-// before any thread reads it). Each thread always computes the same blocks, so its share of the
-// packed weights stays in its own core's cache, and every block is computed exactly as with one
-// thread (the time loop's results do not depend on the thread count; the input projection's
-// GEMM, threaded by MKL, may round differently).
+// Threads: the input projection and each time step are cut into slices of hidden-unit blocks
+// that the calling thread and its helpers compute (Note [Recurrent schedule]); a block is computed
+// by the same code whichever thread runs it, so the results do not depend on the thread count.
 //
 // Each instruction set (AVX-512, AVX2, portable) compiles the same code
 // (recurrent_cpu_impl.h) with its own at::vec::Vectorized<float> in its own translation unit;
@@ -38,7 +36,23 @@ constexpr int64_t gate_count(Cell cell) {
   return cell == Cell::lstm ? 4 : cell == Cell::gru ? 3 : 1;
 }
 
-/// One direction of one layer, time loop only. Strides are in floats.
+/// The input projection of one layer direction: gates[row] = x[row]·W_ihᵀ + biases, for every
+/// input row (time step and batch entry) at once.
+struct Projection {
+  Cell cell;
+  int64_t rows;      ///< T*B
+  int64_t features;  ///< input features (columns of W_ih)
+  int64_t hidden;    ///< H
+  const float* x;    ///< [rows, features] contiguous
+  const float* packed;  ///< W_ih packed by `pack` for this instruction set
+  /// b_ih and b_hh [G*H], or null (no biases). GRU: b_hh's n part is left out (the time loop
+  /// applies it inside r * (W_hn h + b_hn)).
+  const float* bias_ih;
+  const float* bias_hh;
+  float* gates;  ///< [rows, G*H] out
+};
+
+/// One direction of one layer, time loop. Strides are in floats.
 struct Steps {
   Cell cell;
   int64_t steps;   ///< T
@@ -55,18 +69,23 @@ struct Steps {
   const float* packed;       ///< W_hh packed by `pack` for this instruction set
   const float* hidden_bias;  ///< GRU: b_hn [H] (inside r * (W_hn h + b_hn)), or null
   bool reverse;              ///< run t = T-1 .. 0
-  int threads;               ///< OpenMP threads splitting the hidden units (1: this thread)
 };
 
-/// The kernels of one instruction set.
+/// The kernels of one instruction set. Hidden units are computed in blocks of `block` units
+/// (one SIMD vector of floats); `project` and `step` take a range of blocks [first, end).
 struct CpuKernels {
   const char* name;  ///< "AVX512", "AVX2" or "DEFAULT", as at::get_cpu_capability() names it
-  /// floats in the packed form of a [G*H, H] recurrent weight
-  int64_t (*packed_size)(int64_t gates, int64_t hidden);
-  /// pack a contiguous [G*H, H] recurrent weight into `packed` (packed_size floats)
-  void (*pack)(const float* w_hh, int64_t gates, int64_t hidden, float* packed);
-  /// run the time loop of one layer direction
-  void (*run)(const Steps& steps);
+  int64_t block;     ///< hidden units per block
+  /// floats in the packed form of a [G*H, columns] weight
+  int64_t (*packed_size)(int64_t gates, int64_t hidden, int64_t columns);
+  /// pack a contiguous [G*H, columns] weight (W_ih or W_hh) into `packed`
+  void (*pack)(const float* weight, int64_t gates, int64_t hidden, int64_t columns,
+               float* packed);
+  /// the input projection of the blocks [first, end) for every row
+  void (*project)(const Projection& p, int64_t first, int64_t end);
+  /// time step number `step` (0 = the first one run, t = T-1 when reverse) of the blocks
+  /// [first, end) for every batch entry
+  void (*step)(const Steps& s, int64_t step, int64_t first, int64_t end);
 };
 
 /// Kernels compiled for each instruction set; null where this build or compiler has none.

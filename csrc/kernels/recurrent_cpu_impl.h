@@ -5,16 +5,14 @@
 //
 // The math follows ATen's CPU cells operation for operation (RNN.cpp: sigmoid as
 // 1 / (1 + exp(-x)), GRU's h' = (h - n) * z + n with r applied after the hidden product), with
-// at::vec's exp / tanh (Sleef, 1 ulp), so float32 results match aten to rounding.
+// exp / tanh within a few ulp (Note [Gate activations]), so float32 results match aten to
+// rounding.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include <cstdint>
 
 #include "recurrent_cpu.h"
@@ -32,18 +30,19 @@ constexpr int kRows = kLanes >= 16 ? 4 : 2;
 
 inline int64_t hidden_blocks(int64_t hidden) { return (hidden + kLanes - 1) / kLanes; }
 
-int64_t packed_size(int64_t gates, int64_t hidden) {
-  return hidden_blocks(hidden) * hidden * gates * kLanes;
+int64_t packed_size(int64_t gates, int64_t hidden, int64_t columns) {
+  return hidden_blocks(hidden) * columns * gates * kLanes;
 }
 
-void pack(const float* w_hh, int64_t gates, int64_t hidden, float* packed) {
+// panel[j][k][g][v] = weight[g*H + j*V + v, k] (Note [CPU recurrent kernel])
+void pack(const float* weight, int64_t gates, int64_t hidden, int64_t columns, float* packed) {
   for (int64_t j = 0; j < hidden_blocks(hidden); ++j) {
-    for (int64_t k = 0; k < hidden; ++k) {
+    for (int64_t k = 0; k < columns; ++k) {
       for (int64_t g = 0; g < gates; ++g) {
-        float* dst = packed + ((j * hidden + k) * gates + g) * kLanes;
+        float* dst = packed + ((j * columns + k) * gates + g) * kLanes;
         for (int64_t v = 0; v < kLanes; ++v) {
           const int64_t unit = j * kLanes + v;
-          dst[v] = unit < hidden ? w_hh[(g * hidden + unit) * hidden + k] : 0.0f;
+          dst[v] = unit < hidden ? weight[(g * hidden + unit) * columns + k] : 0.0f;
         }
       }
     }
@@ -60,7 +59,57 @@ inline void store(const Vec& v, float* p, int64_t n) {
   }
 }
 
-inline Vec sigmoid(const Vec& x) { return Vec(1.0f) / (Vec(1.0f) + x.neg().exp()); }
+// Note [Gate activations]
+// The gates' exp and tanh are the cell's second cost after the recurrent product (at batch 8,
+// at::vec's Sleef tanh took a quarter of the time loop). These are cheaper and stay within a
+// few ulp of the exact values, so the layer still equals aten's (which uses Sleef, 1 ulp) to
+// rtol 1e-5 / atol 1e-6: exp by Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial
+// on |r| <= ln2/2 (the minimax coefficients Cephes' expf uses), scaled by 2^n; tanh as
+// 1 - 2 / (exp(2x) + 1), except near 0, where that cancels and an odd polynomial (Cephes'
+// tanhf) takes over. The portable build keeps at::vec's exp.
+inline Vec exp_gate(const Vec& x_in) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  // inside these bounds 2^n is a normal float; outside, sigmoid and tanh are flat anyway
+  const Vec x = at::vec::clamp(x_in, Vec(-87.0f), Vec(88.0f));
+  const Vec n = (x * Vec(1.44269504088896341f)).round();
+  Vec r = at::vec::fmadd(n, Vec(-0.693359375f), x);  // ln2 = 0.693359375 - 2.12194440e-4
+  r = at::vec::fmadd(n, Vec(2.12194440e-4f), r);
+  Vec p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vec(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vec(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vec(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vec(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vec(5.0000001201e-1f));
+  p = at::vec::fmadd(p, r * r, r + Vec(1.0f));
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_scalef_ps(p, n));
+#else
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  return p * Vec(_mm256_castsi256_ps(bits));
+#endif
+#else
+  return x_in.exp();
+#endif
+}
+
+inline Vec sigmoid(const Vec& x) { return Vec(1.0f) / (Vec(1.0f) + exp_gate(x.neg())); }
+
+inline Vec tanh_gate(const Vec& x) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  const Vec large = Vec(1.0f) - Vec(2.0f) / (exp_gate(x + x) + Vec(1.0f));
+  const Vec z = x * x;
+  Vec p(-5.70498872745e-3f);
+  p = at::vec::fmadd(p, z, Vec(2.06390887954e-2f));
+  p = at::vec::fmadd(p, z, Vec(-5.37397155531e-2f));
+  p = at::vec::fmadd(p, z, Vec(1.33314422036e-1f));
+  p = at::vec::fmadd(p, z, Vec(-3.33332819422e-1f));
+  const Vec small = at::vec::fmadd(p * z, x, x);
+  return Vec::blendv(large, small, x.abs() < Vec(0.625f));
+#else
+  return x.tanh();
+#endif
+}
 
 // Independent accumulator chains per (row, gate): enough (>= 8) to hide the FMA latency when
 // few rows and gates share a panel pass.
@@ -120,21 +169,21 @@ inline void cell_block(const Steps& s, const float* panel, int64_t o, int64_t n,
     if constexpr (C == Cell::lstm) {
       const Vec i = sigmoid(acc[r][0] + load(gx[r] + o, n));
       const Vec f = sigmoid(acc[r][1] + load(gx[r] + H + o, n));
-      const Vec g = (acc[r][2] + load(gx[r] + 2 * H + o, n)).tanh();
+      const Vec g = tanh_gate(acc[r][2] + load(gx[r] + 2 * H + o, n));
       const Vec og = sigmoid(acc[r][3] + load(gx[r] + 3 * H + o, n));
       const Vec cy = f * load(c[r] + o, n) + i * g;
       store(cy, c[r] + o, n);
-      store(og * cy.tanh(), h_out[r] + o, n);
+      store(og * tanh_gate(cy), h_out[r] + o, n);
     } else if constexpr (C == Cell::gru) {
       const Vec rg = sigmoid(acc[r][0] + load(gx[r] + o, n));
       const Vec z = sigmoid(acc[r][1] + load(gx[r] + H + o, n));
       const Vec hn = s.hidden_bias != nullptr ? acc[r][2] + load(s.hidden_bias + o, n)
                                               : acc[r][2];
-      const Vec ng = (load(gx[r] + 2 * H + o, n) + hn * rg).tanh();
+      const Vec ng = tanh_gate(load(gx[r] + 2 * H + o, n) + hn * rg);
       const Vec hp = load(h_prev[r] + o, n);
       store((hp - ng) * z + ng, h_out[r] + o, n);
     } else if constexpr (C == Cell::rnn_tanh) {
-      store((acc[r][0] + load(gx[r] + o, n)).tanh(), h_out[r] + o, n);
+      store(tanh_gate(acc[r][0] + load(gx[r] + o, n)), h_out[r] + o, n);
     } else {
       store(at::vec::maximum(acc[r][0] + load(gx[r] + o, n), Vec(0.0f)), h_out[r] + o, n);
     }
@@ -158,63 +207,89 @@ inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int
   cell_block<C, R>(s, panel, o, n, h_prev, gx, h_out, c);
 }
 
-// Steps over the hidden blocks [j0, j1); `sync` runs after each step (a barrier, or nothing).
-template <Cell C, typename Sync>
-void run_blocks(const Steps& s, int64_t j0, int64_t j1, Sync sync) {
+template <Cell C>
+void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   constexpr int64_t G = gate_count(C);
   const int64_t H = s.hidden;
-  for (int64_t step = 0; step < s.steps; ++step) {
-    const int64_t t = s.reverse ? s.steps - 1 - step : step;
-    const int64_t t_prev = s.reverse ? t + 1 : t - 1;
-    for (int64_t j = j0; j < j1; ++j) {
-      const float* panel = s.packed + j * H * G * kLanes;
-      const int64_t o = j * kLanes;
-      const int64_t n = std::min(kLanes, H - o);
-      int64_t b = 0;
-      for (; b + kRows <= s.batch; b += kRows)
-        row_group<C, kRows>(s, t, t_prev, step == 0, b, panel, o, n);
-      for (; b < s.batch; ++b) row_group<C, 1>(s, t, t_prev, step == 0, b, panel, o, n);
-    }
-    sync();
+  const int64_t t = s.reverse ? s.steps - 1 - step : step;
+  const int64_t t_prev = s.reverse ? t + 1 : t - 1;
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* panel = s.packed + j * H * G * kLanes;
+    const int64_t o = j * kLanes;
+    const int64_t n = std::min(kLanes, H - o);
+    int64_t b = 0;
+    for (; b + kRows <= s.batch; b += kRows)
+      row_group<C, kRows>(s, t, t_prev, step == 0, b, panel, o, n);
+    for (; b < s.batch; ++b) row_group<C, 1>(s, t, t_prev, step == 0, b, panel, o, n);
   }
 }
 
-template <Cell C>
-void run_cell(const Steps& s) {
-  const int64_t blocks = hidden_blocks(s.hidden);
-#ifdef _OPENMP
-  if (s.threads > 1 && blocks > 1) {
-#pragma omp parallel num_threads(s.threads)
-    {
-      const int64_t parts = std::min<int64_t>(omp_get_num_threads(), blocks);
-      const int64_t part = omp_get_thread_num();
-      // every thread runs every step (so every thread meets every barrier); one past `parts`
-      // owns no blocks
-      const int64_t j0 = part < parts ? blocks * part / parts : blocks;
-      const int64_t j1 = part < parts ? blocks * (part + 1) / parts : blocks;
-      run_blocks<C>(s, j0, j1, [] {
-#pragma omp barrier
-      });
-    }
-    return;
-  }
-#endif
-  run_blocks<C>(s, 0, blocks, [] {});
-}
-
-void run(const Steps& s) {
+void step(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   switch (s.cell) {
     case Cell::lstm:
-      return run_cell<Cell::lstm>(s);
+      return step_cell<Cell::lstm>(s, step, j0, j1);
     case Cell::gru:
-      return run_cell<Cell::gru>(s);
+      return step_cell<Cell::gru>(s, step, j0, j1);
     case Cell::rnn_tanh:
-      return run_cell<Cell::rnn_tanh>(s);
+      return step_cell<Cell::rnn_tanh>(s, step, j0, j1);
     case Cell::rnn_relu:
-      return run_cell<Cell::rnn_relu>(s);
+      return step_cell<Cell::rnn_relu>(s, step, j0, j1);
   }
 }
 
-const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), &packed_size, &pack, &run};
+// Rows of the input projection sharing one pass over a W_ih panel: more than the time loop's
+// (the panel is reused by every row, and the accumulators still fit the registers).
+constexpr int kProjectRows = kLanes >= 16 ? 6 : kRows;
+// Input rows per chunk: the chunk's inputs stay in L1/L2 while every block of the slice passes.
+constexpr int64_t kProjectChunk = 48;
+
+template <int G, int R>
+inline void project_rows(const Projection& p, const float* panel, int64_t row, int64_t o,
+                         int64_t n) {
+  const int64_t H = p.hidden;
+  const float* x[R];
+  for (int r = 0; r < R; ++r) x[r] = p.x + (row + r) * p.features;
+  Vec acc[R][G];
+  recurrent_product<G, R>(panel, p.features, x, acc);
+  for (int g = 0; g < G; ++g) {
+    Vec bias(0.0f);
+    if (p.bias_ih != nullptr) {
+      bias = load(p.bias_ih + g * H + o, n);
+      // GRU: b_hn is applied by the time loop, inside r * (W_hn h + b_hn)
+      if (!(p.cell == Cell::gru && g == 2)) bias = bias + load(p.bias_hh + g * H + o, n);
+    }
+    for (int r = 0; r < R; ++r) store(acc[r][g] + bias, p.gates + (row + r) * G * H + g * H + o, n);
+  }
+}
+
+template <int G>
+void project_gates(const Projection& p, int64_t j0, int64_t j1) {
+  for (int64_t row0 = 0; row0 < p.rows; row0 += kProjectChunk) {
+    const int64_t row1 = std::min(p.rows, row0 + kProjectChunk);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* panel = p.packed + j * p.features * G * kLanes;
+      const int64_t o = j * kLanes;
+      const int64_t n = std::min(kLanes, p.hidden - o);
+      int64_t row = row0;
+      for (; row + kProjectRows <= row1; row += kProjectRows)
+        project_rows<G, kProjectRows>(p, panel, row, o, n);
+      for (; row < row1; ++row) project_rows<G, 1>(p, panel, row, o, n);
+    }
+  }
+}
+
+void project(const Projection& p, int64_t j0, int64_t j1) {
+  switch (gate_count(p.cell)) {
+    case 4:
+      return project_gates<4>(p, j0, j1);
+    case 3:
+      return project_gates<3>(p, j0, j1);
+    default:
+      return project_gates<1>(p, j0, j1);
+  }
+}
+
+const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), kLanes, &packed_size, &pack,
+                          &project, &step};
 
 }  // namespace chrion::recurrent::CPU_CAPABILITY

@@ -15,54 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from recurrent_reference import (
+    TOL,
+    make_module,
+    ran_chrion_kernel,
+    run_chrion,
+    run_reference,
+)
 from torch import Tensor, nn
 
 from torch_chrion._extension import load
 from torch_chrion.ops import ensure_loaded
-
-TOL = {"rtol": 1e-5, "atol": 1e-6}
-MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
-
-
-def _module(
-    kind: str, features: int, hidden: int, layers: int, bidirectional: bool, bias: bool = True
-) -> nn.Module:
-    kwargs = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
-    module = MODULES[kind](
-        features, hidden, num_layers=layers, bidirectional=bidirectional, bias=bias, **kwargs
-    )
-    return module.eval()
-
-
-def _chrion(
-    kind: str,
-    module: nn.Module,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor | None,
-    batch_first: bool,
-    reverse: bool = False,
-) -> tuple[Tensor, ...]:
-    ensure_loaded()
-    flags = (module.bias, module.num_layers, module.bidirectional, batch_first, reverse)
-    params = list(module._flat_weights)
-    if kind == "lstm":
-        return torch.ops.chrion.lstm(x, h0, c0, params, *flags)
-    if kind == "gru":
-        return torch.ops.chrion.gru(x, h0, params, *flags)
-    return torch.ops.chrion.rnn(x, h0, params, *flags, kind[4:])
-
-
-def _ran_chrion_kernel(module: nn.Module) -> bool:
-    """chrion's CPU kernel packed every recurrent weight of ``module`` (the aten path packs
-    none)."""
-    w_hh = [w for name, w in module.named_parameters() if name.startswith("weight_hh")]
-    return all(load("kernels").packed_weights_hold(w) for w in w_hh)
-
-
-def _reference(kind: str, module: nn.Module, x: Tensor, h0: Tensor, c0: Tensor | None) -> tuple:
-    out, state = module(x, (h0, c0) if kind == "lstm" else h0)
-    return (out, *state) if kind == "lstm" else (out, state)
 
 
 def _check(
@@ -76,16 +39,16 @@ def _check(
     batch_first: bool,
     bias: bool = True,
 ) -> None:
-    module = _module(kind, features, hidden, layers, bidirectional, bias)
+    module = make_module(kind, features, hidden, layers, bidirectional, bias)
     dirs = 2 if bidirectional else 1
     x = torch.randn((batch, steps, features) if batch_first else (steps, batch, features))
     module.batch_first = batch_first
     h0 = torch.randn(layers * dirs, batch, hidden)
     c0 = torch.randn(layers * dirs, batch, hidden) if kind == "lstm" else None
     with torch.no_grad():
-        got = _chrion(kind, module, x, h0, c0, batch_first)
-        want = _reference(kind, module, x, h0, c0)
-    assert _ran_chrion_kernel(module)
+        got = run_chrion(kind, module, x, h0, c0, batch_first)
+        want = run_reference(kind, module, x, h0, c0)
+    assert ran_chrion_kernel(module)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
 
@@ -146,12 +109,12 @@ def test_kernel_without_biases(kind: str) -> None:
 def test_reverse_runs_backwards_in_time(kind: str) -> None:
     """`reverse` (one half of a split bidirectional layer) equals aten on the flipped input."""
     torch.manual_seed(3)
-    module = _module(kind, 8, 20, 1, False)
+    module = make_module(kind, 8, 20, 1, False)
     x, h0 = torch.randn(6, 3, 8), torch.randn(1, 3, 20)
     c0 = torch.randn(1, 3, 20) if kind == "lstm" else None
     with torch.no_grad():
-        got = _chrion(kind, module, x, h0, c0, batch_first=False, reverse=True)
-        want = _reference(kind, module, x.flip(0), h0, c0)
+        got = run_chrion(kind, module, x, h0, c0, batch_first=False, reverse=True)
+        want = run_reference(kind, module, x.flip(0), h0, c0)
     torch.testing.assert_close(got[0], want[0].flip(0), **TOL)
     for g, w in zip(got[1:], want[1:], strict=True):
         torch.testing.assert_close(g, w, **TOL)
@@ -159,11 +122,11 @@ def test_reverse_runs_backwards_in_time(kind: str) -> None:
 
 def test_unbatched_input() -> None:
     torch.manual_seed(4)
-    module = _module("gru", 8, 20, 2, True)
+    module = make_module("gru", 8, 20, 2, True)
     x, h0 = torch.randn(5, 8), torch.randn(4, 20)
     with torch.no_grad():
-        got = _chrion("gru", module, x, h0, None, batch_first=False)
-        want = _reference("gru", module, x, h0, None)
+        got = run_chrion("gru", module, x, h0, None, batch_first=False)
+        want = run_reference("gru", module, x, h0, None)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, **TOL)
 
@@ -171,20 +134,20 @@ def test_unbatched_input() -> None:
 def test_float64_runs_aten_kernel() -> None:
     """Other dtypes keep PyTorch's kernel: same results as aten, nothing packed."""
     torch.manual_seed(5)
-    module = _module("lstm", 8, 20, 1, False).double()
+    module = make_module("lstm", 8, 20, 1, False).double()
     x, h0 = torch.randn(5, 2, 8, dtype=torch.float64), torch.randn(1, 2, 20, dtype=torch.float64)
     with torch.no_grad():
-        got = _chrion("lstm", module, x, h0, h0, batch_first=False)
-        want = _reference("lstm", module, x, h0, h0)
+        got = run_chrion("lstm", module, x, h0, h0, batch_first=False)
+        want = run_reference("lstm", module, x, h0, h0)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
-    assert not _ran_chrion_kernel(module)
+    assert not ran_chrion_kernel(module)
 
 
 def _lstm_call(module: nn.Module, x: Tensor) -> Tensor:
     h0 = torch.zeros(module.num_layers, x.shape[1], module.hidden_size)
     with torch.no_grad():
-        return _chrion("lstm", module, x, h0, h0, batch_first=False)[0]
+        return run_chrion("lstm", module, x, h0, h0, batch_first=False)[0]
 
 
 def _eager(module: nn.Module, x: Tensor) -> Tensor:
@@ -194,20 +157,20 @@ def _eager(module: nn.Module, x: Tensor) -> Tensor:
 
 def test_packed_weights_follow_load_state_dict() -> None:
     torch.manual_seed(6)
-    module, other = _module("lstm", 8, 32, 2, False), _module("lstm", 8, 32, 2, False)
+    module, other = make_module("lstm", 8, 32, 2, False), make_module("lstm", 8, 32, 2, False)
     x = torch.randn(5, 2, 8)
     before = _lstm_call(module, x)
     torch.testing.assert_close(before, _eager(module, x), **TOL)
     module.load_state_dict(other.state_dict())
     after = _lstm_call(module, x)
     torch.testing.assert_close(after, _eager(other, x), **TOL)
-    assert _ran_chrion_kernel(module)
+    assert ran_chrion_kernel(module)
     assert not torch.allclose(before, after)
 
 
 def test_packed_weights_follow_in_place_writes_and_rebinding() -> None:
     torch.manual_seed(7)
-    module = _module("lstm", 8, 32, 1, False)
+    module = make_module("lstm", 8, 32, 1, False)
     x = torch.randn(5, 2, 8)
     _lstm_call(module, x)
     with torch.no_grad():
@@ -221,7 +184,7 @@ def test_inference_tensor_weights() -> None:
     """Inference tensors carry no version counter: packed on every call, still exact."""
     torch.manual_seed(8)
     with torch.inference_mode():
-        module = _module("lstm", 8, 32, 1, False)
+        module = make_module("lstm", 8, 32, 1, False)
         x = torch.randn(5, 2, 8)
         first = _lstm_call(module, x)
         module.weight_hh_l0.mul_(-0.5)
@@ -234,11 +197,11 @@ def test_freed_weights_leave_the_cache() -> None:
     torch.manual_seed(9)
     x = torch.randn(3, 1, 8)
     for _ in range(5):
-        _lstm_call(_module("lstm", 8, 16, 2, False), x)
+        _lstm_call(make_module("lstm", 8, 16, 2, False), x)
     # each miss drops the entries of freed weights: at most the last module's two layers remain
     # (plus whatever other live modules of this process hold)
     live = load("kernels").packed_weights_cached()
-    _lstm_call(_module("lstm", 8, 16, 2, False), x)
+    _lstm_call(make_module("lstm", 8, 16, 2, False), x)
     assert load("kernels").packed_weights_cached() <= live
 
 
@@ -255,7 +218,7 @@ def test_freed_weights_leave_the_cache() -> None:
 )
 def test_wrong_sizes_are_refused_with_the_argument_named(change: str, message: str) -> None:
     """Issue #19: 41 features instead of 40 gave all-NaN, 39 gave garbage."""
-    module = _module("lstm", 40, 16, 2, False)
+    module = make_module("lstm", 40, 16, 2, False)
     x, h0, c0 = torch.randn(5, 3, 40), torch.zeros(2, 3, 16), torch.zeros(2, 3, 16)
     params = list(module._flat_weights)
     if change.startswith("features"):
@@ -275,7 +238,7 @@ def test_wrong_sizes_are_refused_with_the_argument_named(change: str, message: s
 
 
 def test_gru_feature_mismatch_on_a_later_layer_input() -> None:
-    module = _module("gru", 8, 16, 2, True)
+    module = make_module("gru", 8, 16, 2, True)
     params = list(module._flat_weights)
     params[8] = torch.randn(48, 16)  # weight_ih_l1: layer 1 takes 2 * 16 features
     ensure_loaded()
@@ -326,29 +289,3 @@ def test_other_instruction_sets_match_aten(capability: str) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == capability.upper()
-
-
-@pytest.mark.parametrize("kind,batch", [("lstm", 1), ("gru", 2), ("rnn_relu", 3)])
-def test_row_split_over_threads_is_exact(kind: str, batch: int) -> None:
-    """With 2 intra-op threads each step's hidden units are split over both (hidden 256 is
-    over the split threshold): the one-thread result and aten's, to tolerance (not bitwise: the
-    input projection's GEMM itself may round differently with more threads)."""
-    torch.manual_seed(10)
-    module = _module(kind, 24, 256, 2, True)
-    x, h0 = torch.randn(9, batch, 24), torch.randn(4, batch, 256)
-    c0 = torch.randn(4, batch, 256) if kind == "lstm" else None
-    threads = torch.get_num_threads()
-    results = {}
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with torch.no_grad():
-                results[n] = _chrion(kind, module, x, h0, c0, batch_first=False)
-    finally:
-        torch.set_num_threads(threads)
-    for one, two in zip(results[1], results[2], strict=True):
-        torch.testing.assert_close(one, two, **TOL)
-    with torch.no_grad():
-        want = _reference(kind, module, x, h0, c0)
-    for g, w in zip(results[2], want, strict=True):
-        torch.testing.assert_close(g, w, **TOL)

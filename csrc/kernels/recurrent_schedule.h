@@ -1,0 +1,42 @@
+// How one call of a recurrent operator is spread over the calling thread and its helpers.
+//
+// Note [Recurrent schedule]
+// A call is a list of chains. A chain is a sequence of stages (the time steps of one layer
+// direction, or the one stage of its input projection); each stage is cut into the same slices
+// (ranges of hidden-unit blocks). Stage t of a chain may start when every slice of stage t-1 is
+// done, and stage 0 when every chain it comes `after` is done: one synchronisation per step,
+// through the chain's own counter of done tasks, and nothing else.
+//
+// Each thread owns, in the chains of its home direction, the same slice at every step, so its
+// share of the packed weights stays in its core's L2 from step to step and call to call. A
+// bidirectional layer on two threads is therefore split by direction (each thread runs one
+// direction alone, no per-step synchronisation at all); one direction on n threads is split by
+// rows (hidden units), n slices. A thread whose own slice is not ready takes (steals) a slice
+// that another thread owns but has left unclaimed for kStealGrace: a helper that is still
+// waking up, or descheduled on this shared machine, costs its slices' time on another core,
+// never a stall. Every slice of every stage is computed by exactly one thread with the same
+// arithmetic whoever runs it, so results do not depend on the thread count or on the stealing.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace chrion::recurrent {
+
+/// One chain of stages (see the Note). `run(context, stage, first_block, end_block)` computes one
+/// slice of one stage and must not throw.
+struct Chain {
+  int64_t stages = 0;
+  int64_t blocks = 0;  ///< hidden-unit blocks cut into slices
+  int home = 0;        ///< direction: its slices belong to the ranks r with r % directions == home
+  int after[2] = {-1, -1};  ///< chains (indices) that must be done before stage 0 (-1: none)
+  void (*run)(const void* context, int64_t stage, int64_t first_block, int64_t end_block) = nullptr;
+  const void* context = nullptr;
+};
+
+/// Runs every chain on `threads` threads (the caller and threads-1 helpers, Note [Recurrent
+/// worker teams]) with `directions` home directions; returns when all are done.
+void run_chains(const std::vector<Chain>& chains, int threads, int directions);
+
+}  // namespace chrion::recurrent
