@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from models import SpeechConvBiGRU
 from runtime_helpers import aten_graph, random_order, schedulable
 
 from torch_chrion.errors import PlanError
@@ -66,6 +67,27 @@ def test_the_lanes_a_wide_step_holds_run_nothing_while_it_runs():
                 for e in events:
                     if e.lane in LANES:
                         assert e.end_us <= w.start_us or e.start_us >= w.end_us, (e, w)
+    finally:
+        module.stop()
+
+
+def test_wide_convolutions_and_recurrent_layers_equal_eager():
+    """A speech model whose convolution, recurrent layers and head are wide: ATen's convolution
+    and GEMM run with both lanes' threads, and so does the chrion CPU recurrent kernel."""
+    torch.manual_seed(0)
+    model = SpeechConvBiGRU(features=20, channels=32, hidden=24).eval()
+    gm = aten_graph(model, *model.example_inputs(frames=16, batch=2))
+    heavy = {"aten.convolution.default", "chrion.gru.default", "aten.addmm.default"}
+    nodes = schedulable(gm)
+    wide = {n.name: list(LANES) for n in nodes if str(n.target) in heavy}
+    assert len(wide) == 4  # the convolution, both directions' GRU, the head
+    placement = {n.name: "cpu:0" if n.name in wide else LANES[k % 2] for k, n in enumerate(nodes)}
+    module = PlacedGraph(gm, placement, wide=wide)
+    try:
+        for _ in range(3):
+            x = model.example_inputs(frames=16, batch=2)
+            with torch.no_grad():
+                torch.testing.assert_close(module(*x), model(*x), rtol=1e-5, atol=1e-6)
     finally:
         module.stop()
 
