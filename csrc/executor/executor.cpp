@@ -32,6 +32,8 @@
 /// device's gate is open. Tests close the gate to hold a copy in flight.
 #include "executor.h"
 
+#include "elementwise.h"
+
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <c10/core/StreamGuard.h>
@@ -331,7 +333,7 @@ void Core::handle(Task& task, bool cancelled) const {
       } catch (const std::exception& e) {
         request.set_error(step_error(step, spec, e.what()));
       }
-      if (request.tracing) {
+      if (request.tracing && step.chain.empty()) {  // a chain traces each of its members
         request.trace[lane_index].push_back(
             TraceEvent{current, lane_index, request.id, start, trace_now_ns()});
       }
@@ -426,6 +428,12 @@ void Core::execute(const std::shared_ptr<Request>& owner, const Step& step, int3
   RECORD_USER_SCOPE(step.name.c_str());  // the node's name in torch.profiler and its traces
   switch (step.kind) {
     case StepKind::kOp: {
+      if (!step.chain.empty()) {  // Note [Chrion elementwise chains]
+        request.values[step.first_output] = run_elementwise_chain(
+            *program, step, [&](const Arg& arg) { return resolve(request, arg); },
+            request.tracing ? &request.trace[lane] : nullptr, request.id);
+        break;
+      }
       thread_local torch::jit::Stack stack;  // reused: no allocation per step once warm
       stack.clear();
       for (const auto& arg : step.args) {

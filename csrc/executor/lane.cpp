@@ -34,6 +34,27 @@ PoolKey key_of(const LaneSpec& spec) {
 
 uint64_t process_generation() { return g_generation.load(std::memory_order_acquire); }
 
+namespace {
+std::atomic<int64_t> g_spin_ns{50'000};
+}  // namespace
+
+void set_spin_before_park_us(double us) {
+  g_spin_ns.store(static_cast<int64_t>(std::max(0.0, us) * 1e3), std::memory_order_relaxed);
+}
+
+double spin_before_park_us() { return g_spin_ns.load(std::memory_order_relaxed) / 1e3; }
+
+bool spin_until(const std::function<bool()>& ready) {
+  const int64_t budget = g_spin_ns.load(std::memory_order_relaxed);
+  if (budget <= 0) return ready();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(budget);
+  while (!ready()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::yield();  // a waiting thread of this machine gets the core first
+  }
+  return true;
+}
+
 Lane::Lane(LaneSpec spec) : spec_(std::move(spec)), generation_(process_generation()) {
   if (spec_.device.type() != c10::kCPU) {
     c10::impl::VirtualGuardImpl impl(spec_.device.type());
@@ -104,6 +125,7 @@ void Lane::main() {
   while (true) {
     Task task;
     bool cancelled = false;
+    spin_until([this] { return queued_.load(std::memory_order_acquire) > 0; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });

@@ -26,6 +26,7 @@
 
 #include <c10/core/Stream.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -54,6 +55,23 @@ struct Task {
 
 /// \brief Runs a task on a lane thread; `cancelled` when the lane is stopping (executor.cpp).
 void run_task(Task& task, bool cancelled);
+
+/// Note [Chrion spin before park]
+/// A thread parked on a condition variable takes a futex wake-up to resume: a system call on
+/// the waker's side and, on the woken side, however long the scheduler takes to run it again
+/// (tens of microseconds on a loaded machine, more than a small operator). So a lane thread
+/// whose queue ran empty, and a caller waiting for its request, first poll for a while
+/// (yielding the core at each poll, so a runnable thread of this machine goes first) and only
+/// then park. Work that arrives within the spin is picked up at once, and the waker's notify
+/// finds nobody parked, which costs it no system call either. The spin is process-wide
+/// (set_spin_before_park_us; 0 parks at once).
+
+/// \brief How long a lane or a caller polls before it parks, in microseconds (default 50).
+void set_spin_before_park_us(double us);
+double spin_before_park_us();
+/// \brief Poll `ready` (yielding between polls) for the spin time. \return whether it became
+/// true.
+bool spin_until(const std::function<bool()>& ready);
 
 /// \brief Process generation: bumped in a forked child, whose lanes must be rebuilt.
 uint64_t process_generation();

@@ -78,6 +78,20 @@ py::list step_info(const Executor& executor) {
   return steps;
 }
 
+// Note [Chrion elementwise chains]: the node names of each fused chain, head first.
+py::list fused_chains(const Executor& executor) {
+  const auto& steps = executor.program().steps;
+  py::list chains;
+  for (const auto& s : steps) {
+    if (s.chain.empty()) continue;
+    py::list names;
+    names.append(s.name);
+    for (int32_t m : s.chain) names.append(steps[m].name);
+    chains.append(names);
+  }
+  return chains;
+}
+
 // The floor under the executor's per-node cost: the same boxed call in a bare C++ loop.
 double boxed_call_ns(const std::string& name, const std::string& overload, const py::list& args,
                      int64_t iterations) {
@@ -120,7 +134,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("last_trace", &chrion::trace_events,
            "(step, lane, request, start_ns, end_ns) of the last traced request.")
       .def("transfer_stats", &chrion::transfer_stats)
-      .def("steps", &chrion::step_info, "(name, op, lane) of every step, by step index.");
+      .def("steps", &chrion::step_info, "(name, op, lane) of every step, by step index.")
+      .def("fused_chains", &chrion::fused_chains,
+           "Node names of each chain of elementwise steps run as one step, head first.");
   m.def("live_lanes", &chrion::LanePool::live_lanes,
         "Lanes (worker threads, shared by every executor) alive in this process.");
   m.def("before_fork", &chrion::LanePool::before_fork);
@@ -132,6 +148,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Test-only: hold (False) or let land (True) copies out of fake lanes.");
   m.def("fake_gate_timeouts", &chrion::fake_gate_timeouts,
         "Test-only: copies that landed because the fake gate stayed closed for 5 s.");
+  m.def("set_spin_before_park_us", &chrion::set_spin_before_park_us, py::arg("us"),
+        "How long lanes and callers poll for work before they park (process-wide; 0: never).");
+  m.def("spin_before_park_us", &chrion::spin_before_park_us);
   m.def("boxed_call_ns", &chrion::boxed_call_ns, py::arg("op"), py::arg("overload"),
         py::arg("args"), py::arg("iterations"),
         "Mean ns of one boxed dispatcher call of op.overload(*args) in a bare C++ loop.");

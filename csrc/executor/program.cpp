@@ -2,6 +2,8 @@
 /// \brief Program::build: from lowering.py's description to resolved steps.
 #include "program.h"
 
+#include "elementwise.h"
+
 #include <torch/csrc/jit/python/pybind_utils.h>
 
 #include <algorithm>
@@ -181,11 +183,19 @@ Program Program::build(const py::dict& description) {
   for (auto s : description["steps"].cast<py::list>()) {
     p.steps.push_back(parse_step(s.cast<py::dict>(), p));
   }
+  for (auto out : description["outputs"].cast<py::list>()) {
+    auto t = out.cast<py::tuple>();
+    p.outputs.emplace_back(t[0].cast<int32_t>(), t[1].cast<int32_t>());
+  }
+  if (!description.contains("fuse_elementwise") || description["fuse_elementwise"].cast<bool>()) {
+    fuse_elementwise_chains(p);  // Note [Chrion elementwise chains] (elementwise.h)
+  }
 
   // Which step writes each slot; inputs have no producer.
   std::vector<int32_t> producer(p.num_slots, -1);
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
     const auto& s = p.steps[i];
+    if (s.absorbed) continue;  // run by its chain's head, which writes the chain's value
     for (int32_t k = 0; k < s.num_outputs; ++k) {
       int32_t slot = s.first_output + k;
       TORCH_CHECK_VALUE(slot >= p.num_inputs && slot < p.num_slots && producer[slot] < 0,
@@ -198,6 +208,7 @@ Program Program::build(const py::dict& description) {
   std::vector<std::vector<int32_t>> deps(p.steps.size());
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
     auto& s = p.steps[i];
+    if (s.absorbed) continue;
     for (int32_t slot : s.reads) {
       TORCH_CHECK_VALUE(slot >= 0 && slot < p.num_slots, "node '", s.name, "' reads slot ",
                         slot, " which does not exist");
@@ -220,12 +231,9 @@ Program Program::build(const py::dict& description) {
     }
   }
 
-  for (auto out : description["outputs"].cast<py::list>()) {
-    auto t = out.cast<py::tuple>();
-    int32_t slot = t[0].cast<int32_t>();
+  for (const auto& [slot, element] : p.outputs) {
     TORCH_CHECK_VALUE(slot >= 0 && slot < p.num_slots && (slot < p.num_inputs || producer[slot] >= 0),
                       "output slot ", slot, " is not written by any step");
-    p.outputs.emplace_back(slot, t[1].cast<int32_t>());
     p.initial_uses[slot] += 1;  // outputs are never freed by the steps
   }
 
@@ -246,6 +254,7 @@ Program Program::build(const py::dict& description) {
   // threads started later in the process inherit, and a lane must not change that.
   p.lane_steps.assign(p.lanes.size(), {});
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
+    if (p.steps[i].absorbed) continue;  // Note [Chrion elementwise chains]
     p.lane_steps[p.steps[i].lane].push_back(i);
     for (int32_t held : p.steps[i].hold) p.lane_steps[held].push_back(i);
   }
@@ -272,7 +281,7 @@ Program Program::build(const py::dict& description) {
     }
   }
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
-    if (p.steps[i].num_dependencies == 0) p.ready_at_start.push_back(i);
+    if (p.steps[i].num_dependencies == 0 && !p.steps[i].absorbed) p.ready_at_start.push_back(i);
   }
 
   // Every step must be reachable: a cycle (or a lane order against the data) would leave
@@ -280,7 +289,8 @@ Program Program::build(const py::dict& description) {
   std::vector<int32_t> remaining(p.steps.size());
   std::vector<int32_t> ready = p.ready_at_start;
   for (size_t i = 0; i < p.steps.size(); ++i) remaining[i] = p.steps[i].num_dependencies;
-  size_t reached = 0;
+  size_t reached = std::count_if(p.steps.begin(), p.steps.end(),
+                                 [](const Step& s) { return s.absorbed; });
   while (!ready.empty()) {
     int32_t i = ready.back();
     ready.pop_back();

@@ -13,6 +13,7 @@
 #include <c10/core/Device.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ struct LaneSpec {
   bool asynchronous() const { return fake || device.type() != c10::kCPU; }
 };
 
+/// \brief An elementwise operator that a fused chain can compute itself (Note [Chrion
+/// elementwise chains] in elementwise.h).
+enum class Elementwise : uint8_t { kNone, kAdd, kSub, kMul, kNeg, kRelu };
+
 /// \brief One unit of work of a Program.
 struct Step {
   StepKind kind = StepKind::kOp;
@@ -80,6 +85,12 @@ struct Step {
   int32_t source_step = -1;              ///< kCopy: producer of the copied value (-1: an input)
   bool lands_later = false;              ///< kCopy out of an asynchronous lane to the host:
                                          ///< consumers wait for the data to land
+  // Note [Chrion elementwise chains] (elementwise.h)
+  Elementwise elementwise = Elementwise::kNone;  ///< kOp a chain may fuse
+  std::array<std::optional<float>, 2> numbers;   ///< operands 0/1 that are number constants
+  int32_t chain_arg = -1;                ///< chain member: the argument reading the previous value
+  std::vector<int32_t> chain;            ///< chain head: the members it runs after itself
+  bool absorbed = false;                 ///< chain member: run by its head, never scheduled
 };
 
 /// \brief The compiled graph: lanes, steps, value slots and outputs.

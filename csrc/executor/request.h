@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "lane.h"
 #include "program.h"
 #include "trace.h"
 
@@ -119,6 +120,8 @@ struct Request {
 
   /// \brief Block until every task is finished; rethrow the first error.
   void wait() {
+    // Note [Chrion spin before park] (lane.h): the last steps usually end within the spin.
+    spin_until([this] { return outstanding.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lock(mutex_);
     done_cv_.wait(lock, [this] { return done_; });
     if (error_) throw *error_;

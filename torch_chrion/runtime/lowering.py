@@ -17,6 +17,7 @@ The description is plain Python data (lists, tuples, dicts, tensors), read once 
   dispatcher, whose kernel runs Python under the GIL: they are listed in ``python_nodes`` with
   the Python steps.
 - ``outputs``: ``(slot, element)`` per flat graph output that is a value.
+- ``fuse_elementwise``: whether Program::build fuses chains of small elementwise CPU steps.
 
 An argument is ``("v", slot, element)`` (element -1: the whole value; else one element of a
 tuple or list value, which is how ``operator.getitem`` disappears), ``("c", constant)``,
@@ -136,8 +137,10 @@ class _Lowering:
         order: Sequence[str] | None,
         cpu_threads: int | None,
         wide: Mapping[str, Sequence[str]] | None = None,
+        fuse_elementwise: bool = True,
     ) -> None:
         self.gm = gm
+        self.fuse_elementwise = fuse_elementwise
         self.nodes = list(gm.graph.nodes)
         schedulable = _check_placement(self.nodes, placement)
         self.rank = _ranks(schedulable, order)
@@ -357,6 +360,7 @@ class _Lowering:
             "num_slots": self.num_slots,
             "steps": self.steps,
             "outputs": outputs,
+            "fuse_elementwise": self.fuse_elementwise,
         }
         return Lowered(
             description,
@@ -482,6 +486,7 @@ def lower(
     order: Sequence[str] | None = None,
     cpu_threads: int | None = None,
     wide: Mapping[str, Sequence[str]] | None = None,
+    fuse_elementwise: bool = True,
 ) -> Lowered:
     """Describe ``gm`` placed by ``placement`` for ``Program::build``.
 
@@ -491,10 +496,12 @@ def lower(
         order: global priority order of the schedulable nodes (default: graph order).
         cpu_threads: intra-op threads of each CPU lane (default: shared out evenly).
         wide: the CPU lanes each wide node holds, its placed lane first (a plan's ``wide``).
+        fuse_elementwise: run chains of small elementwise CPU steps as one step (Note [Chrion
+            elementwise chains] in csrc/executor/elementwise.h); False runs every node alone.
 
     Raises:
         PlanError: a placement or order naming unknown nodes, or missing some.
         OptionError: an unknown lane string, or a CUDA lane without CUDA.
         UnsupportedOperatorError: a graph shape the executor cannot express.
     """
-    return _Lowering(gm, placement, order, cpu_threads, wide).run()
+    return _Lowering(gm, placement, order, cpu_threads, wide, fuse_elementwise).run()

@@ -58,6 +58,10 @@ class PlacedGraph(nn.Module):
         wide: node name -> the CPU lanes it holds, its placed lane first (a Plan's ``wide``):
             such a node runs with the intra-op threads of all of them while they run nothing
             else (Note [Chrion wide steps] in csrc/executor/program.cpp).
+        fuse_elementwise: run each chain of small elementwise CPU nodes (add, sub, mul, neg,
+            relu, consecutive on one lane, each read only by the next) as one step; results
+            are bitwise those of the unfused calls (Note [Chrion elementwise chains] in
+            csrc/executor/elementwise.h). ``fused_chains()`` lists them.
 
     Raises:
         PlanError: unknown or missing nodes in ``placement``/``order``, or a graph the executor
@@ -84,9 +88,10 @@ class PlacedGraph(nn.Module):
         cpu_threads: int | None = None,
         plan: object | None = None,
         wide: Mapping[str, Sequence[str]] | None = None,
+        fuse_elementwise: bool = True,
     ) -> None:
         super().__init__()
-        lowered = lower(gm, placement, order, cpu_threads, wide)
+        lowered = lower(gm, placement, order, cpu_threads, wide, fuse_elementwise)
         extension = executor_extension()
         try:
             executor = extension.Executor(lowered.description)
@@ -118,6 +123,10 @@ class PlacedGraph(nn.Module):
         return self._codegen.process_outputs(
             pytree.tree_unflatten(leaves, self._lowered.output_spec)
         )
+
+    def fused_chains(self) -> list[list[str]]:
+        """Node names of each chain of elementwise nodes run as one step, first node first."""
+        return [list(chain) for chain in self._executor.fused_chains()]
 
     def enable_trace(self, enabled: bool = True) -> None:
         """Record every step's start and end per lane on the following calls."""
