@@ -14,9 +14,11 @@ from torch_chrion.errors import ChrionError, OptionError, PlanError
 from torch_chrion.graph import capture, graph_hash
 from torch_chrion.graph.nodes import schedulable_nodes
 from torch_chrion.profile import Profile, profile_graph
+from torch_chrion.profile import cpu as cpu_module
 from torch_chrion.profile import profiler as profiler_module
 from torch_chrion.profile import progress as progress_module
 from torch_chrion.profile.assemble import WIDE_MIN_MS
+from torch_chrion.profile.cpu import RETIME_REPEATS, lowest_chunk_median, stale_nodes
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
 
@@ -44,6 +46,7 @@ def count_timed_calls(monkeypatch):
         return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, lull)
 
     monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
+    monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", counting)  # the cache's re-time
     return calls
 
 
@@ -75,12 +78,53 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
     again = profile_graph(
         capture(model, inputs), inputs, ["cpu"], settings=FAST, cache_dir=tmp_path
     )
-    assert len(count_timed_calls) == measured  # nothing timed the second time
+    # the second time, only the quick re-time of the cached profile (cpu.cached_profile_holds)
+    assert [repeats for _, repeats in count_timed_calls[measured:]] == [RETIME_REPEATS]
+    measured = len(count_timed_calls)
     assert again == first
     # other input shapes are another profile
     longer = model.example_inputs(seq=12)
     profile_graph(capture(model, longer), longer, ["cpu"], settings=FAST, cache_dir=tmp_path)
     assert len(count_timed_calls) > measured
+
+
+def test_a_cached_profile_measured_under_load_is_measured_again(
+    captured, tmp_path, count_timed_calls
+):
+    gm, inputs = captured
+    first = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+
+    def cache_lstm_at(scale: float) -> None:
+        cached = Profile.load(path)
+        cached.node_ms["lstm_l0_c0"]["cpu"] = first.node_ms["lstm_l0_c0"]["cpu"] * scale
+        cached.save(path)
+
+    # 100x what the layer costs: a load burst while it was measured (re-timed, measured again)
+    cache_lstm_at(100.0)
+    count_timed_calls.clear()
+    again = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert [repeats for _, repeats in count_timed_calls] == [RETIME_REPEATS, FAST.profile_repeats]
+    assert again.node_ms["lstm_l0_c0"]["cpu"] < 10 * first.node_ms["lstm_l0_c0"]["cpu"]
+    assert Profile.load(path).node_ms == again.node_ms  # and the cache overwritten
+    # 100x below: measured when the machine was quieter than now; kept
+    cache_lstm_at(0.01)
+    count_timed_calls.clear()
+    kept = profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert [repeats for _, repeats in count_timed_calls] == [RETIME_REPEATS]
+    assert kept.node_ms["lstm_l0_c0"]["cpu"] == first.node_ms["lstm_l0_c0"]["cpu"] * 0.01
+
+
+def test_a_node_costs_its_quietest_chunk_and_stale_nodes_by_hand():
+    # nine runs in time: a burst over the middle third, another run slow in the last third
+    assert lowest_chunk_median([1, 1.2, 1.1, 9, 9, 8, 1.3, 7, 1.2]) == 1.1
+    assert lowest_chunk_median([2.0]) == 2.0
+    assert lowest_chunk_median([3, 1, 2, 5]) == 1.5  # chunks [3], [1, 2], [5]
+    assert lowest_chunk_median([4, 4, 4, 4, 9, 9, 1, 9, 9, 9]) == 4  # [4 4 4] [4 9 9 1] [9 9 9]
+    now = {"a": 1.0, "b": 0.1, "c": 10.0}
+    # a: 3x and 2 ms over (> 5% of 11.1 ms); b: 3x but 0.2 ms over; c: 1.4x
+    assert stale_nodes({"a": 3.0, "b": 0.3, "c": 14.0}, now) == ["a"]
+    assert stale_nodes({"a": 0.1, "b": 0.01, "c": 1.0}, now) == []  # quieter then: kept
 
 
 def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):

@@ -1,6 +1,7 @@
 """The simulator and the memory measure, on hand-computed cases, and as properties of every
 schedule the algorithms make (hypothesis)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from schedule_checks import assert_valid
 from torch_chrion.errors import PlanError
 from torch_chrion.schedule import Schedule, TaskGraph, heft, milp_schedule, simulate, solve
 from torch_chrion.schedule.memory import accelerator_bytes, working_set_bound
+from torch_chrion.schedule.simulate import ExecutorCosts
 
 
 def test_replay_of_a_hand_schedule():
@@ -115,3 +117,25 @@ def test_simulator_on_a_large_random_schedule_matches_heft():
 
     g = random_task_graph(np.random.default_rng(3), 3000, devices=("cpu:0", "cpu:1", "cuda:0"))
     assert_valid(g, heft(g))
+
+
+def test_parked_lanes_and_a_parked_caller_pay_the_wake_up_as_worked_out_by_hand():
+    # a (cpu:0, 2) -> b (cpu:1, 1); c (cpu:1, 1.95) runs first on cpu:1 in the third case
+    g = TaskGraph([[2, 2], [1, 1], [1.95, 1.95]], {(0, 1): 0.0}, devices=["cpu:0", "cpu:1"])
+    a_then_b = Schedule([0, 1, 1], [0] * 3, [0] * 3, [[0], [2, 1]], 0.0)
+    only_a_b = TaskGraph([[2, 2], [1, 1]], {(0, 1): 0.0}, devices=["cpu:0", "cpu:1"])
+    chain = Schedule([0, 1], [0] * 2, [0] * 2, [[0], [1]], 0.0)
+    costs = ExecutorCosts(step_ms=0.1, handoff_ms=0.5, call_ms=0.25, wake_ms=3.0, spin_ms=1.0)
+    # cpu:1 idle since the call began (0) when a ends (2.1): parked, so b arrives at
+    # 2.1 + 0.5 + 3 and ends at 6.7; the call (6.95 > 1) outlasts the caller's spin: + 3
+    sim = simulate(only_a_b, chain, costs)
+    assert sim.start == pytest.approx([0.25, 5.85])
+    assert sim.makespan == pytest.approx(6.95 + 3.0)
+    # polling for 10 ms: nobody parks; b arrives at 2.6
+    polling = simulate(only_a_b, chain, dataclasses.replace(costs, spin_ms=10.0))
+    assert polling.start == pytest.approx([0.25, 2.85])
+    assert polling.makespan == pytest.approx(3.95)
+    # c keeps cpu:1 busy until 2.05: it still polls when a ends at 2.1, so b arrives at 2.6
+    busy = simulate(g, a_then_b, costs)
+    assert busy.start == pytest.approx([0.25, 2.85, 0.25])
+    assert busy.makespan == pytest.approx(3.95 + 3.0)

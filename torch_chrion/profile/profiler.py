@@ -6,9 +6,10 @@ CPU is measured once more with the threads of all of them on one lane, the cost 
 wide (Note [Chrion wide placement] in schedule/task_graph.py); each CUDA lane gets its own, each
 node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
 host<->device copy costs (transfer.py), within the time budget (budget.py). Each device's
-measurement is cached on disk (cache.py). A lane whose device is not on this machine comes from a
-profile recorded where it is (recorded.py); with none, profiling refuses rather than invent a
-number. The per-device profiles are then assembled into one over the lanes (assemble.py).
+measurement is cached on disk (cache.py); a cached CPU measurement is used after a quick re-time
+finds none of its nodes far above what they cost now (cpu.py: one measured under load is measured
+again). A lane whose device is not on this machine comes from a profile recorded where it is
+(recorded.py); with none, profiling refuses rather than invent a number. The per-device profiles are then assembled into one over the lanes (assemble.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..settings import ChrionSettings
 from .assemble import WIDE_GROUP, assemble, device_of
 from .budget import Budget
 from .cache import Expected, ProfileCache, cache_key
-from .cpu import Lull, measure_on_cpu_lane
+from .cpu import Lull, cached_profile_holds, measure_on_cpu_lane
 from .cuda import measure_on_cuda, node_values
 from .devices import cuda_present, lane_device_name, parse_lane
 from .profile import Profile
@@ -122,6 +123,16 @@ def profile_graph(
         group: cache.get(key, Expected(device_of(group), name, ghash, shapes, version, names))
         for group, (name, key) in groups.items()
     }
+    cached_cpu = found.get("cpu")
+    if cached_cpu is not None and not cached_profile_holds(
+        {name: costs["cpu"] for name, costs in cached_cpu.node_ms.items()},
+        gm,
+        inputs,
+        nodes,
+        threads,
+        lull,
+    ):
+        found["cpu"] = None  # measured under load: measured again, and the cache overwritten
     to_measure = [group for group, profile in found.items() if profile is None]
     device_profiles.update({g: p for g, p in found.items() if p is not None})
     if to_measure:

@@ -10,7 +10,10 @@ what the executor will take, not what its operators take.
 Three chains of a one-element ``neg``: one step, ``N`` steps on one lane, and ``N`` steps
 alternating between two lanes. With ``d`` the traced span of one step:
 ``T_1 = call + d + step``, ``T_N - T_1 = (N - 1)(d + step)``, and the alternating chain pays
-``handoff`` more per step.
+``handoff`` more per step. Lanes and callers poll before they park (Note [Chrion spin before
+park] in csrc/executor/lane.h), so those hand-offs find the other lane polling; the alternating
+chain is timed once more with the lanes parking at once, where each of its ``N - 1`` hand-offs
+and the caller's own wait pay ``wake`` more: that is what a parked thread costs.
 """
 
 from __future__ import annotations
@@ -42,14 +45,24 @@ def _chain(length: int) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(torch.nn.Module(), graph)
 
 
-def _median_call_ms(placed: PlacedGraph, x: torch.Tensor) -> float:
-    for _ in range(_WARMUP):
-        placed(x)
-    times = []
-    for _ in range(_REPEATS):
-        start = time.perf_counter()
-        placed(x)
-        times.append(time.perf_counter() - start)
+def _median_call_ms(placed: PlacedGraph, x: torch.Tensor, spin_us: float) -> float:
+    """Median ms of a call of ``placed`` with lanes and caller polling ``spin_us`` before
+    they park."""
+    from .placed_graph import executor_extension
+
+    extension = executor_extension()
+    default = extension.spin_before_park_us()
+    extension.set_spin_before_park_us(spin_us)
+    try:
+        for _ in range(_WARMUP):
+            placed(x)
+        times = []
+        for _ in range(_REPEATS):
+            start = time.perf_counter()
+            placed(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        extension.set_spin_before_park_us(default)
     return statistics.median(times) * 1e3
 
 
@@ -77,33 +90,52 @@ def executor_costs(devices: Sequence[str] = ("cpu:0", "cpu:1")) -> ExecutorCosts
 
 @functools.cache
 def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
-    from .placed_graph import PlacedGraph
+    from .placed_graph import PlacedGraph, executor_extension
+
+    def placed_graph(gm: torch.fx.GraphModule, placement: dict[str, str]) -> PlacedGraph:
+        # every neg its own step: chains of elementwise steps would fuse into one
+        return PlacedGraph(gm, placement, fuse_elementwise=False)
 
     x = torch.ones(1)
     one, chain = _chain(1), _chain(_CHAIN)
     names = [n.name for n in chain.graph.nodes if n.op == "call_function"]
     first = [n.name for n in one.graph.nodes if n.op == "call_function"]
+    spin_us = executor_extension().spin_before_park_us()
+    # (module, spin before park in us) per measurement
     placed = {
-        "one": PlacedGraph(one, dict.fromkeys(first, lanes[0])),
-        "chain": PlacedGraph(chain, dict.fromkeys(names, lanes[0])),
+        "one": (placed_graph(one, dict.fromkeys(first, lanes[0])), spin_us),
+        "chain": (placed_graph(chain, dict.fromkeys(names, lanes[0])), spin_us),
     }
     if len(lanes) > 1:
-        alternating = {name: lanes[k % 2] for k, name in enumerate(names)}
-        placed["alternating"] = PlacedGraph(chain, alternating)
+        alternating = placed_graph(chain, {name: lanes[k % 2] for k, name in enumerate(names)})
+        placed["alternating"] = (alternating, spin_us)
+        placed["alternating, parking"] = (alternating, 0.0)
     try:
-        span = _median_span_ms(placed["chain"], x)
+        span = _median_span_ms(placed["chain"][0], x)
         rounds: dict[str, list[float]] = {k: [] for k in placed}
         for _ in range(5):
-            for key, module in placed.items():
-                rounds[key].append(_median_call_ms(module, x))
+            for key, (module, spin) in placed.items():
+                rounds[key].append(_median_call_ms(module, x, spin))
         t = {k: statistics.median(v) for k, v in rounds.items()}
     finally:
-        for module in placed.values():
+        for module, _ in placed.values():
             module.stop()
-    per_step = (t["chain"] - t["one"]) / (_CHAIN - 1)
+    return costs_from_timings(t, span, _CHAIN, spin_us / 1e3)
+
+
+def costs_from_timings(
+    t: dict[str, float], span: float, chain: int, spin_ms: float
+) -> ExecutorCosts:
+    """The executor's costs from the median call times ``t`` (ms) of the chains of the module
+    docstring ("one", "chain", and where there are two lanes "alternating" and "alternating,
+    parking"), each ``chain`` steps long, and ``span``, the traced span of one step."""
+    per_step = (t["chain"] - t["one"]) / (chain - 1)
     step = max(per_step - span, 0.0)
     call = max(t["one"] - span - step, 0.0)
-    handoff = 0.0
+    handoff = wake = 0.0
     if "alternating" in t:
-        handoff = max((t["alternating"] - t["one"]) / (_CHAIN - 1) - per_step, 0.0)
-    return ExecutorCosts(step_ms=step, handoff_ms=handoff, call_ms=call)
+        handoff = max((t["alternating"] - t["one"]) / (chain - 1) - per_step, 0.0)
+        wake = max((t["alternating, parking"] - t["alternating"]) / chain, 0.0)
+    return ExecutorCosts(
+        step_ms=step, handoff_ms=handoff, call_ms=call, wake_ms=wake, spin_ms=spin_ms
+    )

@@ -19,6 +19,12 @@ behind each other, and the call pays its fixed entry and exit cost. A lane's nex
 another lane's thread runs (a wide task led elsewhere, or a lane's first task after a wide task)
 pays the wake-up as well: the thread that finished the lane's previous task hands it over (a
 wide task is always handed over, and so is the next task of each lane it held).
+
+An idle lane thread polls for work for ``spin_ms`` before it parks, and so does the caller
+waiting for its call (Note [Chrion spin before park] in csrc/executor/lane.h): a consumer handed
+to a lane idle for longer than that, and a call that takes longer than that, also pay
+``wake_ms``, the time a parked thread takes to run again. Lanes are taken to be polling when a
+call starts (calls back to back).
 """
 
 from __future__ import annotations
@@ -44,11 +50,16 @@ class ExecutorCosts:
             the lane's next step).
         handoff_ms: extra for a consumer on another lane than its producer (waking that lane).
         call_ms: per call (entering the executor, scheduling the first steps, waking the caller).
+        wake_ms: extra to resume a parked thread: a lane idle for longer than ``spin_ms`` that
+            another lane hands a consumer, and the caller of a call longer than ``spin_ms``.
+        spin_ms: how long an idle lane or a waiting caller polls before it parks.
     """
 
     step_ms: float = 0.0
     handoff_ms: float = 0.0
     call_ms: float = 0.0
+    wake_ms: float = 0.0
+    spin_ms: float = 0.0
 
 
 @dataclasses.dataclass
@@ -128,6 +139,9 @@ def simulate(
     cost = graph.option_cost.tolist()
     step = costs.step_ms if costs else 0.0
     handoff = costs.handoff_ms if costs else 0.0
+    wake = costs.wake_ms if costs else 0.0
+    spin = costs.spin_ms if costs else 0.0
+    idle_since = [0.0] * m  # lanes poll at the start of a call (calls back to back)
     copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
     group = graph.option_group
     device = list(schedule.device)
@@ -175,6 +189,7 @@ def simulate(
             after = order[d][next_pos[d]] if next_pos[d] < len(order[d]) else -1
             if after < 0 or handoff == 0.0 or runner[after] == runner[i]:
                 idle[d] = True
+                idle_since[d] = now
             else:
                 heapq.heappush(events, (now + handoff, _LANE_FREE, seq, d))
                 seq += 1
@@ -189,6 +204,7 @@ def simulate(
                 continue
             if kind == _LANE_FREE:
                 idle[i] = True
+                idle_since[i] = now
                 continue
             done += 1
             free_lanes(i)
@@ -217,8 +233,12 @@ def simulate(
                 gv = group[device[v]]
                 if gv in copies:
                     at = copies[gv]
+                elif runner[v] != runner[i]:
+                    r = runner[v]
+                    parked = idle[r] and now - idle_since[r] > spin
+                    at = now + handoff + (wake if parked else 0.0)
                 else:
-                    at = now + (handoff if runner[v] != runner[i] else 0.0)
+                    at = now
                 if at == now:
                     missing[v] -= 1
                 else:
@@ -241,8 +261,11 @@ def simulate(
         finish = [t + shift for t in finish]
     peak = resident_bytes(graph, device, start, finish)
     accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
+    makespan = max(finish) if n else (costs.call_ms if costs else 0.0)
+    if costs is not None and makespan > spin:
+        makespan += wake  # the caller parked before the last step ended
     return Simulation(
-        makespan=max(finish) if n else (costs.call_ms if costs else 0.0),
+        makespan=makespan,
         start=start,
         finish=finish,
         busy=busy,
