@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -111,7 +112,9 @@ def main() -> None:
         " calls per model, the five models timed in interleaved rounds. Executor costs"
         f" calibrated in this run: {costs.step_ms * 1e3:.2f} us per step,"
         f" {costs.handoff_ms * 1e3:.2f} us per cross-lane hand-off,"
-        f" {costs.call_ms * 1e3:.2f} us per call.",
+        f" {costs.call_ms * 1e3:.2f} us per call, {costs.wake_ms * 1e3:.2f} us to wake a thread"
+        f" parked after {costs.spin_ms * 1e3:.0f} us of polling; load average"
+        f" {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.",
         "",
         "predicted: the plan (profile + executor costs); ideal: the same plan replayed without"
         " the executor's costs; traced: replayed from the operator spans the executor traced"

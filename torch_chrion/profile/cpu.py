@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 CHUNKS = 3
 # chunk medians further apart than this mean the load changed while measuring (noted)
 _CHUNKS_AGREE = 1.5
-# a cached node cost this many times its quick re-time, and by this share of the graph's total,
-# was measured under load (stale_nodes)
-STALE_RATIO = 1.5
+# a cached node cost this many times its quick re-time, and above it by this share of the
+# graph's total and by this many ms (timer noise alone moves a few-us node 2x under load), was
+# measured under load (stale_nodes)
+STALE_RATIO = 2.0
 STALE_SHARE = 0.05
+STALE_MIN_MS = 0.05
 # the quick re-time of a cached profile: this many graph runs, within this many seconds
 RETIME_REPEATS = 6
 RETIME_BUDGET_S = 2.0
@@ -150,13 +152,14 @@ def _chunk_spread(durations: dict[str, list[float]]) -> float:
 
 def stale_nodes(cached: dict[str, float], now: dict[str, float]) -> list[str]:
     """Nodes whose cached cost is too high to be what they cost now: more than STALE_RATIO
-    times a quick re-time and by more than STALE_SHARE of the graph's re-timed total (a cached
-    profile measured under load; one measured quieter than now is kept)."""
-    total = sum(now.values())
+    times a quick re-time, and above it by more than STALE_SHARE of the graph's re-timed total
+    and more than STALE_MIN_MS (a cached profile measured under load; one measured quieter than
+    now is kept)."""
+    margin = max(STALE_SHARE * sum(now.values()), STALE_MIN_MS)
     return [
         name
         for name, ms in cached.items()
-        if ms > STALE_RATIO * now[name] and ms - now[name] > STALE_SHARE * total
+        if ms > STALE_RATIO * now[name] and ms - now[name] > margin
     ]
 
 
