@@ -142,6 +142,7 @@ def simulate(
     wake = costs.wake_ms if costs else 0.0
     spin = costs.spin_ms if costs else 0.0
     idle_since = [0.0] * m  # lanes poll at the start of a call (calls back to back)
+    wide_idle_since: dict[int, float] = {}  # a wide task's own thread -> its last finish
     copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
     group = graph.option_group
     device = list(schedule.device)
@@ -181,6 +182,13 @@ def simulate(
                 heapq.heappush(events, (finish[i], _FINISH, seq, i))
                 seq += 1
 
+    def parked(thread: int) -> bool:
+        """Whether the thread of lane ``thread`` (or, from m on, a wide task's own thread) has
+        been idle for longer than its spin."""
+        if thread >= m:
+            return now - wide_idle_since.get(thread, 0.0) > spin
+        return idle[thread] and now - idle_since[thread] > spin
+
     def free_lanes(i: int) -> None:
         """Task i is done: its lanes take their next task, after a wake-up where another
         lane's thread runs that task."""
@@ -207,6 +215,8 @@ def simulate(
                 idle_since[i] = now
                 continue
             done += 1
+            if runner[i] >= m:
+                wide_idle_since[runner[i]] = now
             free_lanes(i)
             g = group[device[i]]
             ss, sc = succs[i], succ_cost[i]
@@ -234,9 +244,7 @@ def simulate(
                 if gv in copies:
                     at = copies[gv]
                 elif runner[v] != runner[i]:
-                    r = runner[v]
-                    parked = idle[r] and now - idle_since[r] > spin
-                    at = now + handoff + (wake if parked else 0.0)
+                    at = now + handoff + (wake if parked(runner[v]) else 0.0)
                 else:
                     at = now
                 if at == now:
