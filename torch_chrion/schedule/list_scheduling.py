@@ -74,16 +74,7 @@ def list_schedule(
             if d >= m:  # a wide option: the first gap that all of its lanes share
                 t, slot = _common_gap(starts, ends, option_lanes[d], ready, w), 0
             else:  # earliest gap of device d at or after `ready` that holds w
-                s_d, e_d = starts[d], ends[d]
-                slot = bisect_right(e_d, ready)
-                t = ready
-                count = len(s_d)
-                while slot < count:
-                    if t + w <= s_d[slot]:
-                        break
-                    if e_d[slot] > t:
-                        t = e_d[slot]
-                    slot += 1
+                t, slot = _gap(starts[d], ends[d], ready, w)
             if t + w < best_finish:
                 best_finish, best_dev, best_start, best_slot = t + w, d, t, slot
         if best_dev < 0:
