@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from torch_chrion.dynamo import compiled_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +104,7 @@ def main() -> None:
         began = time.perf_counter()
         torch.testing.assert_close(chrion(x), expected, rtol=1e-4, atol=1e-5)
         chrion_build_s = time.perf_counter() - began
+        wide_nodes = sorted(node for m in compiled_modules() for node in (m.plan.wide or {}))
         engines: dict[str, Callable[[], Tensor]] = {
             "eager": lambda: model(x),
             "chrion": lambda: chrion(x),
@@ -109,7 +113,9 @@ def main() -> None:
             inductor = torch.compile(model)
             torch.testing.assert_close(inductor(x), expected, rtol=1e-4, atol=1e-5)
             engines["inductor"] = lambda: inductor(x)
+    load_before = os.getloadavg()[0]
     medians = median_ms(engines, args.repeats, args.warmup)
+    load_after = os.getloadavg()[0]
 
     cpu = platform.processor() or platform.machine()
     lines = [
@@ -121,7 +127,10 @@ def main() -> None:
         f"features; conv channels {args.channels}, 2-layer BiLSTM 256. Median of "
         f"{args.repeats} interleaved calls after {args.warmup} warm-up rounds; ratio = latency / "
         f"eager latency (< 1: faster than eager; the goal is chrion <= 0.8). chrion's first "
-        f"call (capture, profile, plan, build) took {chrion_build_s:.1f} s.",
+        f"call (capture, profile, plan, build) took {chrion_build_s:.1f} s. Load average "
+        f"{load_before:.1f} before the timed rounds, {load_after:.1f} after (a shared machine: "
+        f"where it exceeds the core count, two threads gain nothing and no node is placed wide)."
+        f" chrion nodes placed wide: {wide_nodes or 'none'}.",
         "",
         "| engine | latency (ms) | ratio to eager |",
         "|---|---:|---:|",
