@@ -218,23 +218,34 @@ def main() -> None:
                 load(url, 64, 4, seed=99)
             results: dict[tuple[str, int], list[float]] = {}
             elapsed: dict[tuple[str, int], float] = {}
+            cpu: dict[tuple[str, int], float] = {}  # server process CPU seconds
             for concurrency in CONCURRENCY:
                 for round_ in range(args.rounds):
                     names = list(servers)
                     order = names if round_ % 2 == 0 else list(reversed(names))
                     for name in order:
+                        before = _cpu_seconds(servers[name][0].pid)
                         lat, seconds = load(servers[name][1], args.requests, concurrency, round_)
                         key = (name, concurrency)
+                        cpu[key] = cpu.get(key, 0.0) + _cpu_seconds(servers[name][0].pid) - before
                         elapsed[key] = elapsed.get(key, 0.0) + seconds
                         results.setdefault(key, []).extend(lat)
         finally:
             for process, _ in servers.values():
                 process.terminate()
                 process.wait(60)
-    report(results, elapsed, args)
+    report(results, elapsed, cpu, args)
 
 
-def report(results: dict, elapsed: dict, args: argparse.Namespace) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a server process, all its threads."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def report(results: dict, elapsed: dict, cpu: dict, args: argparse.Namespace) -> None:
     from torch_chrion.profile.devices import cpu_name
 
     lines = [
@@ -247,10 +258,16 @@ def report(results: dict, elapsed: dict, args: argparse.Namespace) -> None:
         "CPUExecutionProvider, default intra-op threads, and 1 thread.",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, shared with other work (noisy); the "
         "client runs on the same cores.",
+        f"Load average at the end: {os.getloadavg()[0]:.1f}.",
         "Command: `python bench/serve_load.py --write`",
         "",
-        "| concurrency | server | throughput (req/s) | p50 (ms) | p99 (ms) | within SLO |",
-        "|---|---|---|---|---|---|",
+        "Server CPU is the server process's user + system time per request (all its threads: "
+        "HTTP, protocol, batching, model), which depends less than throughput and latency on what "
+        "else the machine runs.",
+        "",
+        "| concurrency | server | throughput (req/s) | p50 (ms) | p99 (ms) | within SLO | "
+        "server CPU (ms/request) |",
+        "|---|---|---|---|---|---|---|",
     ]
     ratios = []
     for concurrency in CONCURRENCY:
@@ -259,9 +276,10 @@ def report(results: dict, elapsed: dict, args: argparse.Namespace) -> None:
             for name in ("torch_chrion", *PEERS)
         }
         for name, s in rows.items():
+            cpu_ms = 1e3 * cpu[(name, concurrency)] / len(results[(name, concurrency)])
             lines.append(
                 f"| {concurrency} | {name} | {s['throughput']:.0f} | {s['p50']:.2f} | "
-                f"{s['p99']:.2f} | {100 * s['slo']:.0f}% |"
+                f"{s['p99']:.2f} | {100 * s['slo']:.0f}% | {cpu_ms:.2f} |"
             )
         c = rows["torch_chrion"]
         for peer in PEERS:
