@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -178,20 +179,22 @@ bool runs_chrion_kernel(const at::Tensor& input, const at::Tensor& h0, const at:
 }
 
 // Threads of the calling thread's intra-op budget (a lane's cpu_threads, raised by the executor
-// for a "wide" step; torch's threads in eager) that share the layer. Splitting a time step by
-// rows costs one synchronisation per step (a few hundred nanoseconds between two cores), so a
-// step of fewer than ~64K multiply-adds (about a microsecond on one core) stays on one thread;
-// a bidirectional layer splits by direction, with no per-step synchronisation, once a direction
-// has ~1M multiply-adds in its time loop.
-int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidden, int64_t dirs) {
-  constexpr int64_t kMinStepFmas = 64 * 1024;
+// for a "wide" step; torch's threads in eager) that share the layer. A time step is split into
+// slices of at least ~32K multiply-adds (about a microsecond on one core, against a few hundred
+// nanoseconds for the per-step synchronisation between cores), at most one per block of hidden
+// units; a bidirectional layer doubles that by splitting directions, which needs no per-step
+// synchronisation, once a direction's time loop has ~1M multiply-adds. More threads than that
+// would only spin.
+int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidden, int64_t dirs,
+                      int64_t blocks) {
+  constexpr int64_t kMinSliceFmas = 32 * 1024;
   constexpr int64_t kMinDirectionFmas = 1024 * 1024;
   const int threads = at::get_num_threads();
   if (threads <= 1) return 1;
   const int64_t step_fmas = batch * gates * hidden * hidden;
-  if (step_fmas >= kMinStepFmas) return threads;
-  if (dirs == 2 && steps * step_fmas >= kMinDirectionFmas) return static_cast<int>(dirs);
-  return 1;
+  int64_t useful = std::clamp<int64_t>(step_fmas / kMinSliceFmas, 1, blocks);
+  if (dirs == 2 && steps * step_fmas >= kMinDirectionFmas) useful *= 2;
+  return static_cast<int>(std::min<int64_t>(threads, useful));
 }
 
 // One direction of one layer: what its projection and time loop read and write. The chains of
@@ -342,8 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         chains.push_back(loop);
       }
     }
-    recurrent::run_chains(chains,
-                          recurrent_threads(steps, batch, gates, hidden, dirs),
+    recurrent::run_chains(chains, recurrent_threads(steps, batch, gates, hidden, dirs, blocks),
                           static_cast<int>(dirs));
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       for (int64_t d = 0; d < dirs; ++d) {

@@ -19,7 +19,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 // How long an idle helper spins before parking (Note [Recurrent worker teams]).
-constexpr auto kIdleSpin = std::chrono::microseconds(200);
+constexpr auto kIdleSpin = std::chrono::microseconds(50);
 
 std::atomic<int> g_started{0};
 

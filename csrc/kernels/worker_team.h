@@ -10,8 +10,9 @@
 //    from a process-wide free list and gives it back when it returns, so concurrent callers
 //    (two executor lanes) never share a team, and a caller reuses the team, hence the cores'
 //    caches, of the calls before it;
-//  - an idle helper spins for kIdleSpin (consecutive layers of one model arrive closer than
-//    that), then parks on a condition variable: no busy core between requests;
+//  - an idle helper spins for kIdleSpin, 50 us (the layers of one model reach the kernel closer
+//    together than that), then parks on a condition variable: no busy core between requests,
+//    and little taken from the next operator of a wide step (a convolution's own threads);
 //  - the caller never waits for a helper, neither to start nor to leave: `work` must be able to
 //    finish the whole job alone (the scheduler in recurrent_schedule.h steals the slices of a
 //    late helper), and must return at once, touching nothing but its own state, when it finds

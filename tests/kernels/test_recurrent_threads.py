@@ -39,9 +39,10 @@ def _inputs(kind: str, module: torch.nn.Module, batch: int, steps: int) -> tuple
     return x, h0, c0
 
 
-# every case is over the kernels' split threshold (a step of >= 64K multiply-adds, or a
-# bidirectional layer of >= 1M per direction), so 2 and 3 threads really split it; hidden sizes
-# that are not a multiple of the 16-float block (40, 100, 161) give ragged slices
+# every case is big enough for the kernels to use 3 threads (a time step of >= 3 x 32K
+# multiply-adds, or >= 2 x 32K in a bidirectional layer of >= 1M per direction), so 2 and 3
+# threads really split it; hidden sizes that are not a multiple of the 16-float block (40, 100,
+# 161) give ragged slices
 SPLIT_CASES = [
     # kind, features, hidden, layers, bidirectional, batch, steps
     ("lstm", 24, 256, 2, False, 1, 9),  # batch 1, row split
@@ -104,6 +105,22 @@ def test_helper_threads_are_reused_across_calls() -> None:
         for _ in range(20):
             run_chrion("gru", module, x, h0, None, batch_first=False)
     assert extension.helper_threads_started() == started
+
+
+def test_no_more_helpers_than_slices() -> None:
+    """Eight intra-op threads on a layer worth two (a bidirectional layer whose steps are too
+    small to split by rows): one helper at most, not seven that would only spin."""
+    torch.manual_seed(15)
+    module = make_module("gru", 8, 32, 1, True)
+    x, h0, _ = _inputs("gru", module, 2, 400)  # a step of 6K multiply-adds, 2.4M per direction
+    extension = load("kernels")
+    before = extension.helper_threads_started()
+    with intra_op_threads(8), torch.no_grad():
+        got = run_chrion("gru", module, x, h0, None, batch_first=False)
+        want = run_reference("gru", module, x, h0, None)
+    assert extension.helper_threads_started() - before <= 1
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
 
 
 def test_concurrent_callers_each_get_their_own_result() -> None:
