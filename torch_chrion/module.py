@@ -26,6 +26,7 @@ Executables are kept per exact input shape, least recently used dropped past ``_
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
 import dataclasses
@@ -213,6 +214,12 @@ class _Planner:
         self._lock = threading.Lock()
         self._idle = threading.Condition()
         self._pending = 0
+        self._closing = False
+        # at exit, lanes and executors stop under a job still running: it is dropped quietly
+        atexit.register(self._close)
+
+    def _close(self) -> None:
+        self._closing = True
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -234,10 +241,14 @@ class _Planner:
         while True:
             job = jobs.get()
             try:
-                _TRAFFIC.wait()
-                job()
+                if not self._closing:
+                    _TRAFFIC.wait()
+                    job()
             except Exception:  # a failed background plan leaves the borrowed one in place
-                log.exception("chrion: background planning failed")
+                if self._closing:
+                    log.debug("chrion: background planning stopped at exit", exc_info=True)
+                else:
+                    log.exception("chrion: background planning failed")
             finally:
                 with self._idle:
                     self._pending -= 1
