@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import statistics
 import sys
@@ -170,6 +171,7 @@ def main() -> None:
     model = SpeechBiLSTM(hidden=args.hidden).eval()
     draw = random.Random(args.seed)
     lengths = [draw.randint(20, 400) for _ in range(args.requests)]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         runs = engines(model, Path(folder))
         results = measure(runs, lengths, model.lstm.input_size)
@@ -185,6 +187,10 @@ def main() -> None:
         *table(results, lengths),
         "",
         f"chrion modules' counters (one per Dynamo graph): {stats}",
+        "",
+        f"Machine load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end ({os.cpu_count()} cores, shared with other jobs: every engine's stalls and p99 "
+        "include that noise).",
     ]
     print("\n".join(lines))
     if args.write:

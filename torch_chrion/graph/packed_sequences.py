@@ -27,6 +27,7 @@ length (the output length would otherwise depend on the lengths' values); and so
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -117,6 +118,7 @@ def _gather_steps(values: Tensor, index: Tensor) -> Tensor:
     return torch.gather(values, 1, index.unsqueeze(2).expand(-1, -1, values.shape[2]))
 
 
+@functools.cache
 def packed_recurrent(op: str) -> Any:
     """The traced replacement of ``torch._VF.<op>``'s packed overload on a PaddedBatch."""
 
