@@ -134,6 +134,9 @@ def packed_recurrent(op: str) -> Any:
         bidirectional: bool,
     ) -> tuple[Tensor, ...]:
         batch, steps, lengths = padded_batch[0], padded_batch[1], padded_batch[2]
+        # lengths outside [1, steps] fail pack_padded's check; clamped, they index no step
+        # outside the batch, so that check is the error the call raises
+        lengths = lengths.clamp(1, steps)
         x = padded = data.reshape(batch, steps, data.shape[1])
         h0, c0 = (hx[0], hx[1]) if op == "lstm" else (hx, None)
         valid = _valid_steps(lengths, x)
