@@ -13,6 +13,7 @@ batch's order, ``h0`` / ``c0`` (num_layers * num_directions, batch, hidden).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -47,16 +48,8 @@ def _cell_state(
     return c_n.index_select(1, packed.unsorted_indices)
 
 
-def _cell_state_fake(
-    input: Tensor,
-    lengths: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    params: list[Tensor],
-    has_biases: bool,
-    num_layers: int,
-    bidirectional: bool,
-) -> Tensor:
+def _cell_state_fake(input: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, *args: Any) -> Tensor:
+    """The fake kernel: c_n is shaped as c0 (the arguments after it do not change that)."""
     return torch.empty_like(c0)
 
 
