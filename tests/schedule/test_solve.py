@@ -41,7 +41,8 @@ def test_memory_objective_meets_its_slo_and_finds_the_brute_force_optimum_on_tin
         schedules = list(all_schedules(g))
         slo = 1.25 * min(sim.makespan for _, sim in schedules)
         brute = min(sim.accelerator_bytes for _, sim in schedules if sim.makespan <= slo)
-        lean = solve(g, "memory", slo=slo, budget_s=0.2)
+        # a generous budget: tiny graphs stop at their evaluation cap, so load cannot cut them short
+        lean = solve(g, "memory", slo=slo, budget_s=5.0)
         assert_valid(g, lean)
         assert lean.slo_met and lean.makespan <= slo
         assert lean.accelerator_bytes == pytest.approx(brute, rel=0.05, abs=1.0)
