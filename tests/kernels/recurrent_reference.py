@@ -52,3 +52,18 @@ def ran_chrion_kernel(module: nn.Module) -> bool:
 def run_reference(kind: str, module: nn.Module, x: Tensor, h0: Tensor, c0: Tensor | None) -> tuple:
     out, state = module(x, (h0, c0) if kind == "lstm" else h0)
     return (out, *state) if kind == "lstm" else (out, state)
+
+
+def assert_reverse_matches_flipped_reference(
+    kind: str, module: nn.Module, x: Tensor, h0: Tensor, c0: Tensor | None, batch_first: bool
+) -> None:
+    """chrion's ``reverse`` run (one half of a split bidirectional layer) equals aten on the
+    input flipped in time."""
+    time = 1 if batch_first else 0
+    with torch.no_grad():
+        got = run_chrion(kind, module, x, h0, c0, batch_first=batch_first, reverse=True)
+        module.batch_first = batch_first
+        want = run_reference(kind, module, x.flip(time), h0, c0)
+    torch.testing.assert_close(got[0], want[0].flip(time), **TOL)
+    for g, w in zip(got[1:], want[1:], strict=True):
+        torch.testing.assert_close(g, w, **TOL)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from recurrent_reference import (
     TOL,
+    assert_reverse_matches_flipped_reference,
     make_module,
     ran_chrion_kernel,
     run_chrion,
@@ -112,12 +113,7 @@ def test_reverse_runs_backwards_in_time(kind: str) -> None:
     module = make_module(kind, 8, 20, 1, False)
     x, h0 = torch.randn(6, 3, 8), torch.randn(1, 3, 20)
     c0 = torch.randn(1, 3, 20) if kind == "lstm" else None
-    with torch.no_grad():
-        got = run_chrion(kind, module, x, h0, c0, batch_first=False, reverse=True)
-        want = run_reference(kind, module, x.flip(0), h0, c0)
-    torch.testing.assert_close(got[0], want[0].flip(0), **TOL)
-    for g, w in zip(got[1:], want[1:], strict=True):
-        torch.testing.assert_close(g, w, **TOL)
+    assert_reverse_matches_flipped_reference(kind, module, x, h0, c0, batch_first=False)
 
 
 def test_unbatched_input() -> None:

@@ -13,7 +13,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from recurrent_reference import TOL, make_module, ran_chrion_kernel, run_chrion, run_reference
+from recurrent_reference import (
+    TOL,
+    assert_reverse_matches_flipped_reference,
+    make_module,
+    ran_chrion_kernel,
+    run_chrion,
+    run_reference,
+)
 from torch import Tensor
 
 from torch_chrion._extension import load
@@ -85,13 +92,8 @@ def test_batch_first_and_reverse_on_two_threads() -> None:
     torch.manual_seed(11)
     module = make_module("lstm", 16, 128, 1, False)
     x, h0, c0 = torch.randn(4, 12, 16), torch.randn(1, 4, 128), torch.randn(1, 4, 128)
-    with intra_op_threads(2), torch.no_grad():
-        got = run_chrion("lstm", module, x, h0, c0, batch_first=True, reverse=True)
-        module.batch_first = True
-        want = run_reference("lstm", module, x.flip(1), h0, c0)
-    torch.testing.assert_close(got[0], want[0].flip(1), **TOL)
-    for g, w in zip(got[1:], want[1:], strict=True):
-        torch.testing.assert_close(g, w, **TOL)
+    with intra_op_threads(2):
+        assert_reverse_matches_flipped_reference("lstm", module, x, h0, c0, batch_first=True)
 
 
 def test_helper_threads_are_reused_across_calls() -> None:
