@@ -6,8 +6,9 @@ torch.compile compiles what a user would: their own nn.Module where the caller h
 end_to_end.py exports its models from nn.Modules), else, for a model that exists only as ONNX,
 the onnx2torch module of it (the row's name says which).
 
-Engines are timed in interleaved rounds (one call of each per round), so a load burst on a
-shared machine slows them all alike instead of whichever engine happened to be running.
+Engines are timed in interleaved rounds (a block of calls of each per round, see
+``time_engines``), so a load burst on a shared machine slows them all alike instead of whichever
+engine happened to be running.
 """
 
 from __future__ import annotations
@@ -43,16 +44,29 @@ def _call_ms(engine: Engine) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def time_engines(engines: list[Engine], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds."""
+def time_engines(
+    engines: list[Engine], repeats: int, warmup: int = 2, settle_ms: float = 15.0, calls: int = 3
+) -> dict[str, float]:
+    """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds.
+
+    Each round gives every engine in turn a block: untimed calls for at least ``settle_ms``
+    (and at least one), then ``calls`` timed calls. The untimed part is there because engines
+    leave threads spinning after they return (libgomp's OpenMP pool spins for milliseconds
+    after eager PyTorch or MKL, onnxruntime's and OpenVINO's pools spin too): on a machine with
+    few cores the next engine's first calls share their cores with those spinners, and would
+    be charged for another engine's threads. ``warmup`` rounds are untimed.
+    """
     times: dict[str, list[float]] = {e.name: [] for e in engines}
     with torch.no_grad():
-        for _ in range(warmup):
+        for round_index in range(warmup + repeats):
             for engine in engines:
+                start = time.perf_counter()
                 _call_ms(engine)
-        for _ in range(repeats):
-            for engine in engines:
-                times[engine.name].append(_call_ms(engine))
+                while (time.perf_counter() - start) * 1e3 < settle_ms:
+                    _call_ms(engine)
+                block = [_call_ms(engine) for _ in range(calls)]
+                if round_index >= warmup:
+                    times[engine.name].extend(block)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
