@@ -8,7 +8,7 @@ fewer channels). chrion runs with its default settings (lanes, threads); eager w
 default threads; inductor compiles the same nn.Module. The goal of issue 15: chrion <= 0.8x
 eager. Prints medians and ratios; writes bench/results/crdnn.md only with --write.
 
-    python bench/crdnn.py [--repeats 40] [--channels 64 128] [--no-inductor] [--write]
+    python bench/crdnn.py [--repeats 15] [--channels 64 128] [--no-inductor] [--write]
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from torch_chrion.bench_peers import Engine, time_engines
 from torch_chrion.dynamo import compiled_modules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,26 +68,9 @@ class CRDNN(nn.Module):
         return torch.log_softmax(self.head(y), dim=-1)
 
 
-def median_ms(
-    engines: dict[str, Callable[[], Tensor]], repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median milliseconds per call of each engine, timed in interleaved rounds."""
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    with torch.no_grad():
-        for _ in range(warmup):
-            for run in engines.values():
-                run()
-        for _ in range(repeats):
-            for name, run in engines.items():
-                start = time.perf_counter()
-                run()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--no-inductor", action="store_true", help="leave inductor out")
@@ -105,16 +87,13 @@ def main() -> None:
         torch.testing.assert_close(chrion(x), expected, rtol=1e-4, atol=1e-5)
         chrion_build_s = time.perf_counter() - began
         wide_nodes = sorted(node for m in compiled_modules() for node in (m.plan.wide or {}))
-        engines: dict[str, Callable[[], Tensor]] = {
-            "eager": lambda: model(x),
-            "chrion": lambda: chrion(x),
-        }
+        engines = [Engine("eager", model, (x,)), Engine("chrion", chrion, (x,))]
         if not args.no_inductor:
             inductor = torch.compile(model)
             torch.testing.assert_close(inductor(x), expected, rtol=1e-4, atol=1e-5)
-            engines["inductor"] = lambda: inductor(x)
+            engines.append(Engine("inductor", inductor, (x,)))
     load_before = os.getloadavg()[0]
-    medians = median_ms(engines, args.repeats, args.warmup)
+    medians = time_engines(engines, args.repeats, args.warmup)
     load_after = os.getloadavg()[0]
 
     cpu = platform.processor() or platform.machine()
@@ -125,7 +104,8 @@ def main() -> None:
         "",
         f"Command: `python bench/crdnn.py {' '.join(sys.argv[1:])}`. Batch 4, 100 frames, 40 "
         f"features; conv channels {args.channels}, 2-layer BiLSTM 256. Median of "
-        f"{args.repeats} interleaved calls after {args.warmup} warm-up rounds; ratio = latency / "
+        f"{args.repeats} interleaved rounds of three calls (each after a settled untimed block, "
+        f"torch_chrion.bench_peers.time_engines) after {args.warmup} warm-up rounds; ratio = latency / "
         f"eager latency (< 1: faster than eager; the goal is chrion <= 0.8). chrion's first "
         f"call (capture, profile, plan, build) took {chrion_build_s:.1f} s. Load average "
         f"{load_before:.1f} before the timed rounds, {load_after:.1f} after (a shared machine: "
