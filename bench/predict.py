@@ -104,6 +104,7 @@ def main() -> None:
         engines.append(Engine(name, compiled, inputs))
         rows.append((name, compiled.plan.predicted_ms, *replays(compiled, inputs, settings, costs)))
     measured = time_engines(engines, args.repeats, warmup=20)
+    cores = "every core they ask" if costs.cores == float("inf") else f"{costs.cores:.2f} cores"
     lines = [
         f"# Predicted vs measured latency ({platform.processor() or 'cpu'}, lanes "
         f"{' '.join(args.devices)}, torch {torch.__version__}, {datetime.date.today()})",
@@ -113,7 +114,8 @@ def main() -> None:
         f" calibrated in this run: {costs.step_ms * 1e3:.2f} us per step,"
         f" {costs.handoff_ms * 1e3:.2f} us per cross-lane hand-off,"
         f" {costs.call_ms * 1e3:.2f} us per call, {costs.wake_ms * 1e3:.2f} us to wake a thread"
-        f" parked after {costs.spin_ms * 1e3:.0f} us of polling; load average"
+        f" parked after {costs.spin_ms * 1e3:.0f} us of polling, {cores} for the lanes' threads;"
+        " load average"
         f" {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.",
         "",
         "predicted: the plan (profile + executor costs); ideal: the same plan replayed without"

@@ -1,6 +1,8 @@
 """The executor's fixed costs from chain timings (torch_chrion.runtime.calibrate), against times
 built by hand from known costs with the model the module docstring states."""
 
+import math
+
 import pytest
 
 from torch_chrion.runtime.calibrate import costs_from_timings
@@ -25,3 +27,20 @@ def test_costs_come_back_from_timings_made_by_hand():
     assert costs.spin_ms == 0.05
     one_lane = costs_from_timings({k: timings[k] for k in ("one", "chain")}, span, n, 0.05)
     assert one_lane.handoff_ms == one_lane.wake_ms == 0.0
+
+
+def test_the_cores_the_lanes_get_come_back_from_side_by_side_chains():
+    n, span, fixed = 48, 0.002, 0.0113
+    timings = {"one": fixed, "chain": fixed + (n - 1) * span}
+    timings["alternating"] = timings["alternating, parking"] = timings["chain"]
+    work = 0.4  # one busy chain: two of them side by side on c cores take 2 * work / c
+    for cores in (1.0, 1.25):
+        busy = {"busy": fixed + work, "busy, side by side": fixed + 2 * work / cores}
+        costs = costs_from_timings(timings | busy, span, n, spin_ms=0.05)
+        assert costs.cores == pytest.approx(cores)
+    # side by side as fast as alone: no shortage seen (a third lane may have a core too)
+    free = {"busy": fixed + work, "busy, side by side": fixed + work * 0.98}
+    assert costs_from_timings(timings | free, span, n, 0.05).cores == math.inf
+    # slower than one after the other (a load burst): at least one core
+    worse = {"busy": fixed + work, "busy, side by side": fixed + 3 * work}
+    assert costs_from_timings(timings | worse, span, n, 0.05).cores == 1.0

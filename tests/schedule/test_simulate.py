@@ -139,3 +139,37 @@ def test_parked_lanes_and_a_parked_caller_pay_the_wake_up_as_worked_out_by_hand(
     busy = simulate(g, a_then_b, costs)
     assert busy.start == pytest.approx([0.25, 2.85, 0.25])
     assert busy.makespan == pytest.approx(3.95 + 3.0)
+
+
+def test_lanes_short_of_cores_share_them_as_worked_out_by_hand():
+    # a (cpu:0, 2) and b (cpu:1, 1) side by side, then c (cpu:0, 1) after both
+    g = TaskGraph([[2, 2], [1, 1], [1, 1]], {(0, 2): 0.0, (1, 2): 0.0}, devices=["cpu:0", "cpu:1"])
+    s = Schedule([0, 1, 0], [0] * 3, [0] * 3, [[0, 2], [1]], 0.0)
+    polling = dict(spin_ms=100.0)
+    # one core: a and b run at half speed until b ends (1 / 0.5 = 2), a's last unit alone
+    # (3), then c (4): the work one after the other
+    one = simulate(g, s, ExecutorCosts(**polling, cores=1.0))
+    assert one.start == pytest.approx([0.0, 0.0, 3.0])
+    assert one.finish == pytest.approx([3.0, 2.0, 4.0])
+    assert one.makespan == pytest.approx(4.0)
+    assert one.busy == [3.0, 1.0]  # work, not wall time
+    # 1.5 cores: 0.75 each until b ends (1 / 0.75), a's 2 - 1 left at full speed
+    some = simulate(g, s, ExecutorCosts(**polling, cores=1.5))
+    assert some.finish == pytest.approx([1 / 0.75 + 1.0, 1 / 0.75, 1 / 0.75 + 2.0])
+    # the call's fixed costs on top: step 0.1 per task, 0.5 hand-off from b to c, call 0.25;
+    # one core: a (2.1 of work) and b (1.1) share it until b ends at 2.2; a's 1.0 left ends
+    # at 3.2; c waits for a (3.2; b's hand-off landed at 2.7) and ends at 4.3
+    costs = ExecutorCosts(step_ms=0.1, handoff_ms=0.5, call_ms=0.25, cores=1.0, **polling)
+    charged = simulate(g, s, costs)
+    assert charged.finish == pytest.approx([t + 0.25 for t in (3.2, 2.2, 4.3)])
+    # as many cores as lanes: nothing shared, the ideal replay's times
+    assert simulate(g, s, ExecutorCosts(**polling, cores=2.0)).finish == [2.0, 1.0, 3.0]
+
+
+def test_a_wide_task_short_of_cores_runs_at_their_share():
+    # W holds both lanes (wide cost 3) on one core: its two threads run at half speed
+    g = TaskGraph(
+        [[8, 8]], {}, devices=["cpu:0", "cpu:1"], wide_cost=[3.0], wide_lanes=["cpu:0", "cpu:1"]
+    )
+    s = Schedule([g.wide_option], [0.0], [0.0], [[0], [0]], 0.0)
+    assert simulate(g, s, ExecutorCosts(spin_ms=100.0, cores=1.0)).makespan == pytest.approx(6.0)

@@ -14,11 +14,17 @@ alternating between two lanes. With ``d`` the traced span of one step:
 park] in csrc/executor/lane.h), so those hand-offs find the other lane polling; the alternating
 chain is timed once more with the lanes parking at once, where each of its ``N - 1`` hand-offs
 and the caller's own wait pay ``wake`` more: that is what a parked thread costs.
+
+The lanes' threads get the cores that other processes leave free, which on a shared machine
+may be fewer than the lanes: two chains of ``tanh`` steps of some tens of us each, side by side
+on two lanes, against one of them alone, give the cores they had between them (two chains of
+work ``W`` on ``c`` cores take ``2W / c``; two or more: the lanes were not short of cores).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,18 +40,32 @@ if TYPE_CHECKING:
 _CHAIN = 48
 _WARMUP = 30
 _REPEATS = 151
+# the chains that find the cores: steps long enough that the executor's own costs are small
+_BUSY_STEPS = 16
+_BUSY_ELEMENTS = 1 << 14  # tanh of this many floats: tens of us, compute-bound, one grain
+_BUSY_REPEATS = 41
 
 
-def _chain(length: int) -> torch.fx.GraphModule:
+def _chain(
+    length: int, op: object = torch.ops.aten.neg.default, count: int = 1
+) -> torch.fx.GraphModule:
+    """``count`` independent chains of ``length`` calls of ``op`` on the input (one output per
+    chain)."""
     graph = torch.fx.Graph()
-    value = graph.placeholder("x")
-    for _ in range(length):
-        value = graph.call_function(torch.ops.aten.neg.default, (value,))
-    graph.output(value)
+    x = graph.placeholder("x")
+    ends = []
+    for _ in range(count):
+        value = x
+        for _ in range(length):
+            value = graph.call_function(op, (value,))  # type: ignore[arg-type]
+        ends.append(value)
+    graph.output(ends[0] if count == 1 else tuple(ends))
     return torch.fx.GraphModule(torch.nn.Module(), graph)
 
 
-def _median_call_ms(placed: PlacedGraph, x: torch.Tensor, spin_us: float) -> float:
+def _median_call_ms(
+    placed: PlacedGraph, x: torch.Tensor, spin_us: float, repeats: int = _REPEATS
+) -> float:
     """Median ms of a call of ``placed`` with lanes and caller polling ``spin_us`` before
     they park."""
     from .placed_graph import executor_extension
@@ -57,7 +77,7 @@ def _median_call_ms(placed: PlacedGraph, x: torch.Tensor, spin_us: float) -> flo
         for _ in range(_WARMUP):
             placed(x)
         times = []
-        for _ in range(_REPEATS):
+        for _ in range(repeats):
             start = time.perf_counter()
             placed(x)
             times.append(time.perf_counter() - start)
@@ -96,29 +116,46 @@ def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
         # every neg its own step: chains of elementwise steps would fuse into one
         return PlacedGraph(gm, placement, fuse_elementwise=False)
 
-    x = torch.ones(1)
+    def calls(gm: torch.fx.GraphModule) -> list[str]:
+        return [n.name for n in gm.graph.nodes if n.op == "call_function"]
+
+    x, busy_x = torch.ones(1), torch.rand(_BUSY_ELEMENTS)
     one, chain = _chain(1), _chain(_CHAIN)
-    names = [n.name for n in chain.graph.nodes if n.op == "call_function"]
-    first = [n.name for n in one.graph.nodes if n.op == "call_function"]
+    names = calls(chain)
     spin_us = executor_extension().spin_before_park_us()
-    # (module, spin before park in us) per measurement
+    # (module, spin before park in us, input, calls) per measurement
     placed = {
-        "one": (placed_graph(one, dict.fromkeys(first, lanes[0])), spin_us),
-        "chain": (placed_graph(chain, dict.fromkeys(names, lanes[0])), spin_us),
+        "one": (placed_graph(one, dict.fromkeys(calls(one), lanes[0])), spin_us, x, _REPEATS),
+        "chain": (placed_graph(chain, dict.fromkeys(names, lanes[0])), spin_us, x, _REPEATS),
     }
     if len(lanes) > 1:
         alternating = placed_graph(chain, {name: lanes[k % 2] for k, name in enumerate(names)})
-        placed["alternating"] = (alternating, spin_us)
-        placed["alternating, parking"] = (alternating, 0.0)
+        placed["alternating"] = (alternating, spin_us, x, _REPEATS)
+        placed["alternating, parking"] = (alternating, 0.0, x, _REPEATS)
+        tanh = torch.ops.aten.tanh.default
+        busy, pair = _chain(_BUSY_STEPS, tanh), _chain(_BUSY_STEPS, tanh, count=2)
+        side_by_side = {name: lanes[k // _BUSY_STEPS] for k, name in enumerate(calls(pair))}
+        placed["busy"] = (
+            placed_graph(busy, dict.fromkeys(calls(busy), lanes[0])),
+            spin_us,
+            busy_x,
+            _BUSY_REPEATS,
+        )
+        placed["busy, side by side"] = (
+            placed_graph(pair, side_by_side),
+            spin_us,
+            busy_x,
+            _BUSY_REPEATS,
+        )
     try:
         span = _median_span_ms(placed["chain"][0], x)
         rounds: dict[str, list[float]] = {k: [] for k in placed}
         for _ in range(5):
-            for key, (module, spin) in placed.items():
-                rounds[key].append(_median_call_ms(module, x, spin))
+            for key, (module, spin, value, repeats) in placed.items():
+                rounds[key].append(_median_call_ms(module, value, spin, repeats))
         t = {k: statistics.median(v) for k, v in rounds.items()}
     finally:
-        for module, _ in placed.values():
+        for module, *_ in placed.values():
             module.stop()
     return costs_from_timings(t, span, _CHAIN, spin_us / 1e3)
 
@@ -127,15 +164,27 @@ def costs_from_timings(
     t: dict[str, float], span: float, chain: int, spin_ms: float
 ) -> ExecutorCosts:
     """The executor's costs from the median call times ``t`` (ms) of the chains of the module
-    docstring ("one", "chain", and where there are two lanes "alternating" and "alternating,
-    parking"), each ``chain`` steps long, and ``span``, the traced span of one step."""
+    docstring ("one", "chain", and where there are two lanes "alternating", "alternating,
+    parking", "busy" and "busy, side by side"), the first ones ``chain`` steps long, and
+    ``span``, the traced span of one step."""
     per_step = (t["chain"] - t["one"]) / (chain - 1)
     step = max(per_step - span, 0.0)
     call = max(t["one"] - span - step, 0.0)
     handoff = wake = 0.0
+    cores = math.inf
     if "alternating" in t:
         handoff = max((t["alternating"] - t["one"]) / (chain - 1) - per_step, 0.0)
         wake = max((t["alternating, parking"] - t["alternating"]) / chain, 0.0)
+    if "busy" in t:
+        work = t["busy"] - t["one"]  # one busy chain, less the call around it
+        both = t["busy, side by side"] - t["one"]
+        if work > 0.0 and both > 0.0 and 2.0 * work / both < 2.0:
+            cores = max(2.0 * work / both, 1.0)
     return ExecutorCosts(
-        step_ms=step, handoff_ms=handoff, call_ms=call, wake_ms=wake, spin_ms=spin_ms
+        step_ms=step,
+        handoff_ms=handoff,
+        call_ms=call,
+        wake_ms=wake,
+        spin_ms=spin_ms,
+        cores=cores,
     )

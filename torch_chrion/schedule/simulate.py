@@ -25,12 +25,19 @@ waiting for its call (Note [Chrion spin before park] in csrc/executor/lane.h): a
 to a lane idle for longer than that, and a call that takes longer than that, also pay
 ``wake_ms``, the time a parked thread takes to run again. Lanes are taken to be polling when a
 call starts (calls back to back).
+
+The lanes' threads share the ``cores`` the process gets on the machine (other processes take the
+rest): while the running tasks hold more threads than that (a wide task holds one per lane), each
+runs at ``cores / threads`` of its speed (processor sharing, as the OS time-slices them), so on
+a machine whose other core is busy, two tasks placed side by side take as long as one after
+the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 
 import numpy as np
 
@@ -53,6 +60,7 @@ class ExecutorCosts:
         wake_ms: extra to resume a parked thread: a lane idle for longer than ``spin_ms`` that
             another lane hands a consumer, and the caller of a call longer than ``spin_ms``.
         spin_ms: how long an idle lane or a waiting caller polls before it parks.
+        cores: cores the lanes' threads get (inf: one each, whatever runs).
     """
 
     step_ms: float = 0.0
@@ -60,6 +68,7 @@ class ExecutorCosts:
     call_ms: float = 0.0
     wake_ms: float = 0.0
     spin_ms: float = 0.0
+    cores: float = math.inf
 
 
 @dataclasses.dataclass
@@ -141,6 +150,13 @@ def simulate(
     handoff = costs.handoff_ms if costs else 0.0
     wake = costs.wake_ms if costs else 0.0
     spin = costs.spin_ms if costs else 0.0
+    cores = costs.cores if costs else math.inf
+    sharing = cores < m  # else every lane thread has a core: finish times are fixed at start
+    remaining = [0.0] * n  # work left of a running task (sharing only)
+    running: dict[int, int] = {}  # running task -> its threads (sharing only)
+    live = [-1] * n  # the seq of a running task's current finish event (sharing only)
+    rate, updated = 1.0, 0.0  # share of a core each running thread gets, since when
+    shared_by: set[int] = set()  # the running tasks the current shares were set for
     idle_since = [0.0] * m  # lanes poll at the start of a call (calls back to back)
     wide_idle_since: dict[int, float] = {}  # a wide task's own thread -> its last finish
     copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
@@ -178,9 +194,31 @@ def simulate(
                     idle[e] = False
                     next_pos[e] += 1
                 start[i] = now
+                if sharing:  # its finish follows from the shares (reshare)
+                    remaining[i] = cost[i][device[i]] + step
+                    running[i] = len(lanes)
+                    continue
                 finish[i] = now + cost[i][device[i]] + step
                 heapq.heappush(events, (finish[i], _FINISH, seq, i))
                 seq += 1
+
+    def advance() -> None:
+        """The running tasks' work done since the last event, at the share they had."""
+        nonlocal updated
+        for j in running:
+            remaining[j] -= (now - updated) * rate
+        updated = now
+
+    def reshare() -> None:
+        """The running tasks' finish events at the share they have now (earlier ones are
+        stale)."""
+        nonlocal seq, rate
+        threads = sum(running.values())
+        rate = min(1.0, cores / threads) if threads else 1.0
+        for j in running:
+            heapq.heappush(events, (now + max(remaining[j], 0.0) / rate, _FINISH, seq, j))
+            live[j] = seq
+            seq += 1
 
     def parked(thread: int) -> bool:
         """Whether the thread of lane ``thread`` (or, from m on, a wide task's own thread) has
@@ -203,10 +241,20 @@ def simulate(
                 seq += 1
 
     start_ready_tasks()
+    if sharing:
+        reshare()
     while events:
         now = events[0][0]
+        if sharing:
+            advance()
+            shared_by = set(running)
         while events and events[0][0] == now:
-            _, kind, _, i = heapq.heappop(events)
+            _, kind, at_seq, i = heapq.heappop(events)
+            if sharing and kind == _FINISH:
+                if live[i] != at_seq:
+                    continue  # the share changed since this finish was foreseen
+                running.pop(i)
+                finish[i] = now
             if kind == _ARRIVAL:
                 missing[i] -= 1
                 continue
@@ -253,6 +301,8 @@ def simulate(
                     heapq.heappush(events, (at, _ARRIVAL, seq, v))
                     seq += 1
         start_ready_tasks()
+        if sharing and set(running) != shared_by:
+            reshare()
     if done != n:
         stuck = [
             f"{graph.devices[d]} waits on task {graph.names[order[d][next_pos[d]]]!r}"
