@@ -23,9 +23,17 @@ only when the frame being compiled is compiled for chrion, and restore it afterw
 The same callbacks scope how Dynamo traces ``torch.lstm/gru/rnn_*`` in chrion's compilations
 (Note [Recurrent calls in Dynamo] in dynamo_calls.py: as chrion operators, so that no length is
 fixed while Dynamo traces).
-``torch._dynamo.reset()`` clears every compile callback ("as in a fresh process"): the hooks
-are installed again by each chrion compilation and by ``install_compile_hooks()``, and a
-compilation that ran without them warns that its recurrent layers were left to eager.
+``torch._dynamo.reset()`` clears every compile callback ("as in a fresh process"), and nothing of
+chrion's runs between a reset and the next compilation (the backend was looked up earlier, and
+is called only after tracing): without the callbacks, Dynamo skips a frame holding an
+nn.GRU/RNN/LSTM and runs it eagerly for good, with no chrion compilation to notice (the
+reset-per-row benchmark ran its GRU, RNN and bidirectional rows eagerly so). The one hook that a
+reset keeps and that Dynamo runs at the start of every compilation, before its compile
+callbacks, is the recompile user-context hook: chrion's installs the callbacks again where a
+reset cleared them, and gives Dynamo's metrics no context ("").
+``install_compile_hooks()`` does the same by hand (after
+``torch._dynamo.reset_recompile_user_contexts()``, which clears that hook too), and a chrion
+compilation that ran without the callbacks warns that its recurrent layers were left to eager.
 """
 
 from __future__ import annotations
@@ -102,13 +110,25 @@ def _on_compile_end(_: Any) -> None:
             patch.__exit__(None, None, None)
 
 
-def install_compile_hooks() -> None:
-    """Install the compile callbacks that scope ``allow_rnn`` to chrion's compilations (done at
-    import; again after ``torch._dynamo.reset()``, which clears them)."""
+def _restore_callbacks() -> str:
+    """Dynamo's recompile user-context hook, run at the start of every compilation: the compile
+    callbacks again if ``torch._dynamo.reset()`` cleared them (Note [allow_rnn, scoped])."""
     handler = torch._dynamo.callback_handler
     if _on_compile_start not in handler.start_callbacks:
         handler.register_start_callback(_on_compile_start)
         handler.register_end_callback(_on_compile_end)
+    return ""
+
+
+def install_compile_hooks() -> None:
+    """Install the compile callbacks that scope ``allow_rnn`` to chrion's compilations, and the
+    hook that restores them after ``torch._dynamo.reset()`` (done at import)."""
+    _restore_callbacks()
+    utils = torch._dynamo.utils
+    register = getattr(utils, "register_hook_for_recompile_user_context", None)
+    registered = getattr(utils, "get_hook_for_recompile_user_context", lambda: None)()
+    if register is not None and _restore_callbacks not in (registered or ()):
+        register(_restore_callbacks)
 
 
 install_compile_hooks()  # Dynamo imports this module when it looks the backend up

@@ -119,3 +119,55 @@ def test_profiles_of_a_default_compile_go_to_the_tests_private_cache(private_chr
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
     assert list((private_chrion_cache / "profiles").rglob("*.json"))
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.RNNBase], bidirectional: bool) -> None:
+        super().__init__()
+        self.rnn = kind(12, 16, num_layers=2, bidirectional=bidirectional)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "bidirectional", "op"),
+    [(nn.GRU, False, "gru"), (nn.RNN, False, "rnn"), (nn.LSTM, True, "lstm")],
+    ids=["gru", "rnn", "bilstm"],
+)
+def test_a_plain_dynamo_reset_still_compiles_recurrent_layers_to_chrion_kernels(
+    kind, bidirectional, op
+):
+    """``torch._dynamo.reset()`` alone, as bench/cpu_rnn.py calls it before each model: chrion's
+    compile callbacks come back by themselves, so the layers reach the chrion kernels (they
+    used to run eagerly, the frame skipped at the RNN module with nothing to say so)."""
+    import torch_chrion.dynamo as chrion_dynamo
+
+    torch.manual_seed(0)
+    model = _Recurrent(kind, bidirectional).eval()
+    x = torch.randn(10, 3, 12)
+    torch._dynamo.reset()
+    before = chrion_dynamo.compiled_modules()
+    compiled = torch.compile(model, backend="chrion")
+    with torch.no_grad():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+    (module,) = [m for m in chrion_dynamo.compiled_modules() if m not in before]
+    ops = module.plan.ops.values()
+    recurrent = [o for o in ops if o.split(".")[-2] in ("lstm", "gru", "rnn", "rnn_tanh")]
+    assert recurrent and all(o == f"chrion.{op}.default" for o in recurrent), ops
+    # one node per layer and direction: each runs whole in the kernel, none left to ATen
+    assert len(recurrent) == 2 * (2 if bidirectional else 1), ops
+
+
+def test_callbacks_restored_after_a_reset_still_leave_other_backends_their_graph_break():
+    seen = []
+
+    def recording(gm, example_inputs):
+        seen.extend(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(_Recurrent(nn.GRU, False).eval(), backend=recording)(torch.randn(5, 1, 12))
+    assert torch.gru not in seen
