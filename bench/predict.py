@@ -114,7 +114,9 @@ def main() -> None:
         f" calibrated in this run: {costs.step_ms * 1e3:.2f} us per step,"
         f" {costs.handoff_ms * 1e3:.2f} us per cross-lane hand-off,"
         f" {costs.call_ms * 1e3:.2f} us per call, {costs.wake_ms * 1e3:.2f} us to wake a thread"
-        f" parked after {costs.spin_ms * 1e3:.0f} us of polling, {cores} for the lanes' threads;"
+        f" parked after {costs.spin_ms * 1e3:.0f} us of polling,"
+        f" {costs.caller_wake_ms * 1e3:.2f} us for a call that outlasts that polling,"
+        f" {cores} for the lanes' threads;"
         " load average"
         f" {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.",
         "",

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from torch_chrion.runtime import calibrate
 from torch_chrion.runtime.calibrate import costs_from_timings
 
 
@@ -34,6 +35,7 @@ def test_the_cores_the_lanes_get_come_back_from_side_by_side_chains():
     timings = {"one": fixed, "chain": fixed + (n - 1) * span}
     timings["alternating"] = timings["alternating, parking"] = timings["chain"]
     work = 0.4  # one busy chain: two of them side by side on c cores take 2 * work / c
+    timings |= {"one, gap": fixed, "busy, gap": fixed}
     for cores in (1.0, 1.25):
         busy = {"busy": fixed + work, "busy, side by side": fixed + 2 * work / cores}
         costs = costs_from_timings(timings | busy, span, n, spin_ms=0.05)
@@ -44,3 +46,19 @@ def test_the_cores_the_lanes_get_come_back_from_side_by_side_chains():
     # slower than one after the other (a load burst): at least one core
     worse = {"busy": fixed + work, "busy, side by side": fixed + 3 * work}
     assert costs_from_timings(timings | worse, span, n, 0.05).cores == 1.0
+
+
+def test_the_wake_up_after_a_long_call_comes_back_from_the_uncovered_time():
+    n, span, busy_steps = 48, 0.002, calibrate._BUSY_STEPS
+    step, call, long_wake = 0.0003, 0.011, 0.05
+    one = call + span + step
+    timings = {"one": one, "chain": one + (n - 1) * (span + step)}
+    timings["alternating"] = timings["alternating, parking"] = timings["chain"]
+    work = busy_steps * 0.03
+    timings |= {"busy": one + work, "busy, side by side": one + work}
+    # what the traced steps leave uncovered: the call and each step's fixed cost, and the
+    # long call's wake-up of its parked caller and lanes
+    timings["one, gap"] = call + step
+    timings["busy, gap"] = call + busy_steps * step + long_wake
+    costs = costs_from_timings(timings, span, n, spin_ms=0.05)
+    assert costs.caller_wake_ms == pytest.approx(long_wake)

@@ -173,3 +173,14 @@ def test_a_wide_task_short_of_cores_runs_at_their_share():
     )
     s = Schedule([g.wide_option], [0.0], [0.0], [[0], [0]], 0.0)
     assert simulate(g, s, ExecutorCosts(spin_ms=100.0, cores=1.0)).makespan == pytest.approx(6.0)
+
+
+def test_a_call_that_outlasts_the_spin_pays_the_long_wake_up_where_it_is_measured():
+    g = TaskGraph([[2.0]], {}, devices=["cpu:0"])
+    s = Schedule([0], [0.0], [0.0], [[0]], 0.0)
+    costs = ExecutorCosts(call_ms=0.25, wake_ms=3.0, spin_ms=1.0)
+    assert simulate(g, s, costs).makespan == pytest.approx(2.25 + 3.0)
+    long = dataclasses.replace(costs, caller_wake_ms=0.5)
+    assert simulate(g, s, long).makespan == pytest.approx(2.25 + 0.5)
+    # within the spin the caller never parks
+    assert simulate(g, s, dataclasses.replace(long, spin_ms=5.0)).makespan == pytest.approx(2.25)

@@ -15,6 +15,13 @@ park] in csrc/executor/lane.h), so those hand-offs find the other lane polling; 
 chain is timed once more with the lanes parking at once, where each of its ``N - 1`` hand-offs
 and the caller's own wait pay ``wake`` more: that is what a parked thread costs.
 
+A call longer than the spin (every call of a real model) finds its threads parked for longer:
+its caller parks while the steps run, and the lanes park in the time from one call's last step
+to the next call's first. What that costs is measured on a call that long, of ``B`` steps of
+``tanh`` on one lane, from the time its traced steps leave uncovered:
+``gap_B = call + B * step + wake_long`` against ``gap_1 = call + step`` for the one-step call;
+the simulator charges it to calls that outlast the spin (``caller_wake_ms``).
+
 The lanes' threads get the cores that other processes leave free, which on a shared machine
 may be fewer than the lanes: two chains of ``tanh`` steps of some tens of us each, side by side
 on two lanes, against one of them alone, give the cores they had between them (two chains of
@@ -64,10 +71,11 @@ def _chain(
 
 
 def _median_call_ms(
-    placed: PlacedGraph, x: torch.Tensor, spin_us: float, repeats: int = _REPEATS
-) -> float:
+    placed: PlacedGraph, x: torch.Tensor, spin_us: float, repeats: int, gap: bool
+) -> tuple[float, float]:
     """Median ms of a call of ``placed`` with lanes and caller polling ``spin_us`` before
-    they park."""
+    they park, and with ``gap`` of the part of a call that its traced steps leave uncovered
+    (else nan)."""
     from .placed_graph import executor_extension
 
     extension = executor_extension()
@@ -76,14 +84,25 @@ def _median_call_ms(
     try:
         for _ in range(_WARMUP):
             placed(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            placed(x)
-            times.append(time.perf_counter() - start)
+        times, gaps = [], [math.nan]
+        for traced in (False, True) if gap else (False,):
+            placed.enable_trace(traced)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                placed(x)
+                took = time.perf_counter() - start
+                if traced:
+                    # the raw events (ns): converting them would keep the lanes waiting
+                    # longer between calls than back-to-back calls do
+                    raw = placed._executor.last_trace()
+                    steps = sum(end - begin for *_, begin, end in raw) / 1e9
+                    gaps.append(took - steps)
+                else:
+                    times.append(took)
     finally:
+        placed.enable_trace(False)
         extension.set_spin_before_park_us(default)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, statistics.median(gaps) * 1e3
 
 
 def _median_span_ms(placed: PlacedGraph, x: torch.Tensor) -> float:
@@ -149,10 +168,14 @@ def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
         )
     try:
         span = _median_span_ms(placed["chain"][0], x)
-        rounds: dict[str, list[float]] = {k: [] for k in placed}
+        rounds: dict[str, list[float]] = {}
         for _ in range(5):
             for key, (module, spin, value, repeats) in placed.items():
-                rounds[key].append(_median_call_ms(module, value, spin, repeats))
+                gap = key in ("one", "busy")  # the two that give caller_wake_ms
+                took, uncovered = _median_call_ms(module, value, spin, repeats, gap)
+                rounds.setdefault(key, []).append(took)
+                if gap:
+                    rounds.setdefault(f"{key}, gap", []).append(uncovered)
         t = {k: statistics.median(v) for k, v in rounds.items()}
     finally:
         for module, *_ in placed.values():
@@ -165,12 +188,13 @@ def costs_from_timings(
 ) -> ExecutorCosts:
     """The executor's costs from the median call times ``t`` (ms) of the chains of the module
     docstring ("one", "chain", and where there are two lanes "alternating", "alternating,
-    parking", "busy" and "busy, side by side"), the first ones ``chain`` steps long, and
-    ``span``, the traced span of one step."""
+    parking", "busy" and "busy, side by side"), the first ones ``chain`` steps long, the busy
+    ones ``_BUSY_STEPS``, with the parts their traced steps leave uncovered ("one, gap" and
+    "busy, gap"), and ``span``, the traced span of one step."""
     per_step = (t["chain"] - t["one"]) / (chain - 1)
     step = max(per_step - span, 0.0)
     call = max(t["one"] - span - step, 0.0)
-    handoff = wake = 0.0
+    handoff = wake = caller_wake = 0.0
     cores = math.inf
     if "alternating" in t:
         handoff = max((t["alternating"] - t["one"]) / (chain - 1) - per_step, 0.0)
@@ -180,11 +204,13 @@ def costs_from_timings(
         both = t["busy, side by side"] - t["one"]
         if work > 0.0 and both > 0.0 and 2.0 * work / both < 2.0:
             cores = max(2.0 * work / both, 1.0)
+        caller_wake = max(t["busy, gap"] - t["one, gap"] - (_BUSY_STEPS - 1) * step, 0.0)
     return ExecutorCosts(
         step_ms=step,
         handoff_ms=handoff,
         call_ms=call,
         wake_ms=wake,
         spin_ms=spin_ms,
+        caller_wake_ms=caller_wake,
         cores=cores,
     )

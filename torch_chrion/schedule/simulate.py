@@ -60,6 +60,9 @@ class ExecutorCosts:
         wake_ms: extra to resume a parked thread: a lane idle for longer than ``spin_ms`` that
             another lane hands a consumer, and the caller of a call longer than ``spin_ms``.
         spin_ms: how long an idle lane or a waiting caller polls before it parks.
+        caller_wake_ms: extra for a call that outlasts ``spin_ms``: its caller parks while the
+            steps run, and its lanes park between its last step and the next call's first
+            (threads parked that long cost more to resume than ``wake_ms``; 0: ``wake_ms``).
         cores: cores the lanes' threads get (inf: one each, whatever runs).
     """
 
@@ -68,6 +71,7 @@ class ExecutorCosts:
     call_ms: float = 0.0
     wake_ms: float = 0.0
     spin_ms: float = 0.0
+    caller_wake_ms: float = 0.0
     cores: float = math.inf
 
 
@@ -321,7 +325,7 @@ def simulate(
     accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
     makespan = max(finish) if n else (costs.call_ms if costs else 0.0)
     if costs is not None and makespan > spin:
-        makespan += wake  # the caller parked before the last step ended
+        makespan += costs.caller_wake_ms or wake  # the caller parked before the last step ended
     return Simulation(
         makespan=makespan,
         start=start,
