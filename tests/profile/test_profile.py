@@ -41,9 +41,9 @@ def count_timed_calls(monkeypatch):
     calls = []
     real = profiler_module.measure_on_cpu_lane
 
-    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, lull=None):
+    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide):
         calls.append(([n.name for n in nodes], repeats))
-        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, lull)
+        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide)
 
     monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
     monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", counting)  # the cache's re-time
@@ -132,8 +132,9 @@ def test_a_node_costs_its_quietest_chunk_and_stale_nodes_by_hand():
 def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
     profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    # one measurement of 3 repeats for both lanes, and one with both lanes' threads (wide)
-    assert [repeats for _, repeats in count_timed_calls] == [3, 3]
+    # one measurement of 3 repeats for both lanes, its runs alternating with runs of the nodes
+    # worth it placed wide over both lanes
+    assert [repeats for _, repeats in count_timed_calls] == [3]
     for costs in profile.node_ms.values():
         assert costs["cpu:0"] == costs["cpu:1"]
     assert profile.transfer == {}
@@ -143,10 +144,53 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     # wide costs are kept for the nodes that cost enough on one lane, and only for them
     worth = {n for n, c in profile.node_ms.items() if c["cpu:0"] >= WIDE_MIN_MS}
     assert set(profile.wide_ms) == worth
-    # both measurements are cached: a second profile only re-times the one-lane one briefly
+    # both measurements are cached: a second profile only re-times them briefly, together
     again = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    assert [repeats for _, repeats in count_timed_calls[2:]] == [RETIME_REPEATS]
+    assert [repeats for _, repeats in count_timed_calls[1:]] == [RETIME_REPEATS]
     assert again == profile
+
+
+def test_only_nodes_worth_it_are_measured_wide_and_with_the_one_lane_runs(captured):
+    gm, inputs = captured
+    nodes = schedulable_nodes(gm)
+    lstm = [n.name for n in nodes if "lstm" in n.name]
+    one_lane = cpu_module.measure_on_cpu_lane(gm, inputs, nodes, 1, 1, 3, 3.0, "test")
+    assert set(one_lane.node_ms) == {n.name for n in nodes} and one_lane.wide_ms == {}
+    wide = cpu_module.measure_on_cpu_lane(
+        gm, inputs, nodes, 1, 1, 3, 3.0, "test", None, ["cpu:0", "cpu:1"], lstm
+    )
+    assert set(wide.node_ms) == {n.name for n in nodes} and set(wide.wide_ms) == set(lstm)
+    assert all(math.isfinite(ms) and ms > 0 for ms in wide.wide_ms.values())
+    # left to itself, it measures wide only what its warm-up finds worth it
+    chosen = cpu_module.measure_on_cpu_lane(
+        gm, inputs, nodes, 1, 1, 3, 3.0, "test", None, ["cpu:0", "cpu:1"]
+    )
+    assert all(chosen.node_ms[name] >= WIDE_MIN_MS for name in chosen.wide_ms)
+
+
+def test_a_cached_wide_cost_measured_under_load_is_measured_again(
+    captured, tmp_path, count_timed_calls
+):
+    gm, inputs = captured
+    lanes = ["cpu:0", "cpu:1"]
+    profile_graph(gm, inputs, lanes, settings=FAST, cache_dir=tmp_path)
+    (path,) = [
+        p
+        for p in tmp_path.glob("*.json")
+        if "wide over 2 lanes" in Profile.load(p).device_names["cpu"]
+    ]
+    # 100x what the layer costs on one lane: wide while a load burst held a core
+    cached = Profile.load(path)
+    one_lane = profile_graph(gm, inputs, lanes, settings=FAST, cache_dir=tmp_path)
+    cached.node_ms["lstm_l0_c0"]["cpu"] = 100 * one_lane.node_ms["lstm_l0_c0"]["cpu:0"]
+    cached.save(path)
+    count_timed_calls.clear()
+    again = profile_graph(gm, inputs, lanes, settings=FAST, cache_dir=tmp_path)
+    # re-timed (one lane and wide together), then measured again, and the cache overwritten
+    assert [repeats for _, repeats in count_timed_calls] == [RETIME_REPEATS, FAST.profile_repeats]
+    wide = Profile.load(path).node_ms["lstm_l0_c0"]["cpu"]
+    # inf: its warm-up now finds it too small to be worth measuring wide
+    assert wide == math.inf or wide < 10 * again.node_ms["lstm_l0_c0"]["cpu:0"]
 
 
 def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_calls):

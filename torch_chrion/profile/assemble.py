@@ -1,6 +1,7 @@
 """One Profile over the lanes, assembled from the profiles of the physical devices they run on
 (all CPU lanes share the "cpu" device's measurement, each CUDA lane its own "cuda:i"), and the
-wide costs from the CPU measured with the threads of every CPU lane on one lane (WIDE_GROUP).
+wide costs from the nodes measured placed wide over every CPU lane (WIDE_GROUP), in runs
+interleaved with the one-lane ones (cpu.measure_on_cpu_lane).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import math
 
 from .profile import Profile
 
-# the key of the wide CPU measurement among the per-device profiles (its profile is of "cpu")
+# the key of the wide CPU measurement among the per-device profiles (its profile is of "cpu";
+# inf for the nodes not measured wide)
 WIDE_GROUP = "cpu@wide"
 # a node costs at least this on one lane for its wide cost to be kept: below it, what threads
 # could save is within the noise of a shared machine's profile, and handing the step to the wide
@@ -64,8 +66,9 @@ def assemble(
             if narrow[name]["cpu"] >= WIDE_MIN_MS and math.isfinite(wide[name]["cpu"])
         }
         profile.notes.append(
-            f"wide ({'+'.join(cpu_lanes)}): {threads * len(cpu_lanes)} intra-op threads on one "
-            f"lane, kept for the {len(profile.wide_ms)} node(s) of {WIDE_MIN_MS} ms or more"
+            f"wide ({'+'.join(cpu_lanes)}): {threads * len(cpu_lanes)} intra-op threads, measured "
+            f"placed wide between one-lane runs, kept for the {len(profile.wide_ms)} node(s) of "
+            f"{WIDE_MIN_MS} ms or more"
         )
     profile.validate("assembled profile")
     return profile

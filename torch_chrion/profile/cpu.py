@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import math
 import os
 import statistics
 import time
-from typing import Protocol
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import fx
 
 from ..errors import ChrionError
+from .assemble import WIDE_MIN_MS
 from .budget import MIN_REPEATS, warmup_seconds
 from .progress import progress
 
@@ -28,6 +32,9 @@ _CHUNKS_AGREE = 1.5
 STALE_RATIO = 2.0
 STALE_SHARE = 0.05
 STALE_MIN_MS = 0.05
+# between the runs of the one-lane and the wide graph: longer than the 50 us that lanes, callers
+# and kernel helpers spin after their work, so neither graph's nodes share the cores with them
+SETTLE_S = 2e-4
 # the quick re-time of a cached profile: this many graph runs, within this many seconds
 RETIME_REPEATS = 6
 RETIME_BUDGET_S = 2.0
@@ -45,6 +52,16 @@ class Lull(Protocol):
         ...
 
 
+@dataclasses.dataclass
+class CpuCosts:
+    """What measure_on_cpu_lane found: ms of every node on one lane, ms of the nodes measured
+    placed wide, and notes (load average, load changes, budget cuts)."""
+
+    node_ms: dict[str, float]
+    wide_ms: dict[str, float]
+    notes: list[str]
+
+
 def measure_on_cpu_lane(
     gm: fx.GraphModule,
     inputs: tuple,
@@ -55,11 +72,21 @@ def measure_on_cpu_lane(
     budget_s: float,
     desc: str,
     lull: Lull | None = None,
-) -> tuple[dict[str, float], list[str]]:
+    wide_lanes: Sequence[str] = (),
+    wide_nodes: Collection[str] | None = None,
+) -> CpuCosts:
     """Ms of each node run by the executor itself on a CPU lane with ``threads`` threads: the
     lowest median of three chunks of ``repeats`` whole-graph runs (lowest_chunk_median), after
     ``warmup`` runs (and at least a warm-up period). The notes record the load average and
     whether the load changed while measuring.
+
+    With two or more ``wide_lanes``, the nodes ``wide_nodes`` (default: those the warm-up finds
+    costing WIDE_MIN_MS or more, the only ones a wide cost is kept for) are also measured placed
+    wide over them (Note [Chrion wide placement] in schedule/task_graph.py), as the executor
+    will run them: a second graph, the rest of its nodes on the first of those lanes, whose runs
+    alternate with the one-lane runs. Interleaved, both costs are taken under the same load (a
+    wide cost measured seconds after the one-lane cost compared one burst of a shared
+    machine's load with another), and one warm-up period serves both.
 
     Why not time the ops from Python: a lane is a worker thread with its own intra-op pool, and
     the same operator costs measurably more there than on the main thread (an LSTM layer here:
@@ -74,29 +101,57 @@ def measure_on_cpu_lane(
     """
     from ..runtime import PlacedGraph
 
-    placed = PlacedGraph(gm, {n.name: "cpu" for n in nodes}, cpu_threads=threads)
-    durations: dict[str, list[float]] = {n.name: [] for n in nodes}
+    names = [n.name for n in nodes]
+    narrow = PlacedGraph(gm, dict.fromkeys(names, "cpu"), cpu_threads=threads)
+    narrow.enable_trace(True)
+    graphs = [narrow]
+    durations: dict[str, list[float]] = {name: [] for name in names}
+    wide_durations: dict[str, list[float]] = {}
     notes: list[str] = []
     try:
         with torch.no_grad(), progress(repeats, desc, " graph run") as bar:
             stop = time.monotonic() + budget_s
             deadline = time.monotonic() + warmup_seconds(budget_s)
+            warm: dict[str, float] = {}  # the fastest warm-up run of each node
             for run in itertools.count():
                 if run >= warmup and time.monotonic() >= deadline:
                     break
                 if lull is not None:
                     lull.wait()
-                placed(*inputs)
-            placed.enable_trace(True)
+                narrow(*inputs)
+                for node, ms in _step_ms(narrow, durations):
+                    warm[node] = min(ms, warm.get(node, math.inf))
+            if len(wide_lanes) > 1:
+                if wide_nodes is None:
+                    wide_nodes = [name for name in names if warm.get(name, 0.0) >= WIDE_MIN_MS]
+                wide_durations = {name: [] for name in names if name in set(wide_nodes)}
+            if wide_durations:
+                wide = PlacedGraph(
+                    gm,
+                    dict.fromkeys(names, wide_lanes[0]),
+                    cpu_threads=threads,
+                    wide={name: list(wide_lanes) for name in wide_durations},
+                )
+                wide.enable_trace(True)
+                graphs.append(wide)
+                for _ in range(max(warmup, 1)):  # the graph's kernels were warmed on one lane
+                    if lull is not None:
+                        lull.wait()
+                    wide(*inputs)
             kept = 0
             while kept < repeats:
                 token = lull.wait() if lull is not None else 0
-                placed(*inputs)
+                for graph in graphs:
+                    if len(graphs) > 1:
+                        time.sleep(SETTLE_S)
+                    graph(*inputs)
                 if lull is not None and lull.disturbed(token):
                     continue
-                for event in placed.last_trace():
-                    if event.node in durations:
-                        durations[event.node].append((event.end_us - event.start_us) / 1e3)
+                for node, ms in _step_ms(narrow, durations):
+                    durations[node].append(ms)
+                if len(graphs) > 1:
+                    for node, ms in _step_ms(graphs[1], wide_durations):
+                        wide_durations[node].append(ms)
                 kept += 1
                 bar.update()
                 if time.monotonic() > stop and MIN_REPEATS <= kept < repeats:
@@ -107,21 +162,34 @@ def measure_on_cpu_lane(
                     log.warning(notes[-1])
                     break
     finally:
-        placed.stop()
-    missing = [name for name, times in durations.items() if not times]
+        for graph in graphs:
+            graph.stop()
+    missing = [name for name, times in (durations | wide_durations).items() if not times]
     if missing:
         raise ChrionError(f"the executor's trace has no steps for nodes {missing[:5]}")
-    costs = {name: lowest_chunk_median(times) for name, times in durations.items()}
     load = os.getloadavg()[0]
     notes.append(f"cpu: load average {load:.1f} on {os.cpu_count()} CPUs while measured")
-    spread = _chunk_spread(durations)
+    spread = max(_chunk_spread(durations), _chunk_spread(wide_durations))
     if spread > _CHUNKS_AGREE:
         notes.append(
             f"cpu: the load changed while measuring (a node's chunk medians {spread:.2f}x apart);"
             " the lowest chunk's median kept"
         )
         log.warning(notes[-1])
-    return costs, notes
+    return CpuCosts(
+        {name: lowest_chunk_median(times) for name, times in durations.items()},
+        {name: lowest_chunk_median(times) for name, times in wide_durations.items()},
+        notes,
+    )
+
+
+def _step_ms(graph: Any, wanted: Collection[str]) -> list[tuple[str, float]]:
+    """(node, ms) of the steps of ``graph``'s last traced run, for the nodes in ``wanted``."""
+    return [
+        (event.node, (event.end_us - event.start_us) / 1e3)
+        for event in graph.last_trace()
+        if event.node in wanted
+    ]
 
 
 def lowest_chunk_median(times: list[float], chunks: int = CHUNKS) -> float:
@@ -170,12 +238,17 @@ def cached_profile_holds(
     nodes: list[fx.Node],
     threads: int,
     lull: Lull | None = None,
+    cached_wide: dict[str, float] | None = None,
+    wide_lanes: Sequence[str] = (),
 ) -> bool:
     """Whether the cached CPU costs ``cached`` (ms by node) still hold: a quick re-time of a few
     graph runs finds no stale node (stale_nodes). A profile is cached once and reused for every
-    later plan, so one measured during a load burst would mislead them all. ``lull``: as for
-    measure_on_cpu_lane (in the background, between requests)."""
-    now, _ = measure_on_cpu_lane(
+    later plan, so one measured during a load burst would mislead them all. ``cached_wide``:
+    the cached costs of the nodes measured placed wide over ``wide_lanes``, re-timed so too, in
+    the same runs (a wide cost measured under load would keep a node off its fastest
+    placement). ``lull``: as for measure_on_cpu_lane (in the background, between requests)."""
+    wide = {node: ms for node, ms in (cached_wide or {}).items() if math.isfinite(ms)}
+    now = measure_on_cpu_lane(
         gm,
         inputs,
         nodes,
@@ -185,13 +258,21 @@ def cached_profile_holds(
         RETIME_BUDGET_S,
         "re-timing cached cpu",
         lull,
+        wide_lanes if wide else (),
+        list(wide),
     )
-    stale = stale_nodes(cached, now)
-    if stale:
-        log.warning(
-            "the cached cpu profile costs %s far above a re-time now (%s): it was measured "
-            "under load; measuring again",
-            ", ".join(stale[:3]),
-            ", ".join(f"{cached[n]:.3f} ms vs {now[n]:.3f} ms" for n in stale[:3]),
-        )
-    return not stale
+    stale = stale_nodes(cached, now.node_ms)
+    stale_wide = stale_nodes(wide, now.wide_ms) if wide else []
+    for what, nodes_stale, before, after in (
+        ("", stale, cached, now.node_ms),
+        (" wide", stale_wide, wide, now.wide_ms),
+    ):
+        if nodes_stale:
+            log.warning(
+                "the cached cpu profile costs %s%s far above a re-time now (%s): it was "
+                "measured under load; measuring again",
+                ", ".join(nodes_stale[:3]),
+                what,
+                ", ".join(f"{before[n]:.3f} ms vs {after[n]:.3f} ms" for n in nodes_stale[:3]),
+            )
+    return not stale and not stale_wide

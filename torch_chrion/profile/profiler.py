@@ -2,8 +2,8 @@
 
 How: each physical device is measured once. All CPU lanes of one intra-op thread count share one
 CPU measurement, taken by the executor on a traced lane (cpu.py); with two or more CPU lanes the
-CPU is measured once more with the threads of all of them on one lane, the cost of a node placed
-wide (Note [Chrion wide placement] in schedule/task_graph.py); each CUDA lane gets its own, each
+nodes worth it are also measured placed wide over all of them (Note [Chrion wide placement] in
+schedule/task_graph.py), in runs interleaved with the one-lane runs; each CUDA lane gets its own, each
 node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
 host<->device copy costs (transfer.py), within the time budget (budget.py). Each device's
 measurement is cached on disk (cache.py); a cached CPU measurement is used after a quick re-time
@@ -15,6 +15,7 @@ again). A lane whose device is not on this machine comes from a profile recorded
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,16 +97,17 @@ def profile_graph(
     cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
     cuda_lanes = [lane for lane in lanes if parsed[lane][0] == "cuda"]
     threads = settings.cpu_threads or DEFAULT_CPU_THREADS
-    wide_threads = threads * len(cpu_lanes) if len(cpu_lanes) > 1 else 0
+    wide_lanes = cpu_lanes if len(cpu_lanes) > 1 else []
 
     # what each physical device ("cpu" or "cuda:i") needs: a cached, measured or recorded
-    # profile; and WIDE_GROUP, the CPU with the threads of every CPU lane (cached by that count)
+    # profile; and WIDE_GROUP, the nodes measured placed wide over every CPU lane (cached by
+    # the lanes' thread count and their number)
     groups: dict[str, tuple[str, str]] = {}  # group -> (device name, cache key)
     if cpu_lanes:
         name = lane_device_name("cpu", 0, threads)
         groups["cpu"] = (name, cache_key(ghash, signature, name, version))
-    if wide_threads:
-        name = lane_device_name("cpu", 0, wide_threads)
+    if wide_lanes:
+        name = f"{lane_device_name('cpu', 0, threads)}, wide over {len(wide_lanes)} lanes"
         groups[WIDE_GROUP] = (name, cache_key(ghash, signature, name, version))
     for lane in cuda_lanes:
         index = parsed[lane][1]
@@ -120,19 +122,32 @@ def profile_graph(
             recorded_lane = from_recorded(recorded_profile, lane, ghash, shapes, names)
             device_profiles[group] = rename_lane(recorded_lane, lane, group)
     found = {
-        group: cache.get(key, Expected(device_of(group), name, ghash, shapes, version, names))
+        group: cache.get(
+            key,
+            Expected(device_of(group), name, ghash, shapes, version, names, group != WIDE_GROUP),
+        )
         for group, (name, key) in groups.items()
     }
-    cached_cpu = found.get("cpu")
-    if cached_cpu is not None and not cached_profile_holds(
-        {name: costs["cpu"] for name, costs in cached_cpu.node_ms.items()},
-        gm,
-        inputs,
-        nodes,
-        threads,
-        lull,
+    # the one-lane and wide costs are measured together (measure_on_cpu_lane), so both are
+    # measured again when either is missing or stale
+    cpu_groups = [group for group in ("cpu", WIDE_GROUP) if group in groups]
+    cached_cpu, cached_wide = found.get("cpu"), found.get(WIDE_GROUP)
+    if cached_cpu is not None and (
+        (wide_lanes and cached_wide is None)
+        or not cached_profile_holds(
+            _cpu_ms(cached_cpu),
+            gm,
+            inputs,
+            nodes,
+            threads,
+            lull,
+            _cpu_ms(cached_wide) if cached_wide is not None else None,
+            wide_lanes,
+        )
     ):
-        found["cpu"] = None  # measured under load: measured again, and the cache overwritten
+        cached_cpu = None  # measured under load: measured again, and the cache overwritten
+    if cached_cpu is None:
+        found.update(dict.fromkeys(cpu_groups))
     to_measure = [group for group, profile in found.items() if profile is None]
     device_profiles.update({g: p for g, p in found.items() if p is not None})
     if to_measure:
@@ -144,31 +159,41 @@ def profile_graph(
             settings.profile_warmup,
             settings.profile_repeats,
         )
+        measured: dict[str, tuple[dict[str, float], list[str], dict[str, list[float]]]] = {}
+        if cached_cpu is None and cpu_groups:
+            cpu = measure_on_cpu_lane(
+                gm,
+                inputs,
+                nodes,
+                threads,
+                settings.profile_warmup,
+                settings.profile_repeats,
+                settings.profile_budget_s * len(cpu_groups) / len(to_measure),
+                "profiling on cpu",
+                lull,
+                wide_lanes,
+            )
+            measured["cpu"] = (cpu.node_ms, cpu.notes, {})
+            if wide_lanes:
+                # inf: not worth measuring wide (assemble keeps no wide cost for it)
+                wide_ms = {name: cpu.wide_ms.get(name, math.inf) for name in names}
+                measured[WIDE_GROUP] = (wide_ms, [], {})
         for group in to_measure:
             device = torch.device(device_of(group))
-            if device.type == "cpu":
-                costs, notes = measure_on_cpu_lane(
-                    gm,
-                    inputs,
-                    nodes,
-                    wide_threads if group == WIDE_GROUP else threads,
-                    settings.profile_warmup,
-                    settings.profile_repeats,
-                    settings.profile_budget_s / len(to_measure),
-                    f"profiling on {group}",
-                    lull,
-                )
-            else:
+            if device.type == "cuda":
                 costs, notes = measure_on_cuda(
                     gm, values, nodes, device, budget, f"profiling on {group}"
                 )
-            transfer = measure_transfers(device) if device.type == "cuda" else {}
-            if budget.fewest < settings.profile_repeats:
-                notes.append(
-                    f"{group}: the {settings.profile_budget_s:g} s profile budget cut repeats "
-                    f"from {settings.profile_repeats} to {budget.fewest} for the slowest nodes"
-                )
-                log.warning(notes[-1])
+                if budget.fewest < settings.profile_repeats:
+                    notes.append(
+                        f"{group}: the {settings.profile_budget_s:g} s profile budget cut "
+                        f"repeats from {settings.profile_repeats} to {budget.fewest} for the "
+                        "slowest nodes"
+                    )
+                    log.warning(notes[-1])
+                measured[group] = (costs, notes, measure_transfers(device))
+        for group in to_measure:
+            costs, notes, transfer = measured[group]
             profile = Profile(
                 devices=[device_of(group)],
                 device_names={device_of(group): groups[group][0]},
@@ -183,3 +208,8 @@ def profile_graph(
             device_profiles[group] = profile
 
     return assemble(lanes, parsed, threads, device_profiles, names, ghash, shapes, version)
+
+
+def _cpu_ms(profile: Profile) -> dict[str, float]:
+    """Ms by node of a cached CPU measurement (its one device is "cpu")."""
+    return {name: costs["cpu"] for name, costs in profile.node_ms.items()}
