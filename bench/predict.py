@@ -82,10 +82,13 @@ def replays(compiled, model_inputs: tuple, settings: ChrionSettings, costs) -> t
             if event.node in spans:
                 spans[event.node].append((event.end_us - event.start_us) / 1e3)
     compiled.enable_trace(False)
+    # a wide node's span is its wide cost; its threads were short of cores while it ran (it
+    # holds every lane), which the replay charges again: the span without that share
+    unshared = min(1.0, costs.cores / max(len(graph.wide_lanes), 1))
     for name, k in index.items():
         graph.cost[k, :] = statistics.median(spans[name])
-        if graph.wide_cost is not None:  # a wide node's span is its wide cost
-            graph.wide_cost[k] = statistics.median(spans[name])
+        if graph.wide_cost is not None:
+            graph.wide_cost[k] = statistics.median(spans[name]) * unshared
     return ideal, schedule.simulate(graph, placed, costs).makespan
 
 

@@ -184,3 +184,19 @@ def test_a_call_that_outlasts_the_spin_pays_the_long_wake_up_where_it_is_measure
     assert simulate(g, s, long).makespan == pytest.approx(2.25 + 0.5)
     # within the spin the caller never parks
     assert simulate(g, s, dataclasses.replace(long, spin_ms=5.0)).makespan == pytest.approx(2.25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_graphs(), st.floats(1.0, 3.0))
+def test_shared_cores_bound_the_replay_by_the_work_and_the_unshared_replay(g, cores):
+    s = heft(g)
+    step = ExecutorCosts(step_ms=0.01, spin_ms=1e9)
+    unshared = simulate(g, s, step)
+    shared = simulate(g, s, dataclasses.replace(step, cores=cores))
+    work = sum(shared.busy)  # one thread per task here (no wide option)
+    # no faster than the work on that many cores, nor than with a core per lane; on one core
+    # a lane that waits on another lane's data waits while the core works elsewhere
+    assert shared.makespan >= work / min(cores, g.m) - 1e-6
+    assert shared.makespan >= unshared.makespan - 1e-6
+    if cores >= g.m:
+        assert shared.finish == unshared.finish
