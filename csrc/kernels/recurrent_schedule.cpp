@@ -13,7 +13,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 // How long a slice must have been ready and unclaimed before a thread other than its owner
-// takes it: an owner that is merely a step behind claims its slice within a microsecond.
+// takes it: an owner that is merely a step behind claims its slice within a microsecond. An
+// owner that is away (not joined yet, or let its slice's previous stage go) gets no grace.
 constexpr auto kStealGrace = std::chrono::microseconds(3);
 // A thread that found nothing to do for this long yields its core between checks (on a loaded
 // machine the thread it waits for may need that core).
@@ -28,7 +29,9 @@ struct ChainState {
   int slices = 1;
   int directions = 1;
   std::unique_ptr<Counter[]> next;  // per slice: the first stage nobody has claimed
-  Counter done;                     // tasks (stage, slice) done
+  // per slice: 1 while its last claimed stage was claimed by a thread other than its owner
+  std::unique_ptr<Counter[]> taken_by_thief;
+  Counter done;  // tasks (stage, slice) done
 
   bool complete() const {
     return done.value.load(std::memory_order_acquire) == slices * chain->stages;
@@ -51,10 +54,13 @@ class Schedule {
       const int owners = threads > home ? (threads - home + directions - 1) / directions : 1;
       state.slices = static_cast<int>(std::clamp<int64_t>(chains[i].blocks, 1, owners));
       state.next = std::make_unique<Counter[]>(state.slices);
+      state.taken_by_thief = std::make_unique<Counter[]>(state.slices);
     }
+    joined_ = std::make_unique<Counter[]>(threads);
   }
 
   void work(int rank) {
+    joined_[rank].value.store(1, std::memory_order_relaxed);
     const int n = static_cast<int>(states_.size());
     int first = 0;  // chains before it are done
     Candidate candidate;
@@ -97,11 +103,15 @@ class Schedule {
     return 0;
   }
 
-  bool claim_and_run(ChainState& state, int slice, int64_t stage) {
+  bool claim_and_run(ChainState& state, int slice, int64_t stage, bool thief) {
     int64_t expected = stage;
     if (!state.next[slice].value.compare_exchange_strong(expected, stage + 1,
                                                          std::memory_order_acq_rel)) {
       return false;
+    }
+    std::atomic<int64_t>& taken = state.taken_by_thief[slice].value;
+    if ((taken.load(std::memory_order_relaxed) != 0) != thief) {
+      taken.store(thief ? 1 : 0, std::memory_order_relaxed);
     }
     const Chain& chain = *state.chain;
     chain.run(chain.context, stage, chain.blocks * slice / state.slices,
@@ -118,7 +128,7 @@ class Schedule {
       const int slice = rank / state.directions;
       if (slice >= state.slices) continue;
       const int64_t stage = ready_stage(state, slice);
-      if (stage >= 0 && claim_and_run(state, slice, stage)) return true;
+      if (stage >= 0 && claim_and_run(state, slice, stage, false)) return true;
     }
     return false;
   }
@@ -130,9 +140,9 @@ class Schedule {
       ChainState& state = states_[candidate.chain];
       if (ready_stage(state, candidate.slice) != candidate.stage) {
         candidate.chain = -1;  // its owner (or another thief) took it
-      } else if (Clock::now() - candidate.since >= kStealGrace) {
+      } else if (away(state, candidate.slice) || Clock::now() - candidate.since >= kStealGrace) {
         candidate.chain = -1;
-        return claim_and_run(state, candidate.slice, candidate.stage);
+        return claim_and_run(state, candidate.slice, candidate.stage, true);
       } else {
         return false;
       }
@@ -144,7 +154,10 @@ class Schedule {
         if (owner == rank) continue;
         const int64_t stage = ready_stage(state, slice);
         if (stage < 0) continue;
-        if (owner >= threads_) return claim_and_run(state, slice, stage);
+        if (owner >= threads_ || away(state, slice)) {
+          if (claim_and_run(state, slice, stage, true)) return true;
+          continue;  // another thief was first
+        }
         candidate = Candidate{i, slice, stage, Clock::now()};
         return false;
       }
@@ -152,7 +165,20 @@ class Schedule {
     return false;
   }
 
+  // Whether the owner of `slice` is away: it has not joined the job (a parked helper still
+  // waking up), or the slice's last stage was taken from it (descheduled, or still catching up
+  // after a late join). Its slices are then taken at once, not after kStealGrace each: waiting
+  // out the grace at every step cost an absent helper's caller ~3 us per step on top of doing
+  // the whole step itself. A returning owner spins on its own slice, so it wins it back at the
+  // next stage; advisory only (relaxed), whoever runs a slice computes the same.
+  bool away(const ChainState& state, int slice) const {
+    const int owner = state.owner(slice);
+    return joined_[owner].value.load(std::memory_order_relaxed) == 0 ||
+           state.taken_by_thief[slice].value.load(std::memory_order_relaxed) != 0;
+  }
+
   int threads_;
+  std::unique_ptr<Counter[]> joined_;  // per rank: 1 once it has entered `work`
   std::vector<Chain> chains_;
   std::vector<ChainState> states_;
 };

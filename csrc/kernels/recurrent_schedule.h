@@ -12,9 +12,10 @@
 // bidirectional layer on two threads is therefore split by direction (each thread runs one
 // direction alone, no per-step synchronisation at all); one direction on n threads is split by
 // rows (hidden units), n slices. A thread whose own slice is not ready takes (steals) a slice
-// that another thread owns but has left unclaimed for kStealGrace: a helper that is still
-// waking up, or descheduled on this shared machine, costs its slices' time on another core,
-// never a stall. Every slice of every stage is computed by exactly one thread with the same
+// that another thread owns but has left unclaimed for kStealGrace, or at once when its owner is
+// away (has not joined the call yet, or let that slice's previous stage go): a helper that is
+// still waking up, or descheduled on this shared machine, costs its slices' time on another
+// core, never a stall, and no grace at each step while it is gone. Every slice of every stage is computed by exactly one thread with the same
 // arithmetic whoever runs it, so results do not depend on the thread count or on the stealing.
 #pragma once
 

@@ -8,6 +8,7 @@ gives the one-thread result bit for bit, and that result equals aten's to float3
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -86,6 +87,24 @@ def test_every_thread_count_gives_the_one_thread_result(
         want = run_reference(kind, module, x, h0, c0)
     for got, ref in zip(results[1], want, strict=True):
         torch.testing.assert_close(got, ref, **TOL)
+
+
+def test_helpers_joining_late_give_the_one_thread_result() -> None:
+    """Calls spaced so that the helpers have parked (each call starts with its helpers away and
+    the caller taking their slices at once until they join), and three threads on this
+    two-core machine (one of them is often descheduled mid-call): the result is still the
+    one-thread result, bit for bit, whoever ran which slices."""
+    torch.manual_seed(16)
+    module = make_module("lstm", 16, 256, 2, False)
+    x, h0, c0 = _inputs("lstm", module, 1, 24)
+    with intra_op_threads(1), torch.no_grad():
+        want = run_chrion("lstm", module, x, h0, c0, batch_first=False)
+    with intra_op_threads(3), torch.no_grad():
+        for call in range(24):
+            time.sleep((0.0, 1e-4, 2e-3)[call % 3])  # the helpers spin 50 us, then park
+            got = run_chrion("lstm", module, x, h0, c0, batch_first=False)
+            for g, w in zip(got, want, strict=True):
+                assert torch.equal(g, w), f"call {call} differs from one thread"
 
 
 def test_batch_first_and_reverse_on_two_threads() -> None:
