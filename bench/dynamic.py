@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,23 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from models import SpeechBiLSTM  # noqa: E402
 
+from torch_chrion.bench_peers import own_code  # noqa: E402
 from torch_chrion.profile.devices import cpu_name  # noqa: E402
 
 WARMUP_LENGTHS = (20, 400)
-
-
-def own_code(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with a forward of its own code object. Dynamo keeps its caches (and its "skip
-    this code" mark) per code object: inductor's graph break at the LSTM at the start of the
-    shared forward would otherwise mark that code skipped for the chrion engine too."""
-    forward = type(model).forward
-    clone = types.FunctionType(
-        forward.__code__.replace(), forward.__globals__, "forward", forward.__defaults__
-    )
-    copy = type(f"{type(model).__name__}Copy", (type(model),), {"forward": clone})
-    own = copy.__new__(copy)
-    own.__dict__.update(model.__dict__)
-    return own
 
 
 def engines(model: torch.nn.Module, folder: Path) -> dict[str, Callable[[torch.Tensor], Any]]:

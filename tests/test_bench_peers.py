@@ -21,3 +21,39 @@ def test_the_settled_block_lasts_at_least_settle_ms() -> None:
     time_engines([engine], repeats=1, warmup=0, settle_ms=5.0, calls=1)
     # a call takes far less than 5 ms, so the block repeats it until 5 ms have passed
     assert len(calls) > 2
+
+
+def test_a_peer_backend_on_own_code_leaves_the_chrion_compiled_forward_in_chrion() -> None:
+    """A backend that stops at nn.GRU (Dynamo's default, here "eager") marks the forward it
+    compiles skipped for every backend: on the model's own forward it makes chrion's compiled
+    model run eagerly; on ``own_code(model)`` chrion keeps serving every call."""
+    import torch
+    import torch._dynamo
+    from torch import nn
+
+    import torch_chrion.dynamo as chrion_dynamo
+    from torch_chrion.bench_peers import own_code
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    def chrion_calls(peer: nn.Module) -> int:
+        torch._dynamo.reset()
+        x = torch.randn(5, 1, 4)
+        chrion = torch.compile(model, backend="chrion")
+        with torch.no_grad():
+            chrion(x)
+            module = chrion_dynamo.compiled_modules()[-1]
+            torch.testing.assert_close(torch.compile(peer, backend="eager")(x), model(x))
+            torch.testing.assert_close(chrion(x), model(x))
+        return module.stats["calls"]
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    assert chrion_calls(own_code(model)) == 2
+    assert chrion_calls(model) == 1  # the shared forward: the second call ran eagerly
