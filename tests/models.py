@@ -167,3 +167,18 @@ class SpeechBiLSTM(nn.Module):
 
     def example_inputs(self, seq: int = 50, batch: int = 1) -> tuple[Tensor, ...]:
         return (torch.randn(batch, seq, self.lstm.input_size),)
+
+    def export_onnx(self, path: str) -> str:
+        """Export to ONNX (TorchScript exporter, opset 17) with a dynamic "frames" axis, as
+        speech models ship for onnxruntime; returns ``path``."""
+        torch.onnx.export(
+            self,
+            self.example_inputs(seq=50),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {1: "frames"}, "y": {1: "frames"}},
+        )
+        return path

@@ -302,6 +302,11 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self.stats: collections.Counter[str] = collections.Counter()
         self._given_plan = plan
         self._generic = model if shape_generic else None
+        # the graph that serves several shapes: Dynamo's shape-generic one (every shape), or a
+        # length-generic capture (Note [Length-generic captures]) for the shapes that differ
+        # from the example only in ``_shared_dim`` (input index, dimension)
+        self._shared: torch.fx.GraphModule | None = self._generic
+        self._shared_dim: tuple[int, int] | None = None
         self._profiles: dict[tuple, Any] = {}  # bucket -> its measured Profile
         # another module of the same model (Dynamo's static graph, say): its profiles derive
         # this one's first plan, so a second Dynamo graph is not profiled on the request path
@@ -323,6 +328,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         self._primary_signature = signature
         with self._lock:
             graph = self._graph_for(example_inputs)
+            if self._generic is None:
+                graph = self._length_generic(graph, example_inputs)
             self._plan_now(self._primary, graph, example_inputs, derive=reference is not None)
             self._primary_graph = graph
             self._add_entry(signature, graph, self._primary)
@@ -356,19 +363,21 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             return to_numpy(self.forward(*inputs))
         self.input_signature.check(inputs)  # before any capture, profile or run (inputs.py)
         signature = _signature(inputs)
-        entry = self._entries.get(signature)
-        if entry is None:
-            with self._lock:
-                entry = self._entries.get(signature) or self._new_shape(signature, inputs)
-        else:
-            try:
-                self._entries.move_to_end(signature)
-            except KeyError:  # evicted by another thread meanwhile; entry is still usable
-                pass
-        executable = entry.executable
-        self._last = executable
-        self.stats["calls"] += 1
+        # a request from here on: a new shape queues background work, whose thread must find
+        # the request running and wait, not take the GIL for its first step meanwhile
         with _TRAFFIC:
+            entry = self._entries.get(signature)
+            if entry is None:
+                with self._lock:
+                    entry = self._entries.get(signature) or self._new_shape(signature, inputs)
+            else:
+                try:
+                    self._entries.move_to_end(signature)
+                except KeyError:  # evicted by another thread meanwhile; entry is still usable
+                    pass
+            executable = entry.executable
+            self._last = executable
+            self.stats["calls"] += 1
             return executable(*inputs)
 
     def warmup(self, shapes: Sequence[Sequence[Sequence[int]]], *, wait: bool = True) -> None:
@@ -384,7 +393,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             signature = _signature(inputs)
             bucket = _bucket(signature)
             with self._lock:
-                graph = self._graph_for(inputs) if self._generic is None else self._generic
+                graph = self._graph_for(inputs)
                 if bucket not in self._own_plans:
                     self._plan_now(bucket, graph, inputs)
                 self._add_entry(signature, graph, bucket)
@@ -424,8 +433,74 @@ class ChrionModule(SessionMixin, torch.nn.Module):
     def _graph_for(self, inputs: Sequence[Any]) -> torch.fx.GraphModule:
         if self._generic is not None:
             return self._generic
+        signature = _signature(inputs)
+        if self._shared is not None and _differs_only_at(
+            signature, self._primary_signature, self._shared_dim
+        ):
+            return self._shared
         self.stats["captures"] += 1
-        return self._capture(_signature(inputs), inputs)
+        return self._capture(signature, inputs)
+
+    def _length_generic(
+        self, graph: torch.fx.GraphModule, inputs: Sequence[Any]
+    ) -> torch.fx.GraphModule:
+        """The example's capture made to serve every size of one dimension the ONNX model
+        declares symbolic (Note [Length-generic captures] in graph/generalise.py), tried on
+        the dimensions in order of their example size, largest first (a sequence length
+        before a batch size): two more captures each, at compile time. ``graph`` itself
+        where no dimension qualifies."""
+        from .graph.generalise import generalise
+        from .inputs import DECLARED_INPUTS
+
+        meta = getattr(self.model, "meta", None)
+        declared = meta.get(DECLARED_INPUTS) if isinstance(meta, dict) else None
+        if declared is None:
+            return graph
+        candidates = [
+            (index, dim)
+            for index, spec in enumerate(declared.specs)
+            if isinstance(inputs[index], torch.Tensor) and spec.dims is not None
+            for dim, size in enumerate(spec.dims)
+            if not isinstance(size, int)
+        ]
+        candidates.sort(key=lambda c: -inputs[c[0]].shape[c[1]])
+        for index, dim in candidates:
+            size = inputs[index].shape[dim]
+            samples = []
+            for other in _other_sizes(size):
+                shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in inputs]
+                shapes[index] = shapes[index][:dim] + (other,) + shapes[index][dim + 1 :]
+                varied = self._inputs_like(inputs, shapes)
+                self.stats["captures"] += 1
+                try:
+                    samples.append(self._capture(_signature(varied), varied))
+                except Exception as exc:  # noqa: BLE001 - that size is not the model's: no reuse
+                    log.info("input %d's dimension %d at %d: %s", index, dim, other, exc)
+                    break
+            if len(samples) == 2 and generalise([graph, *samples]) is not None:
+                self._shared, self._shared_dim = graph, (index, dim)
+                log.info(
+                    "the captured graph serves every size of input %d's dimension %d", index, dim
+                )
+                return graph
+        return graph
+
+    def _inputs_like(self, inputs: Sequence[Any], shapes: Sequence[Any]) -> tuple:
+        """Inputs of ``shapes``: random floats, the example's integers where they fit (token
+        ids, lengths), zeros past them."""
+        made: list[Any] = []
+        generator = torch.Generator().manual_seed(0)
+        for x, shape in zip(inputs, shapes, strict=True):
+            if not isinstance(x, torch.Tensor):
+                made.append(x)
+            elif x.dtype.is_floating_point:
+                made.append(torch.randn(shape, generator=generator).to(x.dtype))
+            else:
+                value = torch.zeros(shape, dtype=x.dtype)
+                common = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
+                value[common] = x[common]
+                made.append(value)
+        return tuple(made)
 
     def _capture(self, signature: tuple, inputs: Sequence[Any]) -> torch.fx.GraphModule:
         """The aten graph for inputs of this signature (a packaged module reads it from disk)."""
@@ -459,7 +534,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         """``gm`` annotated for ``inputs``: a shape-generic graph is copied first (same nodes,
         same weights, its own meta) so that planning one bucket never touches what another
         thread lowers."""
-        if self._generic is None:
+        if gm is not self._shared:
             return gm
         from .graph.annotate import annotate
 
@@ -679,7 +754,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         from . import runtime
 
         key = _plan_identity(plan)
-        if self._generic is not None and key in self._by_plan:
+        shared = graph is self._shared
+        if shared and key in self._by_plan:
             return self._by_plan[key]
         executable = runtime.PlacedGraph(
             graph,
@@ -691,7 +767,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         )
         executable.enable_trace(self._trace)
         self.stats["executables_built"] += 1
-        if self._generic is not None:
+        if shared:
             self._by_plan[key] = executable
         return executable
 
@@ -702,7 +778,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         while len(self._entries) > _MAX_SHAPES:  # least recently used, never the example's
             victim = next(k for k in self._entries if k != self._primary_signature)
             del self._entries[victim]
-        if self._generic is not None:  # executables of plans no longer used by any shape
+        if self._shared is not None:  # executables of plans no longer used by any shape
             used = {id(e.executable) for e in self._entries.values()}
             for key in [k for k, ex in self._by_plan.items() if id(ex) not in used]:
                 del self._by_plan[key]
@@ -744,6 +820,30 @@ def _fits(plan: Any, graph: torch.fx.GraphModule) -> bool:
     except PlanError:
         return False
     return True
+
+
+def _differs_only_at(signature: tuple, example: tuple, dim: tuple[int, int] | None) -> bool:
+    """Whether ``signature`` is ``example`` but for the size of ``dim`` (input, dimension)."""
+    if dim is None or len(signature) != len(example):
+        return False
+    for index, ((shape, kind), (example_shape, example_kind)) in enumerate(
+        zip(signature, example, strict=True)
+    ):
+        if kind != example_kind or type(shape) is not type(example_shape):
+            return False
+        if index == dim[0] and isinstance(shape, tuple) and len(shape) == len(example_shape):
+            shape = shape[: dim[1]] + shape[dim[1] + 1 :]
+            example_shape = example_shape[: dim[1]] + example_shape[dim[1] + 1 :]
+        if shape != example_shape:
+            return False
+    return True
+
+
+def _other_sizes(size: int) -> tuple[int, int]:
+    """Two sizes other than ``size`` to capture a dimension at: one below and one above
+    where there is room (sizes 0 and 1 are special cases of broadcasting and emptiness)."""
+    below = size // 2 if size // 2 >= 2 else size + 1
+    return below, size + size // 2 + 2
 
 
 def _shapes_of(signature: tuple) -> list:

@@ -9,18 +9,23 @@ import torch_chrion
 import torch_chrion.module as chrion_module
 
 
-def _scale_and_add_model() -> onnx.ModelProto:
-    """y = x * 2 + 1 over x [seq, 4]: a model whose capture per shape is quick."""
+def _mean_over_length_model() -> onnx.ModelProto:
+    """y = x / seq + 1 over x [seq, 4], the length read from Shape(x): a model whose capture
+    per shape is quick, and whose graph holds its length as a constant (no length-generic
+    capture, Note [Length-generic captures]), so every length is captured."""
     graph = helper.make_graph(
         [
-            helper.make_node("Mul", ["x", "two"], ["doubled"]),
-            helper.make_node("Add", ["doubled", "one"], ["y"]),
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["seq"]),
+            helper.make_node("Cast", ["seq"], ["length"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["x", "length"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "one"], ["y"]),
         ],
-        "scale_and_add",
+        "mean_over_length",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", 4])],
         [
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+            helper.make_tensor("zero", TensorProto.INT64, [], [0]),
             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
         ],
     )
@@ -29,7 +34,7 @@ def _scale_and_add_model() -> onnx.ModelProto:
 
 def test_cycling_40_shapes_twice_recompiles_at_most_8_on_the_second_pass(cache_dir):
     chrion = torch_chrion.load_onnx(
-        _scale_and_add_model(),
+        _mean_over_length_model(),
         example_inputs=(torch.randn(1, 4),),
         devices=["cpu"],
         cache_dir=cache_dir,
@@ -38,24 +43,28 @@ def test_cycling_40_shapes_twice_recompiles_at_most_8_on_the_second_pass(cache_d
     with torch.no_grad():
         for length in lengths:
             x = torch.randn(length, 4)
-            torch.testing.assert_close(chrion(x), x * 2 + 1)
+            torch.testing.assert_close(chrion(x), x / length + 1)
         first_pass = chrion.stats["captures"]
         for length in lengths:
             x = torch.randn(length, 4)
-            torch.testing.assert_close(chrion(x), x * 2 + 1)
-    assert first_pass == 41  # the example's, then each of the 40
+            torch.testing.assert_close(chrion(x), x / length + 1)
+    # the example's, two more to see whether the length is generic (it is not), then each of
+    # the 40
+    assert first_pass == 43
     assert chrion.stats["captures"] - first_pass <= 8
     assert chrion.stats["profiles"] == 1  # the example's bucket; the others in the background
     assert chrion.wait_for_plans(timeout=120)
 
 
-def test_the_least_recently_used_shape_is_dropped_first(stacked_lstm_onnx, cache_dir, monkeypatch):
-    path, model = stacked_lstm_onnx
+def test_the_least_recently_used_shape_is_dropped_first(cache_dir, monkeypatch):
     monkeypatch.setattr(chrion_module, "_MAX_SHAPES", 3)
     chrion = torch_chrion.load_onnx(
-        path, example_inputs=model.example_inputs(seq=9), devices=["cpu"], cache_dir=cache_dir
+        _mean_over_length_model(),
+        example_inputs=(torch.randn(9, 4),),
+        devices=["cpu"],
+        cache_dir=cache_dir,
     )
-    inputs = {n: model.example_inputs(seq=n)[0] for n in (10, 11, 12, 13)}
+    inputs = {n: torch.randn(n, 4) for n in (10, 11, 12, 13)}
     with torch.no_grad():
         for n in (10, 11):
             chrion(inputs[n])  # cache: 9 (the example's, never dropped), 10, 11
@@ -66,7 +75,7 @@ def test_the_least_recently_used_shape_is_dropped_first(stacked_lstm_onnx, cache
         assert chrion.stats["captures"] == captures  # still cached
         chrion(inputs[11])
         assert chrion.stats["captures"] == captures + 1  # dropped, captured again
-        torch.testing.assert_close(chrion(inputs[11]), model(inputs[11]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(chrion(inputs[11]), inputs[11] / 11 + 1)
 
 
 def test_the_process_plan_cache_is_bounded(monkeypatch):
