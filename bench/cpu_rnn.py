@@ -7,8 +7,9 @@ interleaved round by round (a load burst on this shared machine slows every engi
 - ``chrion onnx``: ``torch_chrion.load_onnx(path)`` with its defaults (two 1-thread CPU lanes);
 - ``chrion compile``: ``torch.compile(model, backend="chrion")`` with its defaults;
 - ``chrion 1x2t``: ``load_onnx(path, devices=["cpu"], cpu_threads=2)``, one CPU lane with two
-  intra-op threads, over which the recurrent kernel splits each step's hidden units (not the
-  default: the plan does not yet choose this "wide" placement itself);
+  intra-op threads, over which the recurrent kernel splits each step's hidden units; the default
+  plan gets the same threads by placing a layer wide over its two lanes where its profile finds
+  that faster (the nodes it placed wide are listed under the table);
 - ``chrion ops``: the converted ONNX module run eagerly on the calling thread
   (``torch_chrion.onnx.to_fx``): chrion's recurrent kernels with torch's threads and no
   executor, to tell the kernels' time from the executor's;
@@ -212,6 +213,13 @@ def table_line(row: Row, ms: dict[str, float]) -> str:
     )
 
 
+def placed_wide(engines: list[Engine]) -> str:
+    """The nodes the default plan placed wide (on both CPU lanes at once), or "none"."""
+    module = next((e.run for e in engines if e.name == "chrion onnx"), None)
+    wide = sorted(getattr(getattr(module, "plan", None), "wide", None) or {})
+    return ", ".join(wide) or "none"
+
+
 def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -239,6 +247,7 @@ def main() -> None:
     )
     lines = [header, "|---" + "|---:" * 11 + "|"]
     notes: list[str] = []
+    wide: list[str] = []  # what the default plan placed wide, per row
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
@@ -247,8 +256,9 @@ def main() -> None:
             line = table_line(row, ms)
             lines.append(line)
             notes += [f"- {row.name}: {f}" for f in failed]
+            wide.append(f"- {row.name}: {placed_wide(engines)}")
             print(line, flush=True)
-    for note in notes:
+    for note in ["chrion onnx placed wide:", *wide, *notes]:
         print(note)
     if args.write:
         text = [
@@ -262,6 +272,10 @@ def main() -> None:
             "machine is shared: compare ratios within a row, not rows across runs).",
             "",
             *lines,
+            "",
+            "Nodes the default plan (chrion onnx) placed wide:",
+            "",
+            *wide,
             "",
             *(["Engines that failed:", "", *notes, ""] if notes else []),
         ]
