@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "recurrent_cpu.h"
 
@@ -190,6 +191,26 @@ inline void cell_block(const Steps& s, const float* panel, int64_t o, int64_t n,
   }
 }
 
+// The rest of a row grouping: one group of `rest` (< R + 1) rows starting at `first`.
+template <int R, class F>
+inline void rest_group(int64_t rest, int64_t first, F& f) {
+  if constexpr (R > 0) {
+    if (rest == R) return f(std::integral_constant<int, R>{}, first);
+    rest_group<R - 1>(rest, first, f);
+  }
+}
+
+// Calls f(std::integral_constant<int, R>{}, first) for the rows [0, count) cut into groups of
+// kMax rows and one group of the rest: each group is one pass over a weight panel, so the rest
+// costs one pass, not one per leftover row (32 projection rows in groups of 6 streamed the
+// panel 7 times, not 6; a batch of 3 three times, not once).
+template <int kMax, class F>
+inline void for_row_groups(int64_t count, F&& f) {
+  int64_t first = 0;
+  for (; first + kMax <= count; first += kMax) f(std::integral_constant<int, kMax>{}, first);
+  rest_group<kMax - 1>(count - first, first, f);
+}
+
 template <Cell C, int R>
 inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int64_t b0,
                       const float* panel, int64_t o, int64_t n) {
@@ -217,10 +238,9 @@ void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
     const float* panel = s.packed + j * H * G * kLanes;
     const int64_t o = j * kLanes;
     const int64_t n = std::min(kLanes, H - o);
-    int64_t b = 0;
-    for (; b + kRows <= s.batch; b += kRows)
-      row_group<C, kRows>(s, t, t_prev, step == 0, b, panel, o, n);
-    for (; b < s.batch; ++b) row_group<C, 1>(s, t, t_prev, step == 0, b, panel, o, n);
+    for_row_groups<kRows>(s.batch, [&](auto rows, int64_t b) {
+      row_group<C, decltype(rows)::value>(s, t, t_prev, step == 0, b, panel, o, n);
+    });
   }
 }
 
@@ -270,10 +290,9 @@ void project_gates(const Projection& p, int64_t j0, int64_t j1) {
       const float* panel = p.packed + j * p.features * G * kLanes;
       const int64_t o = j * kLanes;
       const int64_t n = std::min(kLanes, p.hidden - o);
-      int64_t row = row0;
-      for (; row + kProjectRows <= row1; row += kProjectRows)
-        project_rows<G, kProjectRows>(p, panel, row, o, n);
-      for (; row < row1; ++row) project_rows<G, 1>(p, panel, row, o, n);
+      for_row_groups<kProjectRows>(row1 - row0, [&](auto rows, int64_t row) {
+        project_rows<G, decltype(rows)::value>(p, panel, row0 + row, o, n);
+      });
     }
   }
 }

@@ -55,7 +55,9 @@ def _check(
 
 
 # sizes: hidden not a multiple of any vector width (7, 20, 33), one vector (16), several (64);
-# batch 1, under / at / over the kernel's row group (3, 4, 5 rows), 9 (2 groups + 1)
+# batch 1, under / at / over the kernel's row group (3, 4, 5 rows), 9 (2 groups + 1), 2, 6 and 7
+# (a last group of 2 or 3 rows); the projection's steps x batch rows leave 0-5 rows after its
+# groups of 6 (7 rows: 1, 22: 4, 35: 5, 42: 0)
 CASES = [
     # kind, features, hidden, layers, bidirectional, batch, steps, batch_first
     ("lstm", 10, 20, 1, False, 1, 7, False),
@@ -63,14 +65,17 @@ CASES = [
     ("lstm", 5, 33, 3, False, 5, 4, False),
     ("lstm", 16, 64, 2, True, 9, 6, False),
     ("lstm", 40, 7, 1, True, 4, 1, True),
+    ("lstm", 12, 40, 2, False, 6, 7, False),
     ("gru", 10, 20, 1, False, 1, 7, False),
     ("gru", 10, 20, 2, True, 3, 5, True),
     ("gru", 5, 33, 3, False, 5, 4, False),
     ("gru", 16, 64, 2, True, 9, 6, True),
     ("gru", 40, 16, 1, True, 4, 1, False),
+    ("gru", 9, 24, 1, True, 2, 11, True),
     ("rnn_tanh", 10, 20, 1, False, 1, 7, False),
     ("rnn_tanh", 6, 33, 2, True, 5, 5, True),
     ("rnn_tanh", 16, 64, 3, False, 9, 4, False),
+    ("rnn_tanh", 8, 48, 2, False, 7, 5, False),
     ("rnn_relu", 10, 20, 2, True, 1, 7, False),
     ("rnn_relu", 6, 33, 1, False, 9, 5, True),
 ]
