@@ -26,11 +26,12 @@ to a lane idle for longer than that, and a call that takes longer than that, als
 ``wake_ms``, the time a parked thread takes to run again. Lanes are taken to be polling when a
 call starts (calls back to back).
 
-The lanes' threads share the ``cores`` the process gets on the machine (other processes take the
-rest): while the running tasks hold more threads than that (a wide task holds one per lane), each
-runs at ``cores / threads`` of its speed (processor sharing, as the OS time-slices them), so on
-a machine whose other core is busy, two tasks placed side by side take as long as one after
-the other.
+The host lanes' threads share the ``cores`` the process gets on the machine (other processes
+take the rest): while the running host tasks hold more threads than that (a wide task holds one
+per lane), each runs at ``cores / threads`` of its speed (processor sharing, as the OS
+time-slices them), so on a machine whose other core is busy, two tasks placed side by side take
+as long as one after the other. An accelerator lane's task is the device's time and shares no
+core.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def simulate(
     wake = costs.wake_ms if costs else 0.0
     spin = costs.spin_ms if costs else 0.0
     cores = costs.cores if costs else math.inf
-    sharing = cores < m  # else every lane thread has a core: finish times are fixed at start
+    # else every host lane's thread has a core: finish times are fixed at start (an
+    # accelerator lane's task is the device's time, not its thread's, and shares no core)
+    sharing = cores < m - int(graph.is_accelerator.sum())
     remaining = [0.0] * n  # work left of a running task (sharing only)
     running: dict[int, int] = {}  # running task -> its threads (sharing only)
     live = [-1] * n  # the seq of a running task's current finish event (sharing only)
@@ -167,6 +170,7 @@ def simulate(
     group = graph.option_group
     device = list(schedule.device)
     lanes_of = [graph.option_lanes[o] for o in device]
+    shares = [sharing and not graph.option_is_accelerator[o] for o in device]
     # the thread that runs each task: its lane's, or for a wide task the wide lane's own thread
     runner = [lanes[0] if len(lanes) == 1 else m + device[i] for i, lanes in enumerate(lanes_of)]
     order = schedule.order
@@ -198,7 +202,7 @@ def simulate(
                     idle[e] = False
                     next_pos[e] += 1
                 start[i] = now
-                if sharing:  # its finish follows from the shares (reshare)
+                if shares[i]:  # its finish follows from the shares (reshare)
                     remaining[i] = cost[i][device[i]] + step
                     running[i] = len(lanes)
                     continue
@@ -254,7 +258,7 @@ def simulate(
             shared_by = set(running)
         while events and events[0][0] == now:
             _, kind, at_seq, i = heapq.heappop(events)
-            if sharing and kind == _FINISH:
+            if kind == _FINISH and shares[i]:
                 if live[i] != at_seq:
                     continue  # the share changed since this finish was foreseen
                 running.pop(i)
