@@ -29,6 +29,17 @@ class StackedLSTM(nn.Module):
         return (torch.randn(seq, batch, self.lstm.input_size),)
 
 
+class BatchFirstLSTM(nn.Module):
+    """Two LSTM layers of 256, read and written batch-first: a view on either side of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(64, 256, num_layers=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lstm(x.transpose(0, 1))[0].transpose(0, 1)
+
+
 class BiGRUWithState(nn.Module):
     """A bidirectional GRU that takes its initial state and returns output and final state."""
 

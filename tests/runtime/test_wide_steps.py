@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from models import SpeechConvBiGRU
+from models import BatchFirstLSTM, SpeechConvBiGRU
 from runtime_helpers import aten_graph, random_order, schedulable
 
 from torch_chrion.errors import PlanError
@@ -90,6 +90,31 @@ def test_wide_convolutions_and_recurrent_layers_equal_eager():
                 torch.testing.assert_close(module(*x), model(*x), rtol=1e-5, atol=1e-6)
     finally:
         module.stop()
+
+
+def test_a_graph_wide_end_to_end_equals_one_lane_bit_for_bit():
+    """A batch-1 LSTM and the views around it all wide (as plan.join_wide_views places them):
+    every step on the wide thread, the layers split over both lanes' threads; the chrion kernel
+    is bit-identical for every thread count, the views compute nothing."""
+    torch.manual_seed(0)
+    model = BatchFirstLSTM().eval()
+    gm = aten_graph(model, torch.randn(1, 32, 64))
+    names = [n.name for n in schedulable(gm)]
+    assert sum(str(n.target) == "chrion.lstm.default" for n in schedulable(gm)) == 2
+    wide = PlacedGraph(gm, dict.fromkeys(names, "cpu:0"), wide=dict.fromkeys(names, LANES))
+    one_lane = PlacedGraph(gm, dict.fromkeys(names, "cpu:0"), cpu_threads=1)
+    wide.enable_trace()
+    try:
+        for _ in range(3):
+            x = torch.randn(1, 32, 64)
+            got = wide(x)
+            assert {e.lane for e in wide.last_trace()} == {"cpu:0+cpu:1"}
+            assert torch.equal(got, one_lane(x))
+            with torch.no_grad():
+                torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)
+    finally:
+        wide.stop()
+        one_lane.stop()
 
 
 def threads_here(x):

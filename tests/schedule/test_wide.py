@@ -9,7 +9,7 @@ import operator
 import numpy as np
 import pytest
 import torch
-from models import StackedLSTM
+from models import BatchFirstLSTM
 from schedule_checks import all_schedules, assert_valid
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -235,14 +235,14 @@ CALIBRATED = ExecutorCosts(
 
 def test_the_default_plan_places_each_layer_of_a_batch_1_recurrent_model_wide():
     torch.manual_seed(0)
-    model = StackedLSTM(features=64, hidden=256).eval()
-    gm = capture(model, model.example_inputs(seq=32, batch=1))
+    gm = capture(BatchFirstLSTM().eval(), (torch.randn(1, 32, 64),))
     settings = ChrionSettings(devices=tuple(LANES))
     profile = RecurrentProfile(gm, layer_ms=0.44, wide_ms=0.30)
     assert len(profile.layers) == 2  # one chrion::lstm node per layer, one after the other
     plan = make_plan(gm, profile, settings, costs=CALIBRATED)
-    # the layers depend on each other: one lane alone would run them while the other idles
-    assert plan.wide == {layer: LANES for layer in profile.layers}
+    # the layers depend on each other: one lane alone would run them while the other idles;
+    # the views before and after them run on their thread too (no hand-off to a parked lane)
+    assert plan.wide == {name: LANES for name in ["transpose", *profile.layers, "transpose_1"]}
     graph, names = task_graph_from(gm, profile)
     replay = simulate(graph, plan.schedule(graph, names), CALIBRATED)
     assert replay.makespan == pytest.approx(plan.predicted_ms)

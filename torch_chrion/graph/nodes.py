@@ -40,3 +40,15 @@ def node_callable(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any]:
         method = str(node.target)
         return lambda self_, *args, **kwargs: getattr(self_, method)(*args, **kwargs)
     return node.target  # type: ignore[return-value]
+
+
+def computes_nothing(node: fx.Node) -> bool:
+    """An aten view (view, transpose, expand, squeeze, ...): every output aliases an input, so it
+    does no arithmetic, and gives the same result on whatever thread and thread count runs it."""
+    schema = getattr(node.target, "_schema", None)
+    return (
+        node.op == "call_function"
+        and schema is not None
+        and bool(schema.returns)
+        and all(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+    )
