@@ -193,6 +193,27 @@ def test_a_cached_wide_cost_measured_under_load_is_measured_again(
     assert wide == math.inf or wide < 10 * again.node_ms["lstm_l0_c0"]["cpu:0"]
 
 
+@pytest.mark.parametrize(
+    "cached_wide, now_wide, holds",
+    [
+        (0.9, 0.5, False),  # kept off wide by a burst: a re-time would place it wide
+        (0.9, 0.85, True),  # no faster wide now either
+        (0.5, 0.9, True),  # measured quieter than now: kept
+        (0.5, 0.45, True),
+    ],
+)
+def test_a_cached_wide_cost_that_kept_a_node_off_wide_is_stale_if_a_re_time_says_wide(
+    monkeypatch, cached_wide, now_wide, holds
+):
+    # one-lane costs 1.0 ms in the cache and now; what the quick re-time returns, by hand
+    now = cpu_module.CpuCosts({"lstm": 1.0, "view": 0.01}, {"lstm": now_wide}, [])
+    monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", lambda *args: now)
+    cached = {"lstm": 1.0, "view": 0.01}
+    wide = {"lstm": cached_wide, "view": math.inf}
+    lanes = ["cpu:0", "cpu:1"]
+    assert cpu_module.cached_profile_holds(cached, None, (), [], 1, None, wide, lanes) is holds
+
+
 def test_short_budget_cuts_repeats_and_says_so(captured, tmp_path, count_timed_calls):
     gm, inputs = captured
     settings = ChrionSettings(

@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from ..errors import ChrionError
+from ..schedule.from_graph import WIDE_MAX_RATIO
 from .assemble import WIDE_MIN_MS
 from .budget import MIN_REPEATS, warmup_seconds
 from .progress import progress
@@ -263,6 +264,16 @@ def cached_profile_holds(
     )
     stale = stale_nodes(cached, now.node_ms)
     stale_wide = stale_nodes(wide, now.wide_ms) if wide else []
+    # too slow wide to be placed wide in the cache, fast enough now: its wide runs lost a core
+    # to a load burst (the one-lane runs beside them need only one), which stale_nodes misses
+    # when the burst cost it less than twice its time
+    stale_wide += [
+        name
+        for name, ms in wide.items()
+        if name not in stale_wide
+        and ms > WIDE_MAX_RATIO * cached[name]
+        and now.wide_ms[name] <= WIDE_MAX_RATIO * now.node_ms[name]
+    ]
     for what, nodes_stale, before, after in (
         ("", stale, cached, now.node_ms),
         (" wide", stale_wide, wide, now.wide_ms),
