@@ -13,7 +13,7 @@ that length is timed again ``--steady-repeats`` times (untimed for the stream), 
 the first call over the median of those is the length's first-call ratio (median and worst
 over the lengths reported), and their difference its stall.
 
-    python bench/dynamic.py [--requests 200] [--seed 0] [--settle-ms 10] [--write]
+    python bench/dynamic.py [--requests 200] [--seed 0] [--settle-ms 60] [--write]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from models import SpeechBiLSTM  # noqa: E402
 
-from torch_chrion.bench_peers import own_code  # noqa: E402
+from torch_chrion.bench_peers import SETTLE_MS, own_code  # noqa: E402
 from torch_chrion.profile.devices import cpu_name  # noqa: E402
 
 WARMUP_LENGTHS = (20, 400)
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument(
         "--settle-ms",
         type=float,
-        default=10.0,
+        default=SETTLE_MS,
         help="untimed calls of an engine before each of its timed ones (ms)",
     )
     parser.add_argument("--steady-repeats", type=int, default=3)

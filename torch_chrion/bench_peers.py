@@ -61,17 +61,28 @@ def _call_ms(engine: Engine) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+# Note [Settled blocks]
+# Engines leave threads spinning after a call returns: libgomp's OpenMP pool spins for
+# milliseconds after eager PyTorch or MKL work, and onnxruntime's 2-thread pool burned ~35 ms
+# of CPU after its last run on this 2-core machine. The next engine's first calls would share
+# the cores with those spinners and be charged for another engine's threads, so each engine is
+# timed only after its own untimed calls have run for longer than that.
+SETTLE_MS = 60.0
+
+
 def time_engines(
-    engines: list[Engine], repeats: int, warmup: int = 2, settle_ms: float = 15.0, calls: int = 3
+    engines: list[Engine],
+    repeats: int,
+    warmup: int = 2,
+    settle_ms: float = SETTLE_MS,
+    calls: int = 3,
 ) -> dict[str, float]:
     """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds.
 
     Each round gives every engine in turn a block: untimed calls for at least ``settle_ms``
     (and at least one), then ``calls`` timed calls. The untimed part is there because engines
-    leave threads spinning after they return (libgomp's OpenMP pool spins for milliseconds
-    after eager PyTorch or MKL, onnxruntime's and OpenVINO's pools spin too): on a machine with
-    few cores the next engine's first calls share their cores with those spinners, and would
-    be charged for another engine's threads. ``warmup`` rounds are untimed.
+    leave threads spinning after they return (Note [Settled blocks]). ``warmup`` rounds are
+    untimed.
     """
     times: dict[str, list[float]] = {e.name: [] for e in engines}
     with torch.no_grad():
