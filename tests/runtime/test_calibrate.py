@@ -62,3 +62,16 @@ def test_the_wake_up_after_a_long_call_comes_back_from_the_uncovered_time():
     timings["busy, gap"] = call + busy_steps * step + long_wake
     costs = costs_from_timings(timings, span, n, spin_ms=0.05)
     assert costs.caller_wake_ms == pytest.approx(long_wake)
+
+
+def test_cores_come_from_the_quietest_round_of_the_busy_chains():
+    # round 3 of the side-by-side chains shared the cores with a burst of other work
+    rounds = {
+        "one": [0.010, 0.011, 0.010],
+        "busy": [0.51, 0.50, 0.52],
+        "busy, side by side": [0.52, 0.51, 0.98],
+        "chain": [0.020, 0.090, 0.021],
+    }
+    t = calibrate.timings_from_rounds(rounds)
+    assert t["busy"] == 0.50 and t["busy, side by side"] == 0.51
+    assert t["one"] == 0.010 and t["chain"] == 0.021  # the others keep their medians
