@@ -51,6 +51,9 @@ _REPEATS = 151
 _BUSY_STEPS = 16
 _BUSY_ELEMENTS = 1 << 14  # tanh of this many floats: tens of us, compute-bound, one grain
 _BUSY_REPEATS = 41
+# fewer cores than this for two lanes is a shortage; above it, the pair's quietest round still
+# varied between quiet runs (1.86-2.0 cores here), which is noise, not a shortage
+_SHORT_OF_CORES = 1.75
 
 
 def _chain(
@@ -184,13 +187,14 @@ def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
 
 
 def timings_from_rounds(rounds: dict[str, list[float]]) -> dict[str, float]:
-    """Each measurement's median call time over the rounds, except the two busy chains': their
+    """Each measurement's median call time over the rounds, except the busy chains': their
     quickest round's, as a node's profile keeps the lowest of its chunks' medians. The cores
-    the lanes get are the quietest round's, not those of a round that a burst of other work
-    happened to share (plans are costed from the quiet profiles, and a core shortage charged
-    on top of them made every prediction 16-35% too slow)."""
+    the lanes get, and what a long call's parked threads cost, are the quietest round's, not
+    those of a round that a burst of other work happened to share (plans are costed from the
+    quiet profiles: a burst's core shortage or wake-ups charged on top of them made every
+    prediction 14-35% too slow)."""
     t = {key: statistics.median(values) for key, values in rounds.items()}
-    for key in ("busy", "busy, side by side"):
+    for key in ("busy", "busy, side by side", "busy, gap"):
         if key in rounds:
             t[key] = min(rounds[key])
     return t
@@ -215,7 +219,7 @@ def costs_from_timings(
     if "busy" in t:
         work = t["busy"] - t["one"]  # one busy chain, less the call around it
         both = t["busy, side by side"] - t["one"]
-        if work > 0.0 and both > 0.0 and 2.0 * work / both < 2.0:
+        if work > 0.0 and both > 0.0 and 2.0 * work / both < _SHORT_OF_CORES:
             cores = max(2.0 * work / both, 1.0)
         caller_wake = max(t["busy, gap"] - t["one, gap"] - (_BUSY_STEPS - 1) * step, 0.0)
     return ExecutorCosts(
