@@ -156,6 +156,10 @@ def _borrowed(plan: Any, source: tuple, target: tuple) -> Any:
     )
 
 
+class BackgroundStopped(Exception):
+    """Background planning stopped because the process is exiting (Note [Planner at exit])."""
+
+
 class _Traffic:
     """The requests of every ChrionModule of the process, so that background planning runs its
     steps in the lulls between them (Note [Shape buckets]), and a background profile does not
@@ -169,6 +173,13 @@ class _Traffic:
         self._running = 0
         self._started = 0  # requests started so far: the tokens of ``disturbed``
         self._last_end = 0.0
+        self._closed = False
+
+    def close(self) -> None:
+        """The process is exiting: background work stops at its next ``wait``."""
+        with self._lull:
+            self._closed = True
+            self._lull.notify_all()
 
     def __enter__(self) -> None:
         with self._lull:
@@ -183,9 +194,12 @@ class _Traffic:
                 self._lull.notify_all()
 
     def wait(self) -> int:
-        """Block until no request has run for QUIET_S; a token for ``disturbed``."""
+        """Block until no request has run for QUIET_S; a token for ``disturbed``. Raises
+        BackgroundStopped once the process is exiting."""
         with self._lull:
             while True:
+                if self._closed:
+                    raise BackgroundStopped("the process is exiting")
                 if self._running:
                     self._lull.wait()
                     continue
@@ -215,11 +229,26 @@ class _Planner:
         self._idle = threading.Condition()
         self._pending = 0
         self._closing = False
-        # at exit, lanes and executors stop under a job still running: it is dropped quietly
         atexit.register(self._close)
+
+    # Note [Planner at exit]
+    # The planner is a daemon thread, and Python stops daemon threads at finalization by
+    # ending them (pthread_exit) where they next take the GIL. A planner inside the executor
+    # or an ATen call (the GIL released) would then unwind through C++ frames that cannot be
+    # unwound, and the process aborted ("terminate called without an active exception", in
+    # about one exit of three right after calls at new lengths). So at exit, before
+    # finalization, the running job is stopped at its next lull check (BackgroundStopped) and
+    # waited for; queued jobs are dropped.
+    EXIT_WAIT_S = 30.0
 
     def _close(self) -> None:
         self._closing = True
+        _TRAFFIC.close()
+        if self._pid == os.getpid() and not self.wait(self.EXIT_WAIT_S):
+            log.warning(
+                "chrion: background planning did not stop within %.0f s of exit",
+                self.EXIT_WAIT_S,
+            )
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -245,7 +274,7 @@ class _Planner:
                     _TRAFFIC.wait()
                     job()
             except Exception:  # a failed background plan leaves the borrowed one in place
-                if self._closing:
+                if self._closing:  # BackgroundStopped, or lanes stopped under the job
                     log.debug("chrion: background planning stopped at exit", exc_info=True)
                 else:
                     log.exception("chrion: background planning failed")

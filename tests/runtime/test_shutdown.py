@@ -90,3 +90,32 @@ def test_a_stop_timeout_leaves_no_thread_behind_and_frees_nothing_in_use():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "threads 0"
+
+
+PLANNER_AT_EXIT = textwrap.dedent(
+    """
+    import time, torch
+    from torch_chrion import module
+
+    a = torch.randn(384, 384)
+    def job():  # background planning: lull checks between ATen calls that release the GIL
+        while True:
+            module._TRAFFIC.wait()
+            torch.mm(a, a)
+    module._PLANNER.submit(job)
+    time.sleep(0.3)
+    print("ok", flush=True)
+    """
+)
+
+
+def test_exit_while_background_planning_runs_does_not_abort():
+    # Note [Planner at exit]: a daemon planner inside an ATen call at finalization aborted the
+    # process ("terminate called without an active exception")
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, "-c", PLANNER_AT_EXIT], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == "ok"
+        assert "terminate called" not in result.stderr
