@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from models import SpeechBiLSTM  # noqa: E402
 
 from torch_chrion.bench_peers import SETTLE_MS, own_code  # noqa: E402
+from torch_chrion.bench_peers import settle as settle_calls  # noqa: E402 (``settle``: an input)
 from torch_chrion.profile.devices import cpu_name  # noqa: E402
 
 WARMUP_LENGTHS = (20, 400)
@@ -83,10 +84,7 @@ def _settled_ms(
     ~7 ms after eager work, onnxruntime's after its runs) are parked by then, and this engine's
     own are awake, as in bench_peers.time_engines. Every timed call of the bench, first or
     steady, is taken this way."""
-    start = time.perf_counter()
-    run(settle)
-    while (time.perf_counter() - start) * 1e3 < settle_ms:
-        run(settle)
+    settle_calls(lambda: run(settle), settle_ms)
     return _ms(run, x)
 
 

@@ -33,7 +33,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch_chrion.bench_peers import Engine, time_engines
 from torch_chrion.graph.nodes import is_schedulable
 from torch_chrion.runtime import PlacedGraph
-from torch_chrion.runtime.placed_graph import executor_extension
+from torch_chrion.runtime.placed_graph import executor_extension, spin_before_park
 
 RESULTS = Path(__file__).resolve().parent / "results" / "executor_overhead.md"
 
@@ -85,15 +85,10 @@ def onnxruntime_runner(nodes: int) -> Callable[[torch.Tensor], Any]:
 
 def without_spin(module: PlacedGraph) -> Callable[[torch.Tensor], Any]:
     """``module`` called with the lanes parking at once when idle (no spin before park)."""
-    extension = executor_extension()
 
     def run(x: torch.Tensor) -> Any:
-        spin = extension.spin_before_park_us()
-        extension.set_spin_before_park_us(0.0)
-        try:
+        with spin_before_park(0.0):
             return module(x)
-        finally:
-            extension.set_spin_before_park_us(spin)
 
     return run
 

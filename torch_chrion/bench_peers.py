@@ -13,6 +13,7 @@ engine happened to be running.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import types
@@ -70,6 +71,15 @@ def _call_ms(engine: Engine) -> float:
 SETTLE_MS = 60.0
 
 
+def settle(call: Callable[[], Any], settle_ms: float = SETTLE_MS) -> None:
+    """Untimed calls of ``call`` for at least ``settle_ms`` (and at least one), so that the
+    threads another engine left spinning have parked (Note [Settled blocks])."""
+    start = time.perf_counter()
+    call()
+    while (time.perf_counter() - start) * 1e3 < settle_ms:
+        call()
+
+
 def time_engines(
     engines: list[Engine],
     repeats: int,
@@ -88,10 +98,7 @@ def time_engines(
     with torch.no_grad():
         for round_index in range(warmup + repeats):
             for engine in engines:
-                start = time.perf_counter()
-                _call_ms(engine)
-                while (time.perf_counter() - start) * 1e3 < settle_ms:
-                    _call_ms(engine)
+                settle(functools.partial(_call_ms, engine), settle_ms)
                 block = [_call_ms(engine) for _ in range(calls)]
                 if round_index >= warmup:
                     times[engine.name].extend(block)

@@ -15,8 +15,9 @@
 // that another thread owns but has left unclaimed for kStealGrace, or at once when its owner is
 // away (has not joined the call yet, or let that slice's previous stage go): a helper that is
 // still waking up, or descheduled on this shared machine, costs its slices' time on another
-// core, never a stall, and no grace at each step while it is gone. Every slice of every stage is computed by exactly one thread with the same
-// arithmetic whoever runs it, so results do not depend on the thread count or on the stealing.
+// core, never a stall, and no grace at each step while it is gone. Every slice of every stage
+// is computed by exactly one thread with the same arithmetic whoever runs it, so results do not
+// depend on the thread count or on the stealing.
 #pragma once
 
 #include <atomic>

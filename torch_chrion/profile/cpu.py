@@ -125,7 +125,8 @@ def measure_on_cpu_lane(
             if len(wide_lanes) > 1:
                 if wide_nodes is None:
                     wide_nodes = [name for name in names if warm.get(name, 0.0) >= WIDE_MIN_MS]
-                wide_durations = {name: [] for name in names if name in set(wide_nodes)}
+                chosen = set(wide_nodes)
+                wide_durations = {name: [] for name in names if name in chosen}
             if wide_durations:
                 wide = PlacedGraph(
                     gm,

@@ -3,13 +3,14 @@
 How: each physical device is measured once. All CPU lanes of one intra-op thread count share one
 CPU measurement, taken by the executor on a traced lane (cpu.py); with two or more CPU lanes the
 nodes worth it are also measured placed wide over all of them (Note [Chrion wide placement] in
-schedule/task_graph.py), in runs interleaved with the one-lane runs; each CUDA lane gets its own, each
-node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
+schedule/task_graph.py), in runs interleaved with the one-lane runs; each CUDA lane gets its own,
+each node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
 host<->device copy costs (transfer.py), within the time budget (budget.py). Each device's
 measurement is cached on disk (cache.py); a cached CPU measurement is used after a quick re-time
 finds none of its nodes far above what they cost now (cpu.py: one measured under load is measured
 again). A lane whose device is not on this machine comes from a profile recorded where it is
-(recorded.py); with none, profiling refuses rather than invent a number. The per-device profiles are then assembled into one over the lanes (assemble.py).
+(recorded.py); with none, profiling refuses rather than invent a number. The per-device profiles
+are then assembled into one over the lanes (assemble.py).
 """
 
 from __future__ import annotations

@@ -79,32 +79,29 @@ def _median_call_ms(
     """Median ms of a call of ``placed`` with lanes and caller polling ``spin_us`` before
     they park, and with ``gap`` of the part of a call that its traced steps leave uncovered
     (else nan)."""
-    from .placed_graph import executor_extension
+    from .placed_graph import spin_before_park
 
-    extension = executor_extension()
-    default = extension.spin_before_park_us()
-    extension.set_spin_before_park_us(spin_us)
-    try:
-        for _ in range(_WARMUP):
-            placed(x)
-        times, gaps = [], [math.nan]
-        for traced in (False, True) if gap else (False,):
-            placed.enable_trace(traced)
-            for _ in range(repeats):
-                start = time.perf_counter()
+    with spin_before_park(spin_us):
+        try:
+            for _ in range(_WARMUP):
                 placed(x)
-                took = time.perf_counter() - start
-                if traced:
-                    # the raw events (ns): converting them would keep the lanes waiting
-                    # longer between calls than back-to-back calls do
-                    raw = placed._executor.last_trace()
-                    steps = sum(end - begin for *_, begin, end in raw) / 1e9
-                    gaps.append(took - steps)
-                else:
-                    times.append(took)
-    finally:
-        placed.enable_trace(False)
-        extension.set_spin_before_park_us(default)
+            times, gaps = [], [math.nan]
+            for traced in (False, True) if gap else (False,):
+                placed.enable_trace(traced)
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    placed(x)
+                    took = time.perf_counter() - start
+                    if traced:
+                        # the raw events (ns): converting them would keep the lanes waiting
+                        # longer between calls than back-to-back calls do
+                        raw = placed._executor.last_trace()
+                        steps = sum(end - begin for *_, begin, end in raw) / 1e9
+                        gaps.append(took - steps)
+                    else:
+                        times.append(took)
+        finally:
+            placed.enable_trace(False)
     return statistics.median(times) * 1e3, statistics.median(gaps) * 1e3
 
 
@@ -203,11 +200,11 @@ def timings_from_rounds(rounds: dict[str, list[float]]) -> dict[str, float]:
 def costs_from_timings(
     t: dict[str, float], span: float, chain: int, spin_ms: float
 ) -> ExecutorCosts:
-    """The executor's costs from the median call times ``t`` (ms) of the chains of the module
-    docstring ("one", "chain", and where there are two lanes "alternating", "alternating,
-    parking", "busy" and "busy, side by side"), the first ones ``chain`` steps long, the busy
-    ones ``_BUSY_STEPS``, with the parts their traced steps leave uncovered ("one, gap" and
-    "busy, gap"), and ``span``, the traced span of one step."""
+    """The executor's costs from the call times ``t`` (ms, timings_from_rounds) of the chains
+    of the module docstring ("one", "chain", and where there are two lanes "alternating",
+    "alternating, parking", "busy" and "busy, side by side"), the first ones ``chain`` steps
+    long, the busy ones ``_BUSY_STEPS``, with the parts their traced steps leave uncovered
+    ("one, gap" and "busy, gap"), and ``span``, the traced span of one step."""
     per_step = (t["chain"] - t["one"]) / (chain - 1)
     step = max(per_step - span, 0.0)
     call = max(t["one"] - span - step, 0.0)

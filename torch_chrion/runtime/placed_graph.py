@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,20 @@ def executor_extension() -> Any:
         after_in_child=extension.after_fork_in_child,
     )
     return extension
+
+
+@contextlib.contextmanager
+def spin_before_park(us: float) -> Iterator[None]:
+    """Lanes and callers poll ``us`` microseconds before they park (0: at once) inside the
+    block, process-wide (Note [Chrion spin before park] in csrc/executor/lane.h); the setting
+    before it is restored after."""
+    extension = executor_extension()
+    before = extension.spin_before_park_us()
+    extension.set_spin_before_park_us(us)
+    try:
+        yield
+    finally:
+        extension.set_spin_before_park_us(before)
 
 
 class PlacedGraph(nn.Module):
