@@ -747,13 +747,20 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         plan = self._profile_and_plan(graph, inputs, bucket)
         self.stats["background_profiles"] += 1
         built: dict[tuple, Any] = {}
+        shared: Any | None = None  # the shape-generic graph's one executable of ``plan``
         warm: set[int] = set()
         with self._lock:
             stale = [s for s, e in self._entries.items() if e.bucket == bucket]
         for shape in stale:  # built and run once off the request path, swapped in below
             entry = self._entries.get(shape)
             if entry is not None and _fits(plan, entry.graph):
-                built[shape] = executable = self._executable(entry.graph, plan)
+                if entry.graph is not self._shared:
+                    executable = self._executable(entry.graph, plan)
+                elif shared is None:
+                    executable = shared = self._executable(entry.graph, plan, register=False)
+                else:
+                    executable = shared
+                built[shape] = executable
                 if id(executable) in warm:  # a shape-generic graph's shapes share one
                     continue
                 warm.add(id(executable))
@@ -765,13 +772,18 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                         executable(*self._inputs_of_shapes(0, _shapes_of(shape)))
         with self._lock:
             self._install_plan(bucket, plan)
-            for shape, executable in built.items():
-                if shape in self._entries:
-                    self._entries[shape] = dataclasses.replace(
-                        self._entries[shape], executable=executable
-                    )
-            for shape in [s for s in stale if s not in built]:
-                self._entries.pop(shape, None)  # rebuilt with the new plan on next use
+            # registered only now: a request adding a shape meanwhile drops the executables
+            # no entry uses yet, and shapes it added meanwhile to this bucket move over too
+            if shared is not None:
+                self._by_plan[_plan_identity(plan)] = shared
+            for shape, entry in list(self._entries.items()):
+                if entry.bucket != bucket:
+                    continue
+                executable = built.get(shape, shared if entry.graph is self._shared else None)
+                if executable is None:
+                    del self._entries[shape]  # rebuilt with the new plan on next use
+                else:
+                    self._entries[shape] = dataclasses.replace(entry, executable=executable)
         self.stats["plan_swaps"] += 1
         log.info(
             "input shape bucket %s now runs on its own plan (predicted %.3f ms)",
@@ -779,11 +791,11 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             plan.predicted_ms,
         )
 
-    def _executable(self, graph: torch.fx.GraphModule, plan: Any) -> Any:
+    def _executable(self, graph: torch.fx.GraphModule, plan: Any, *, register: bool = True) -> Any:
         from . import runtime
 
         key = _plan_identity(plan)
-        shared = graph is self._shared
+        shared = graph is self._shared and register
         if shared and key in self._by_plan:
             return self._by_plan[key]
         executable = runtime.PlacedGraph(

@@ -74,14 +74,22 @@ def test_default_compile_serves_every_length_and_batch_in_chrion(model):
     assert generic.stats["derived_plans"] <= 1
 
 
-def test_new_lengths_reuse_one_executable_per_plan(caplog):
+def _speech_model_compiled(frames: int, classes: int = 32):
+    """SpeechBiLSTM, compiled shape-generic (``dynamic=True``) and called once with ``frames``
+    frames (not 40: Dynamo would duck-size it as the features): model, compiled, its module."""
     torch.manual_seed(0)
-    model = SpeechBiLSTM().eval()
+    model = SpeechBiLSTM(classes=classes).eval()
     reset_dynamo()
     compiled = torch.compile(model, backend="chrion", dynamic=True)
+    with torch.no_grad():
+        compiled(torch.randn(1, frames, 40))
+    return model, compiled, chrion_dynamo.compiled_modules()[-1]
+
+
+def test_new_lengths_reuse_one_executable_per_plan(caplog):
+    with caplog.at_level(logging.INFO, logger="torch_chrion"):
+        model, compiled, module = _speech_model_compiled(24)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="torch_chrion"):
-        compiled(torch.randn(1, 24, 40))  # not 40 frames: Dynamo would duck-size it as features
-        (module,) = chrion_dynamo.compiled_modules()[-1:]
         module.wait_for_plans(timeout=120)
         built = module.stats["executables_built"]
         for length in range(33, 64, 3):  # one bucket (64), its plan borrowed then swapped
@@ -100,14 +108,48 @@ def test_new_lengths_reuse_one_executable_per_plan(caplog):
     assert "now runs on its own plan" in messages
 
 
-def test_warmup_prepares_buckets_ahead_of_traffic():
-    torch.manual_seed(0)
-    model = SpeechBiLSTM().eval()
-    reset_dynamo()
-    compiled = torch.compile(model, backend="chrion", dynamic=True)
+def test_a_shape_arriving_while_its_bucket_is_planned_moves_to_the_new_plan():
+    from torch_chrion.module import _single_lane_plan
+
+    # 24 classes: a structure no other test plans (the process shares plans by structure)
+    model, compiled, module = _speech_model_compiled(24, classes=24)
     with torch.no_grad():
-        compiled(torch.randn(1, 20, 40))
-        module = chrion_dynamo.compiled_modules()[-1]
+        module.wait_for_plans(timeout=120)
+        build, plan_for = module._executable, module._profile_and_plan
+        arrived: list[torch.Tensor] = []
+        once = [True]
+        arriving = torch.randn(1, 50, 40)  # bucket 64 too, new while the planner builds
+
+        def own_plan(graph, inputs, bucket):  # unlike the borrowed two-lane plan
+            plan_for(graph, inputs, bucket)
+            return _single_lane_plan(graph, "cpu:0", module.settings)
+
+        def build_then_serve(*args, **kwargs):  # the planner's build, then at once a request
+            executable = build(*args, **kwargs)
+            if threading.current_thread().name == "chrion-planner" and once:
+                once.clear()  # the request's own build comes back here
+                arrived.append(module(50, arriving)[0])
+            return executable
+
+        module._profile_and_plan, module._executable = own_plan, build_then_serve
+        compiled(torch.randn(1, 40, 40))  # bucket 64: runs on a borrowed plan, its own queued
+        assert module.wait_for_plans(timeout=120)
+        built = module.stats["executables_built"]
+        for length in (44, 50, 61):  # new shapes and the arrived one: on the bucket's own plan
+            x = torch.randn(1, length, 40)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(arrived[0], model(arriving), rtol=0, atol=1e-5)
+    assert module.stats["plan_swaps"] == 1
+    assert module.stats["executables_built"] == built  # the own plan's one executable serves all
+    bucket = module._entries[((int, 61), ((1, 61, 40), torch.float32))].bucket
+    in_bucket = [e.executable for e in module._entries.values() if e.bucket == bucket]
+    assert len(in_bucket) == 4 and all(ex is module._last for ex in in_bucket)  # 40 44 50 61
+    assert module._last.lanes == ["cpu:0"]
+
+
+def test_warmup_prepares_buckets_ahead_of_traffic():
+    model, compiled, module = _speech_model_compiled(20)
+    with torch.no_grad():
         before = module.stats["profiles"]  # 0 if an earlier test planned this bucket
         module.warmup([[100, (1, 100, 40)]])  # the SymInt length, then the tensor
         assert module.stats["profiles"] == before + 1  # bucket 128, planned by warmup
