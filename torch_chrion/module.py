@@ -355,6 +355,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         signature = _signature(example_inputs)
         self._primary = _bucket(signature)
         self._primary_signature = signature
+        # what warmup's integer inputs take (lengths, token ids): made-up ones may not be valid
+        self._example_integers = {
+            position: x.detach().clone()
+            for position, x in enumerate(example_inputs)
+            if isinstance(x, torch.Tensor) and not x.dtype.is_floating_point
+        }
         with self._lock:
             graph = self._graph_for(example_inputs)
             if self._generic is None:
@@ -409,10 +415,13 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             self.stats["calls"] += 1
             return executable(*inputs)
 
-    def warmup(self, shapes: Sequence[Sequence[Sequence[int]]], *, wait: bool = True) -> None:
+    def warmup(self, shapes: Sequence[Sequence[Any]], *, wait: bool = True) -> None:
         """Prepare shape buckets ahead of traffic: profile, plan and build each bucket of
-        ``shapes`` (one list of input shapes per call, in input order; non-tensor inputs take
-        their value from the example) on the calling thread.
+        ``shapes`` on the calling thread. Each item lists one call's inputs in input order,
+        each as a shape or as a tensor to run with as it is (the valid values of an integer
+        input, such as sequence lengths); a float input given by its shape gets random values,
+        an integer one the example's values where they fit (zeros past them), a non-tensor
+        input its value (a SymInt size) or the example's.
 
         Raises:
             ModelError: a shape list that does not match the model's inputs.
@@ -443,9 +452,17 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             )
         inputs: list[Any] = []
         generator = torch.Generator().manual_seed(index)
-        for (shape, kind), given in zip(example, shape_list, strict=True):
+        for position, ((shape, kind), given) in enumerate(zip(example, shape_list, strict=True)):
             if not isinstance(shape, tuple):
                 inputs.append(int(given) if shape is int else kind)
+                continue
+            if isinstance(given, torch.Tensor):
+                if given.dtype != kind or given.dim() != len(shape):
+                    raise ModelError(
+                        f"warmup shapes[{index}][{position}]: a {given.dtype} tensor of rank "
+                        f"{given.dim()}; the model's input is {kind} of rank {len(shape)}"
+                    )
+                inputs.append(given)
                 continue
             given = tuple(int(d) for d in given)
             if len(given) != len(shape):
@@ -456,7 +473,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             if kind.is_floating_point:
                 inputs.append(torch.randn(given, generator=generator).to(kind))
             else:
-                inputs.append(torch.zeros(given, dtype=kind))
+                inputs.append(_integers_like(self._example_integers[position], given))
         return tuple(inputs)
 
     def _graph_for(self, inputs: Sequence[Any]) -> torch.fx.GraphModule:
@@ -525,10 +542,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             elif x.dtype.is_floating_point:
                 made.append(torch.randn(shape, generator=generator).to(x.dtype))
             else:
-                value = torch.zeros(shape, dtype=x.dtype)
-                common = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
-                value[common] = x[common]
-                made.append(value)
+                made.append(_integers_like(x, shape))
         return tuple(made)
 
     def _capture(self, signature: tuple, inputs: Sequence[Any]) -> torch.fx.GraphModule:
@@ -749,8 +763,9 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         built: dict[tuple, Any] = {}
         shared: Any | None = None  # the shape-generic graph's one executable of ``plan``
         warm: set[int] = set()
-        with self._lock:
+        with self._lock:  # the request's own shape first: it warms with the request's values
             stale = [s for s, e in self._entries.items() if e.bucket == bucket]
+            stale.sort(key=lambda s: s != signature)
         for shape in stale:  # built and run once off the request path, swapped in below
             entry = self._entries.get(shape)
             if entry is not None and _fits(plan, entry.graph):
@@ -885,6 +900,14 @@ def _other_sizes(size: int) -> tuple[int, int]:
     where there is room (sizes 0 and 1 are special cases of broadcasting and emptiness)."""
     below = size // 2 if size // 2 >= 2 else size + 1
     return below, size + size // 2 + 2
+
+
+def _integers_like(example: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An integer input of ``shape``: ``example``'s values where they fit, zeros past them."""
+    value = torch.zeros(tuple(shape), dtype=example.dtype)
+    common = tuple(slice(0, min(a, b)) for a, b in zip(example.shape, shape, strict=True))
+    value[common] = example[common]
+    return value
 
 
 def _shapes_of(signature: tuple) -> list:

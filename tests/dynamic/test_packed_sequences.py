@@ -121,3 +121,23 @@ def test_packed_sequences_in_training_mode_are_a_clear_error():
     compiled = torch.compile(model, backend="chrion")
     with pytest.raises(Exception, match=r"training mode.*model\.eval\(\)"):
         compiled(torch.randn(3, 7, 6), torch.tensor([7, 3, 5]))
+
+
+@pytest.mark.parametrize("given_lengths", [True, False], ids=["lengths-given", "shapes-only"])
+def test_warmup_of_a_packed_model_runs_with_valid_lengths(given_lengths):
+    model = Packed(nn.LSTM, bidirectional=True).eval()
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion")
+    with torch.no_grad():
+        for steps, lengths in CALLS[:2]:  # the second length makes the graph shape-generic
+            compiled(torch.randn(3, steps, 6), torch.tensor(lengths))
+        module = chrion_dynamo.compiled_modules()[-1]
+        # inputs in the graph's order: the lengths, the padded length (a SymInt), the batch;
+        # zeros as lengths (what warmup made up before) are refused by pack_padded_sequence
+        lengths = torch.tensor([30, 12, 5]) if given_lengths else (3,)
+        module.warmup([[lengths, 30, (3, 30, 6)]])
+        x, lengths = torch.randn(3, 30, 6), torch.tensor([30, 2, 17])
+        before = module.stats["borrowed_plans"]
+        for g, w in zip(compiled(x, lengths), model(x, lengths), strict=True):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    assert module.stats["borrowed_plans"] == before  # bucket 32 was planned by warmup
