@@ -7,7 +7,7 @@ what the loaded model holds on the GPU (allocated after load, profiling's tempor
 the extra peak of one call: torch.cuda.max_memory_allocated over a call, minus the baseline.
 Saves bench/results/gpu_memory.md.
 
-    python bench/gpu_memory.py [--repeats 30]
+    python bench/gpu_memory.py [--repeats 30] [--write]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def peak_bytes(build, inputs: tuple) -> tuple[object, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--write", action="store_true", help="save bench/results/gpu_memory.md")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu_memory.py needs a CUDA device")
@@ -72,7 +73,7 @@ def main() -> None:
     lines = [
         f"# GPU memory of memory-optimal plans ({torch.cuda.get_device_name()}, torch {torch.__version__})",
         "",
-        "Command: `python bench/gpu_memory.py`; GPU bytes = held after load + peak of one call; "
+        "Command: `python bench/gpu_memory.py --write`; GPU bytes = held after load + peak of one call; "
         f"latency = median of {args.repeats} calls.",
         "",
     ]
@@ -128,9 +129,10 @@ def main() -> None:
             )
         lines.append("")
         print("\n".join(lines[-len(rows) - 4 :]), flush=True)
-    out = ROOT / "bench" / "results" / "gpu_memory.md"
-    out.write_text("\n".join(lines))
-    print(f"-> {out}")
+    if args.write:
+        out = ROOT / "bench" / "results" / "gpu_memory.md"
+        out.write_text("\n".join(lines))
+        print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ backend as onnx.backend.test.BackendTest runs it (torch_chrion.onnx.suite.run_ca
 backend runs in its own process: importing torch_chrion.onnx adds converters to
 onnx2torch's registry, and plain onnx2torch must be measured without them.
 
-    .venv/bin/python bench/onnx_coverage.py            # table to stdout and
-                                                       # bench/results/onnx_coverage.md
+    .venv/bin/python bench/onnx_coverage.py [--write]  # table to stdout (and
+                                                       # bench/results/onnx_coverage.md)
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def _measure(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--write", action="store_true", help="save bench/results/onnx_coverage.md")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
@@ -151,8 +152,8 @@ def main() -> None:
         lines.append(f"- {backend}: {', '.join(failed) or 'none'}")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    if args.write:
+        RESULTS.write_text(text)
 
 
 def _load_suite():

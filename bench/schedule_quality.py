@@ -13,7 +13,7 @@ the largest working set (output + inputs) of a task placed there: a lower bound 
 simulator's peak-activation measure, so "solve / MILP value" overstates the true gap; the
 MILP's own schedule re-scored by the simulator is shown too.
 
-    python bench/schedule_quality.py [--graphs 200] [--seed 0]
+    python bench/schedule_quality.py [--graphs 200] [--seed 0] [--write]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def report(rows: list[dict], graphs: int, seed: int) -> str:
     lines = [
         "# Schedule quality: solve() and HEFT vs the exact MILP",
         "",
-        f"`python bench/schedule_quality.py --graphs {graphs} --seed {seed}`: {len(rows)} seeded",
+        f"`python bench/schedule_quality.py --graphs {graphs} --seed {seed} --write`: {len(rows)} seeded",
         "random DAGs of 5-12 tasks (HEFT-paper generator: CCR, shape α, out-degree, β), 2 or 3",
         "lanes (cpu + cuda:0, or cpu:0 + cpu:1 + cuda:0), accelerator 2x faster on average.",
         "Every schedule is scored by the same simulator.",
@@ -182,12 +182,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graphs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--write", action="store_true", help="save bench/results/schedule_quality.md"
+    )
     args = parser.parse_args()
     table = run(args.graphs, args.seed)
     print(table)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if args.write:
         RESULTS.write_text(table)
 
 

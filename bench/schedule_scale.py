@@ -7,7 +7,7 @@ memory objective with an SLO of 1.2 x the latency plan's makespan, and the simul
 replaying the HEFT schedule, all in the same run; best of ``--repeats`` for HEFT and the
 simulator.
 
-    python bench/schedule_scale.py [--sizes 1000 10000 50000] [--repeats 3]
+    python bench/schedule_scale.py [--sizes 1000 10000 50000] [--repeats 3] [--write]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(sizes: list[int], repeats: int) -> str:
         "# Schedule scale: time to schedule large DAGs on 2 devices (cpu, cuda:0)",
         "",
         f"`python bench/schedule_scale.py --sizes {' '.join(map(str, sizes))} --repeats"
-        f" {repeats}` on {platform.processor() or platform.machine()}, pure Python + numpy.",
+        f" {repeats} --write` on {platform.processor() or platform.machine()}, pure Python + numpy.",
         "",
         "| tasks | edges | build TaskGraph s | HEFT s | solve() s | solve / HEFT time |"
         " solve / HEFT makespan | solve(memory) s | memory / latency-plan bytes | simulate s |",
@@ -80,12 +80,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--write", action="store_true", help="save bench/results/schedule_scale.md")
     args = parser.parse_args()
     table = run(args.sizes, args.repeats)
     print(table)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if args.write:
         RESULTS.write_text(table)
 
 
