@@ -13,6 +13,9 @@ interleaved round by round (a load burst on this shared machine slows every engi
 - ``chrion ops``: the converted ONNX module run eagerly on the calling thread
   (``torch_chrion.onnx.to_fx``): chrion's recurrent kernels with torch's threads and no
   executor, to tell the kernels' time from the executor's;
+- ``chrion bf16``: ``load_onnx(path, recurrent_dtype="bfloat16")``, otherwise the defaults:
+  W_hh in bfloat16 and the hidden state rounded to it for the recurrent product, so NOT the
+  float32 result: outputs within ~1e-2 of it (README, ``recurrent_dtype``);
 - ``ort 1t`` / ``ort 2t``: onnxruntime's CPU provider at 1 and 2 intra-op threads
   (``ort best`` is the faster of the two for that row);
 - ``openvino``: ``openvino.compile_model(path, "CPU")``;
@@ -20,7 +23,8 @@ interleaved round by round (a load burst on this shared machine slows every engi
 - ``inductor``: ``torch.compile(model)`` of that same user module (not of chrion's graph), with
   a forward of its own (``bench_peers.own_code``).
 
-Medians (ms) after warm-up; ratios are chrion onnx's latency over a peer's (< 1: chrion faster).
+Medians (ms) after warm-up; ratios are chrion onnx's latency over a peer's (< 1: chrion faster),
+and chrion bf16's over onnxruntime's best and over chrion onnx.
 The issue's targets: chrion <= 0.8x onnxruntime's best at batch 1, <= 1.0x on every row, and
 <= 0.5x eager on every row.
 
@@ -152,6 +156,10 @@ def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
 
         return Engine("chrion ops", chrion_onnx.to_fx(chrion_onnx.load_model(str(path))), (x,))
 
+    def chrion_bf16() -> Engine:
+        module = torch_chrion.load_onnx(str(path), example_inputs=[x], recurrent_dtype="bfloat16")
+        return Engine("chrion bf16", module, (x,))
+
     def chrion_compile() -> Engine:
         return Engine("chrion compile", torch.compile(model, backend="chrion"), (x,))
 
@@ -165,6 +173,7 @@ def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
         ("chrion compile", chrion_compile),
         ("chrion 1x2t", chrion_wide),
         ("chrion ops", chrion_ops),
+        ("chrion bf16", chrion_bf16),
         *_onnx_engines(path, x),
         ("eager", lambda: Engine("eager", model, (x,))),
         ("inductor", inductor),
@@ -183,23 +192,24 @@ def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
 
 
 def table_line(row: Row, ms: dict[str, float]) -> str:
-    """The row's markdown line: each engine's median, then chrion onnx over ort best / eager."""
+    """The row's markdown line: each engine's median, chrion onnx over ort best / eager, then
+    chrion bf16 over ort best / chrion onnx."""
     ort = [ms[k] for k in ("ort 1t", "ort 2t") if k in ms]
     if ort:
         ms = {**ms, "ort best": min(ort)}
-    chrion = ms.get("chrion onnx")
 
     def cell(key: str) -> str:
         return f"{ms[key]:.2f}" if key in ms else "-"
 
-    def ratio(key: str) -> str:
-        return f"{chrion / ms[key]:.2f}x" if chrion and key in ms else "-"
+    def ratio(key: str, of: str = "chrion onnx") -> str:
+        return f"{ms[of] / ms[key]:.2f}x" if of in ms and key in ms else "-"
 
     engines = (
         "chrion onnx",
         "chrion compile",
         "chrion 1x2t",
         "chrion ops",
+        "chrion bf16",
         "ort 1t",
         "ort 2t",
         "openvino",
@@ -208,7 +218,15 @@ def table_line(row: Row, ms: dict[str, float]) -> str:
     )
     return (
         f"| {row.name} | "
-        + " | ".join([*(cell(k) for k in engines), ratio("ort best"), ratio("eager")])
+        + " | ".join(
+            [
+                *(cell(k) for k in engines),
+                ratio("ort best"),
+                ratio("eager"),
+                ratio("ort best", of="chrion bf16"),
+                ratio("chrion onnx", of="chrion bf16"),
+            ]
+        )
         + " |"
     )
 
@@ -242,10 +260,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = [ROWS[i] for i in args.rows] if args.rows else ROWS
     header = (
-        "| model (batch, seq) | chrion onnx | chrion compile | chrion 1x2t | chrion ops | ort 1t "
-        "| ort 2t | openvino | eager | inductor | vs ort best | vs eager |"
+        "| model (batch, seq) | chrion onnx | chrion compile | chrion 1x2t | chrion ops "
+        "| chrion bf16 | ort 1t | ort 2t | openvino | eager | inductor | vs ort best | vs eager "
+        "| bf16 vs ort best | bf16 vs chrion onnx |"
     )
-    lines = [header, "|---" + "|---:" * 11 + "|"]
+    lines = [header, "|---" + "|---:" * 14 + "|"]
     notes: list[str] = []
     wide: list[str] = []  # what the default plan placed wide, per row
     print(header, flush=True)
@@ -267,7 +286,8 @@ def main() -> None:
             f"CPU: {cpu_name()} ({torch.get_num_threads()} threads for torch), torch "
             f"{torch.__version__}. Command: `python bench/cpu_rnn.py {' '.join(sys.argv[1:])}`; "
             f"median of {args.repeats} interleaved rounds after warm-up, milliseconds. "
-            f"{FEATURES} input features; ratios are chrion onnx / peer (< 1: chrion faster). "
+            f"{FEATURES} input features; ratios are chrion onnx / peer (< 1: chrion faster), the "
+            "last two chrion bf16 / peer (bfloat16 W_hh: within ~1e-2 of float32's outputs). "
             f"Load average when written: {load_average()} on {os.cpu_count()} CPUs (the "
             "machine is shared: compare ratios within a row, not rows across runs).",
             "",

@@ -232,7 +232,11 @@ def package(
             with torch.no_grad():
                 outputs = _outputs_list(module(*inputs))
             gm = graph.capture(
-                source, inputs, granularity=settings.granularity, seq_chunks=settings.seq_chunks
+                source,
+                inputs,
+                granularity=settings.granularity,
+                seq_chunks=settings.seq_chunks,
+                recurrent_dtype=settings.recurrent_dtype,
             )
             bucket = _bucket(_signature(inputs))
             plan = module.plans[bucket]

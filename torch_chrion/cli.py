@@ -139,6 +139,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         inputs,
         granularity=settings.granularity,
         seq_chunks=settings.seq_chunks,
+        recurrent_dtype=settings.recurrent_dtype,
     )
     profile = profile_graph(
         gm,

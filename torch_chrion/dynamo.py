@@ -220,7 +220,7 @@ def capture_dynamo_graph(
     from torch.func import functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from .graph.passes import check_portable, fold_input_free, unpin_copies
+    from .graph.passes import bf16_recurrent_weights, check_portable, fold_input_free, unpin_copies
     from .graph.passes.functionalize import written_arguments
     from .graph.recurrent_calls import RecurrentToChrion
     from .ops import ensure_loaded
@@ -263,6 +263,8 @@ def capture_dynamo_graph(
     devices = {x.device for x in example_inputs if isinstance(x, torch.Tensor)}
     unpin_copies(aten_gm, devices.pop() if len(devices) == 1 else torch.device("cpu"))
     _factories_follow_inputs(aten_gm)
+    if settings.recurrent_dtype == "bfloat16":
+        bf16_recurrent_weights(aten_gm)
     fold_input_free(aten_gm)
     aten_gm.graph.eliminate_dead_code()
     aten_gm.recompile()

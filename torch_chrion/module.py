@@ -555,6 +555,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                 tuple(inputs),
                 granularity=self.settings.granularity,
                 seq_chunks=self.settings.seq_chunks,
+                recurrent_dtype=self.settings.recurrent_dtype,
             )
         except ChrionError:
             raise

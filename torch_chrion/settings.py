@@ -19,8 +19,13 @@ from .errors import OptionError
 
 OBJECTIVES = ("latency", "memory")
 GRANULARITIES = ("op", "layer")
+RECURRENT_DTYPES = ("float32", "bfloat16")
 # the options that take one of a few words
-OPTION_CHOICES = {"objective": OBJECTIVES, "granularity": GRANULARITIES}
+OPTION_CHOICES = {
+    "objective": OBJECTIVES,
+    "granularity": GRANULARITIES,
+    "recurrent_dtype": RECURRENT_DTYPES,
+}
 # A lane: "cpu", "cpu:N", "cuda" (= "cuda:0") or "cuda:N". The one spelling of it.
 LANE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
@@ -75,6 +80,11 @@ class ChrionSettings:
         profile_warmup: untimed runs of each node before timing it.
         profile_repeats: timed runs of each node; the median is its cost.
         profile_budget_s: upper bound on the time spent profiling one model.
+        recurrent_dtype: "float32", or "bfloat16" (opt-in): each recurrent layer's W_hh is held
+            in bfloat16 and the CPU kernel rounds the hidden state to bfloat16 for that product
+            only, accumulating in float32 (half the weight bytes a time step streams); W_ih,
+            biases, gates and cell state stay float32. Outputs then differ from float32 by up to
+            about 1e-2 (README). CUDA lanes run the same rounded weights in float32.
     """
 
     objective: str = "latency"
@@ -88,6 +98,7 @@ class ChrionSettings:
     profile_warmup: int = 3
     profile_repeats: int = 10
     profile_budget_s: float = 30.0
+    recurrent_dtype: str = "float32"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ChrionSettings:
         # before the generated __init__, so a misspelt keyword gets the same OptionError (with
@@ -158,7 +169,16 @@ class ChrionSettings:
 
 # Settings that change the graph or the placement; the others only change how it is measured/run.
 # cpu_threads: a lane's thread count changes every CPU cost, hence the placement.
-_PLAN_INVARIANT = ("objective", "slo_ms", "devices", "granularity", "seq_chunks", "cpu_threads")
+# recurrent_dtype: the graph's recurrent weights, and the CPU costs.
+_PLAN_INVARIANT = (
+    "objective",
+    "slo_ms",
+    "devices",
+    "granularity",
+    "seq_chunks",
+    "cpu_threads",
+    "recurrent_dtype",
+)
 
 
 def option_docs() -> dict[str, str]:

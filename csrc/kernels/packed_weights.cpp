@@ -27,6 +27,13 @@ at::Tensor pack(const at::Tensor& weight, int64_t gates, const CpuKernels& kerne
   const int64_t hidden = weight.size(0) / gates;
   const int64_t columns = weight.size(1);
   const at::Tensor w = weight.contiguous();
+  if (w.scalar_type() == at::kBFloat16) {  // W_hh (Note [bf16 recurrent weights])
+    at::Tensor pairs =
+        at::empty({kernels.packed_size(gates, hidden, columns + columns % 2)}, w.options());
+    kernels.pack_pairs(static_cast<const uint16_t*>(w.const_data_ptr()), gates, hidden, columns,
+                       static_cast<uint16_t*>(pairs.data_ptr()));
+    return pairs;
+  }
   at::Tensor packed = at::empty({kernels.packed_size(gates, hidden, columns)}, w.options());
   kernels.pack(w.data_ptr<float>(), gates, hidden, columns, packed.data_ptr<float>());
   return packed;

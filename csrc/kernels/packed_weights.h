@@ -21,7 +21,8 @@
 namespace chrion::recurrent {
 
 /// The packed form of a layer weight (W_ih [gates*H, features] or W_hh [gates*H, H], float32,
-/// CPU) for `kernels`.
+/// CPU; a bfloat16 W_hh is packed in pairs of columns, Note [bf16 recurrent weights]) for
+/// `kernels`.
 at::Tensor packed_gate_weights(const at::Tensor& weight, int64_t gates, const CpuKernels& kernels);
 
 /// Whether the cache holds a current packed form of `weight` (tests: chrion's kernel ran).

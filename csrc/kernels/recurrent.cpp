@@ -5,9 +5,10 @@
 // mkldnn_rnn_layer on CPU, or unrolled by decompositions). The executor calls them without the
 // GIL.
 //
-// Kernels: float32 on CPU runs chrion's own (Note [CPU recurrent kernel] in recurrent_cpu.h);
-// every other device and dtype runs PyTorch's recurrent kernel through the
-// CompositeExplicitAutograd registration (cuDNN on CUDA, oneDNN/native for CPU float64/bf16).
+// Kernels: float32 on CPU runs chrion's own (Note [CPU recurrent kernel] in recurrent_cpu.h),
+// also with bfloat16 W_hh (recurrent_dtype="bfloat16", Note [bf16 recurrent weights] in
+// recurrent_cpu_impl.h); every other device and dtype runs PyTorch's recurrent kernel through
+// the CompositeExplicitAutograd registration (cuDNN on CUDA, oneDNN/native for CPU float64/bf16).
 // Both check their arguments' sizes first (check_arguments), so a model fed the wrong number of
 // features gets an error naming it, not NaNs.
 //
@@ -119,14 +120,28 @@ at::Tensor as_output(const at::Tensor& out, bool reverse, bool batch_first) {
   return maybe_flip(out, reverse, batch_first).contiguous();
 }
 
+// recurrent_dtype="bfloat16" hands W_hh over as bfloat16; PyTorch's kernels (a CUDA lane) take
+// those weights widened to the input's floating dtype: the same rounded weights, products at the
+// input's precision.
+std::vector<at::Tensor> params_for(const at::Tensor& input, at::TensorList params) {
+  std::vector<at::Tensor> out(params.begin(), params.end());
+  for (auto& p : out) {
+    if (p.scalar_type() == at::kBFloat16 && input.is_floating_point()) {
+      p = p.to(input.scalar_type());
+    }
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> aten_lstm(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, at::TensorList params,
     bool has_biases, int64_t num_layers, bool bidirectional, bool batch_first, bool reverse) {
   check_arguments(Cell::lstm, input, h0, &c0, params, has_biases, num_layers, bidirectional,
                   batch_first, reverse);
   auto [out, hn, cn] =
-      at::lstm(maybe_flip(input, reverse, batch_first), {h0, c0}, params, has_biases,
-               num_layers, /*dropout=*/0.0, /*train=*/false, bidirectional, batch_first);
+      at::lstm(maybe_flip(input, reverse, batch_first), {h0, c0}, params_for(input, params),
+               has_biases, num_layers, /*dropout=*/0.0, /*train=*/false, bidirectional,
+               batch_first);
   return {as_output(out, reverse, batch_first), hn, cn};
 }
 
@@ -136,8 +151,8 @@ std::tuple<at::Tensor, at::Tensor> aten_gru(const at::Tensor& input, const at::T
                                             bool batch_first, bool reverse) {
   check_arguments(Cell::gru, input, h0, nullptr, params, has_biases, num_layers, bidirectional,
                   batch_first, reverse);
-  auto [out, hn] = at::gru(maybe_flip(input, reverse, batch_first), h0, params, has_biases,
-                           num_layers, 0.0, false, bidirectional, batch_first);
+  auto [out, hn] = at::gru(maybe_flip(input, reverse, batch_first), h0, params_for(input, params),
+                           has_biases, num_layers, 0.0, false, bidirectional, batch_first);
   return {as_output(out, reverse, batch_first), hn};
 }
 
@@ -156,24 +171,30 @@ std::tuple<at::Tensor, at::Tensor> aten_rnn(const at::Tensor& input, const at::T
   check_arguments(cell, input, h0, nullptr, params, has_biases, num_layers, bidirectional,
                   batch_first, reverse);
   auto x = maybe_flip(input, reverse, batch_first);
+  const std::vector<at::Tensor> p = params_for(input, params);
   auto [out, hn] = cell == Cell::rnn_tanh
-                       ? at::rnn_tanh(x, h0, params, has_biases, num_layers, 0.0, false,
+                       ? at::rnn_tanh(x, h0, p, has_biases, num_layers, 0.0, false,
                                       bidirectional, batch_first)
-                       : at::rnn_relu(x, h0, params, has_biases, num_layers, 0.0, false,
+                       : at::rnn_relu(x, h0, p, has_biases, num_layers, 0.0, false,
                                       bidirectional, batch_first);
   return {as_output(out, reverse, batch_first), hn};
 }
 
-// ---- chrion's CPU kernels (float32) ----
+// ---- chrion's CPU kernels (float32, W_hh float32 or bfloat16) ----
 
 bool runs_chrion_kernel(const at::Tensor& input, const at::Tensor& h0, const at::Tensor* c0,
-                        at::TensorList params) {
-  auto f32_cpu = [](const at::Tensor& t) {
-    return t.scalar_type() == at::kFloat && t.device().is_cpu() && t.layout() == at::kStrided;
+                        at::TensorList params, bool has_biases) {
+  auto cpu_of = [](const at::Tensor& t, bool bf16_too) {
+    const bool dtype = t.scalar_type() == at::kFloat ||
+                       (bf16_too && t.scalar_type() == at::kBFloat16);
+    return dtype && t.device().is_cpu() && t.layout() == at::kStrided;
   };
-  if (!f32_cpu(input) || !f32_cpu(h0) || (c0 != nullptr && !f32_cpu(*c0))) return false;
-  for (const auto& p : params) {
-    if (!f32_cpu(p)) return false;
+  if (!cpu_of(input, false) || !cpu_of(h0, false) || (c0 != nullptr && !cpu_of(*c0, false))) {
+    return false;
+  }
+  const size_t per_layer = has_biases ? 4 : 2;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!cpu_of(params[i], /*bf16_too=*/i % per_layer == 1)) return false;
   }
   return true;
 }
@@ -316,7 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         s.out = layer_out[layer].data_ptr<float>() + d * hidden;
         s.out_t = row_t * dirs * hidden;
         s.out_b = row_b * dirs * hidden;
-        s.packed = w.packed_hh.data_ptr<float>();
+        const bool pairs = w.packed_hh.scalar_type() == at::kBFloat16;
+        s.packed = pairs ? nullptr : w.packed_hh.data_ptr<float>();
+        s.packed_pairs =
+            pairs ? static_cast<const uint16_t*>(w.packed_hh.const_data_ptr()) : nullptr;
         // GRU: b_hn, applied inside r * (W_hn h + b_hn)
         s.hidden_bias = cell == Cell::gru && has_biases ? data_or_null(w.bias_hh) + 2 * hidden
                                                         : nullptr;
@@ -366,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_lstm(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, at::TensorList params,
     bool has_biases, int64_t num_layers, bool bidirectional, bool batch_first, bool reverse) {
-  if (!runs_chrion_kernel(input, h0, &c0, params)) {
+  if (!runs_chrion_kernel(input, h0, &c0, params, has_biases)) {
     return aten_lstm(input, h0, c0, params, has_biases, num_layers, bidirectional, batch_first,
                      reverse);
   }
@@ -380,7 +404,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_gru(const at::Tensor& input, const at::Te
                                            at::TensorList params, bool has_biases,
                                            int64_t num_layers, bool bidirectional,
                                            bool batch_first, bool reverse) {
-  if (!runs_chrion_kernel(input, h0, nullptr, params)) {
+  if (!runs_chrion_kernel(input, h0, nullptr, params, has_biases)) {
     return aten_gru(input, h0, params, has_biases, num_layers, bidirectional, batch_first,
                     reverse);
   }
@@ -396,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_rnn(const at::Tensor& input, const at::Te
                                            int64_t num_layers, bool bidirectional,
                                            bool batch_first, bool reverse,
                                            c10::string_view nonlinearity) {
-  if (!runs_chrion_kernel(input, h0, nullptr, params)) {
+  if (!runs_chrion_kernel(input, h0, nullptr, params, has_biases)) {
     return aten_rnn(input, h0, params, has_biases, num_layers, bidirectional, batch_first,
                     reverse, nonlinearity);
   }

@@ -66,7 +66,9 @@ struct Steps {
   float* c;                  ///< LSTM: [B, H] contiguous, c0 in, c_T out (updated in place)
   float* out;                ///< h_t written at out + t*out_t + b*out_b (H floats)
   int64_t out_t, out_b;
-  const float* packed;       ///< W_hh packed by `pack` for this instruction set
+  const float* packed;       ///< W_hh packed by `pack` for this instruction set, or null
+  /// W_hh given as bfloat16, packed by `pack_pairs` (Note [bf16 recurrent weights]), or null
+  const uint16_t* packed_pairs;
   const float* hidden_bias;  ///< GRU: b_hn [H] (inside r * (W_hn h + b_hn)), or null
   bool reverse;              ///< run t = T-1 .. 0
 };
@@ -81,6 +83,10 @@ struct CpuKernels {
   /// pack a contiguous [G*H, columns] weight (W_ih or W_hh) into `packed`
   void (*pack)(const float* weight, int64_t gates, int64_t hidden, int64_t columns,
                float* packed);
+  /// pack a contiguous bfloat16 [G*H, columns] W_hh into pairs of columns: packed_size(G, H,
+  /// columns rounded up to even) bfloat16 values (Note [bf16 recurrent weights])
+  void (*pack_pairs)(const uint16_t* weight, int64_t gates, int64_t hidden, int64_t columns,
+                     uint16_t* packed);
   /// the input projection of the blocks [first, end) for every row
   void (*project)(const Projection& p, int64_t first, int64_t end);
   /// time step number `step` (0 = the first one run, t = T-1 when reverse) of the blocks

@@ -11,10 +11,12 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "recurrent_cpu.h"
 
@@ -44,6 +46,34 @@ void pack(const float* weight, int64_t gates, int64_t hidden, int64_t columns, f
         for (int64_t v = 0; v < kLanes; ++v) {
           const int64_t unit = j * kLanes + v;
           dst[v] = unit < hidden ? weight[(g * hidden + unit) * columns + k] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// Note [bf16 recurrent weights]
+// With recurrent_dtype="bfloat16" (settings.py) W_hh arrives as bfloat16 and is packed in pairs
+// of columns: pairs[j][k/2][g][v] = (W_hh[g*H + j*V + v, k], W_hh[g*H + j*V + v, k + 1]), one
+// 32-bit lane per unit (AVX512-BF16's vdpbf16ps layout), so a step streams half the float32
+// panel's bytes, which is what bounds a batch-1 step. A bfloat16 is the upper half of a float,
+// so a shift and a mask widen a lane's two columns to floats exactly, and the products
+// accumulate in float32 as before; the hidden state is rounded to bfloat16 (nearest even) for
+// the product only. W_ih and the input projection, the biases, the gate activations, GRU's
+// blend with h and the cell state stay float32. Widening instead of vdpbf16ps keeps the same
+// code for AVX2, AVX-512 and the portable build (and CPUs without AVX512-BF16); the multiply-adds
+// stay those of float32, which a batch-1 step has to spare.
+void pack_pairs(const uint16_t* weight, int64_t gates, int64_t hidden, int64_t columns,
+                uint16_t* packed) {
+  const int64_t pairs = (columns + 1) / 2;
+  for (int64_t j = 0; j < hidden_blocks(hidden); ++j) {
+    for (int64_t p = 0; p < pairs; ++p) {
+      for (int64_t g = 0; g < gates; ++g) {
+        uint16_t* dst = packed + ((j * pairs + p) * gates + g) * 2 * kLanes;
+        for (int64_t v = 0; v < 2 * kLanes; ++v) {
+          const int64_t unit = j * kLanes + v / 2;
+          const int64_t k = 2 * p + v % 2;
+          dst[v] = unit < hidden && k < columns ? weight[(g * hidden + unit) * columns + k] : 0;
         }
       }
     }
@@ -156,16 +186,105 @@ inline void recurrent_product(const float* panel, int64_t hidden, const float* c
   }
 }
 
+// the two columns of a pair-packed vector (Note [bf16 recurrent weights]) as floats
+inline void widen_pairs(const uint16_t* p, Vec& even, Vec& odd) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i bits = _mm512_loadu_si512(p);
+  even = Vec(_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
+  odd = Vec(_mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32(-65536))));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  even = Vec(_mm256_castsi256_ps(_mm256_slli_epi32(bits, 16)));
+  odd = Vec(_mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(-65536))));
+#else
+  float e[kLanes], o[kLanes];
+  for (int64_t v = 0; v < kLanes; ++v) {
+    e[v] = c10::detail::f32_from_bits(p[2 * v]);
+    o[v] = c10::detail::f32_from_bits(p[2 * v + 1]);
+  }
+  even = Vec::loadu(e);
+  odd = Vec::loadu(o);
+#endif
+}
+
+// recurrent_product for pair-packed W_hh; `h` rows are rounded to bfloat16 and zero-padded to
+// an even length
+template <int G, int R>
+inline void recurrent_product_pairs(const uint16_t* panel, int64_t hidden, const float* const* h,
+                                    Vec (&acc)[R][G]) {
+  constexpr int U = unroll_for(G, R);
+  const int64_t pairs = (hidden + 1) / 2;
+  Vec part[U][R][G];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) part[u][r][g] = Vec(0.0f);
+  auto pair = [&](int64_t p, Vec(&sum)[R][G]) {
+    Vec he[R], ho[R];
+    for (int r = 0; r < R; ++r) {
+      he[r] = Vec(h[r][2 * p]);
+      ho[r] = Vec(h[r][2 * p + 1]);
+    }
+    for (int g = 0; g < G; ++g) {
+      Vec even, odd;
+      widen_pairs(panel + (p * G + g) * 2 * kLanes, even, odd);
+      for (int r = 0; r < R; ++r)
+        sum[r][g] = at::vec::fmadd(odd, ho[r], at::vec::fmadd(even, he[r], sum[r][g]));
+    }
+  };
+  int64_t p = 0;
+  for (; p + U <= pairs; p += U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) pair(p + u, part[u]);
+  }
+  for (; p < pairs; ++p) pair(p, part[0]);
+  for (int r = 0; r < R; ++r) {
+    for (int g = 0; g < G; ++g) {
+      acc[r][g] = part[0][r][g];
+      for (int u = 1; u < U; ++u) acc[r][g] = acc[r][g] + part[u][r][g];
+    }
+  }
+}
+
+// Each batch row's h_{t-1} rounded to bfloat16, [batch][hidden rounded up to even] floats in
+// this thread's buffer: once per step and thread, not once per block.
+inline const float* rounded_state(const Steps& s, int64_t t_prev, bool first) {
+  thread_local std::vector<float> buffer;
+  const int64_t H = s.hidden;
+  const int64_t stride = H + H % 2;
+  buffer.resize(s.batch * stride);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const float* h = first ? s.h0 + b * H : s.out + t_prev * s.out_t + b * s.out_b;
+    float* dst = buffer.data() + b * stride;
+    int64_t i = 0;
+    for (; i + 2 * kLanes <= H; i += 2 * kLanes) {
+      const auto bf16 = at::vec::convert_from_float<c10::BFloat16>(Vec::loadu(h + i),
+                                                                   Vec::loadu(h + i + kLanes));
+      const auto [lo, hi] = at::vec::convert_to_float<c10::BFloat16>(bf16);
+      lo.store(dst + i);
+      hi.store(dst + i + kLanes);
+    }
+    for (; i < H; ++i) dst[i] = static_cast<float>(c10::BFloat16(h[i]));
+    if (H % 2 == 1) dst[H] = 0.0f;
+  }
+  return buffer.data();
+}
+
 // One block of V hidden units (offset `o`, `n` of them valid) of R batch rows: the recurrent
 // product, then the cell on the accumulators.
+// `pairs` (null for float32 W_hh) is the block's pair-packed panel and `h_dot` the rows it
+// multiplies (Note [bf16 recurrent weights]).
 template <Cell C, int R>
-inline void cell_block(const Steps& s, const float* panel, int64_t o, int64_t n,
-                       const float* const* h_prev, const float* const* gx, float* const* h_out,
-                       float* const* c) {
+inline void cell_block(const Steps& s, const float* panel, const uint16_t* pairs, int64_t o,
+                       int64_t n, const float* const* h_prev, const float* const* h_dot,
+                       const float* const* gx, float* const* h_out, float* const* c) {
   constexpr int G = static_cast<int>(gate_count(C));
   const int64_t H = s.hidden;
   Vec acc[R][G];
-  recurrent_product<G, R>(panel, H, h_prev, acc);
+  if (pairs != nullptr) {
+    recurrent_product_pairs<G, R>(pairs, H, h_dot, acc);
+  } else {
+    recurrent_product<G, R>(panel, H, h_prev, acc);
+  }
   for (int r = 0; r < R; ++r) {
     if constexpr (C == Cell::lstm) {
       const Vec i = sigmoid(acc[r][0] + load(gx[r] + o, n));
@@ -213,19 +332,22 @@ inline void for_row_groups(int64_t count, F&& f) {
 
 template <Cell C, int R>
 inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int64_t b0,
-                      const float* panel, int64_t o, int64_t n) {
+                      const float* panel, const uint16_t* pairs, const float* rounded, int64_t o,
+                      int64_t n) {
   const float* h_prev[R];
+  const float* h_dot[R];
   const float* gx[R];
   float* h_out[R];
   float* c[R];
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
     h_prev[r] = first ? s.h0 + b * s.hidden : s.out + t_prev * s.out_t + b * s.out_b;
+    h_dot[r] = rounded != nullptr ? rounded + b * (s.hidden + s.hidden % 2) : nullptr;
     gx[r] = s.gates_x + t * s.gates_t + b * s.gates_b;
     h_out[r] = s.out + t * s.out_t + b * s.out_b;
     c[r] = s.c != nullptr ? s.c + b * s.hidden : nullptr;
   }
-  cell_block<C, R>(s, panel, o, n, h_prev, gx, h_out, c);
+  cell_block<C, R>(s, panel, pairs, o, n, h_prev, h_dot, gx, h_out, c);
 }
 
 template <Cell C>
@@ -234,12 +356,16 @@ void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   const int64_t H = s.hidden;
   const int64_t t = s.reverse ? s.steps - 1 - step : step;
   const int64_t t_prev = s.reverse ? t + 1 : t - 1;
+  const bool bf16 = s.packed_pairs != nullptr;
+  const float* rounded = bf16 ? rounded_state(s, t_prev, step == 0) : nullptr;
   for (int64_t j = j0; j < j1; ++j) {
-    const float* panel = s.packed + j * H * G * kLanes;
+    const float* panel = bf16 ? nullptr : s.packed + j * H * G * kLanes;
+    const uint16_t* pairs = bf16 ? s.packed_pairs + j * (H + H % 2) * G * kLanes : nullptr;
     const int64_t o = j * kLanes;
     const int64_t n = std::min(kLanes, H - o);
     for_row_groups<kRows>(s.batch, [&](auto rows, int64_t b) {
-      row_group<C, decltype(rows)::value>(s, t, t_prev, step == 0, b, panel, o, n);
+      row_group<C, decltype(rows)::value>(s, t, t_prev, step == 0, b, panel, pairs, rounded, o,
+                                          n);
     });
   }
 }
@@ -309,6 +435,6 @@ void project(const Projection& p, int64_t j0, int64_t j1) {
 }
 
 const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), kLanes, &packed_size, &pack,
-                          &project, &step};
+                          &pack_pairs, &project, &step};
 
 }  // namespace chrion::recurrent::CPU_CAPABILITY

@@ -28,6 +28,7 @@ def test_misspelt_keyword_suggests_the_option():
         ({"slo_ms": True}, "slo_ms must be a positive, finite number, got True"),
         ({"objective": "latncy"}, "got 'latncy'; did you mean 'latency'"),
         ({"granularity": "layers"}, "got 'layers'; did you mean 'layer'"),
+        ({"recurrent_dtype": "bf16"}, "got 'bf16'; did you mean 'bfloat16'"),
         ({"cpu_threads": True}, "cpu_threads must be a positive integer or None, got True"),
         ({"cpu_threads": 2.0}, "cpu_threads must be a positive integer or None, got 2.0"),
         ({"profile_repeats": "10"}, "profile_repeats must be an integer >= 1, got '10'"),
@@ -66,3 +67,11 @@ def test_every_reader_of_lanes_agrees(lane):
     assert len(verdicts) == 1
     assert verdicts == {isinstance(lane, str) and lane.split(":")[0] in ("cpu", "cuda")
                         and lane.strip() == lane and not lane.endswith(":")}  # fmt: skip
+
+
+def test_recurrent_dtype_is_part_of_the_plan_key():
+    """A plan made for bfloat16 recurrent weights (another graph, other CPU costs) is not reused
+    for float32, which stays the default."""
+    bf16 = ChrionSettings(recurrent_dtype="bfloat16")
+    assert ChrionSettings().recurrent_dtype == "float32"
+    assert bf16.plan_key() != ChrionSettings().plan_key()

@@ -16,8 +16,8 @@ The steps, each a pass of its own (after tracing, in the order of ``PASSES``):
    folded constant is ever written into;
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
 3. dead-code elimination, then ``check_portable``: no backend-only kernel is left;
-4. ``split_recurrent`` to the requested granularity, ``fold_input_free`` again, then ``annotate``
-   (fake-tensor propagation).
+4. ``split_recurrent`` to the requested granularity, ``bf16_recurrent_weights`` when asked,
+   ``fold_input_free`` again, then ``annotate`` (fake-tensor propagation).
 
 The graph is specialised to the example inputs' shapes: one capture per input-shape bucket.
 """
@@ -39,6 +39,7 @@ from ..ops import ensure_loaded
 from ..ops.python_call import PythonCall
 from .annotate import annotate
 from .passes import (
+    bf16_recurrent_weights,
     check_portable,
     copy_aliased_outputs,
     fold_input_free,
@@ -115,6 +116,7 @@ class PassContext:
     device: torch.device
     granularity: str
     seq_chunks: int
+    recurrent_dtype: str = "float32"
 
 
 def _eliminate_dead_code(gm: fx.GraphModule) -> None:
@@ -133,6 +135,10 @@ PASSES: tuple[tuple[str, Callable[[fx.GraphModule, PassContext], object]], ...] 
         "split_recurrent",
         lambda gm, c: split_recurrent(gm, granularity=c.granularity, seq_chunks=c.seq_chunks),
     ),
+    (
+        "bf16_recurrent_weights",
+        lambda gm, c: bf16_recurrent_weights(gm) if c.recurrent_dtype == "bfloat16" else None,
+    ),
     ("fold_input_free", lambda gm, c: fold_input_free(gm)),  # the pieces' slices of a state
     ("copy_aliased_outputs", lambda gm, c: copy_aliased_outputs(gm)),  # after the last fold
     ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),
@@ -145,6 +151,7 @@ def capture(
     *,
     granularity: str = "layer",
     seq_chunks: int = 1,
+    recurrent_dtype: str = "float32",
 ) -> fx.GraphModule:
     """Lower ``module`` to a device-portable aten graph for inputs shaped like ``example_inputs``.
 
@@ -156,6 +163,8 @@ def capture(
             bidirectional ones into one node per layer and direction.
         seq_chunks: with "layer", also cut the sequence into this many chunks (state handed from
             chunk to chunk).
+        recurrent_dtype: "bfloat16" gives every recurrent layer a bfloat16 W_hh
+            (bf16_recurrent_weights).
 
     Returns:
         The annotated aten graph; it runs on CPU, and on CUDA once its constants are moved there.
@@ -178,7 +187,9 @@ def capture(
             raise ModelError(f"example_inputs[{i}] is a {type(x).__name__}, not a tensor")
     example_inputs = tuple(example_inputs)
     ensure_loaded()
-    context = PassContext(example_inputs, _traced_device(example_inputs), granularity, seq_chunks)
+    context = PassContext(
+        example_inputs, _traced_device(example_inputs), granularity, seq_chunks, recurrent_dtype
+    )
     gm = _trace(module, example_inputs)
     for _, run_pass in PASSES:
         run_pass(gm, context)

@@ -1,5 +1,6 @@
 """Graph-to-graph passes over the aten graph, one per file, each ``(gm, ...) -> gm``."""
 
+from .bf16_recurrent_weights import bf16_recurrent_weights
 from .check_portable import check_portable
 from .copy_aliased_outputs import copy_aliased_outputs
 from .fold_input_free import fold_input_free
@@ -8,6 +9,7 @@ from .split_recurrent import split_recurrent
 from .unpin_copies import unpin_copies
 
 __all__ = [
+    "bf16_recurrent_weights",
     "check_portable",
     "copy_aliased_outputs",
     "fold_input_free",
