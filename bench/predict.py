@@ -6,7 +6,7 @@ The models are timed in interleaved rounds (one call of each per round), so a lo
 shared machine slows them alike. Prints the table; ``--write`` saves it to
 bench/results/predict.md.
 
-    python bench/predict.py [--repeats 200] [--devices cpu:0 cpu:1] [--write]
+    python bench/predict.py [--repeats 200] [--devices cpu:0 cpu:1] [--nodes] [--write]
 """
 
 from __future__ import annotations
@@ -62,18 +62,29 @@ def models() -> list[tuple[str, nn.Module, tuple]]:
     ]
 
 
-def replays(compiled, model_inputs: tuple, settings: ChrionSettings, costs) -> tuple[float, float]:
+def replays(
+    compiled, model_inputs: tuple, settings: ChrionSettings, costs
+) -> tuple[float, float, float, list[str]]:
     """The plan replayed (1) from its profile without the executor's costs (what plans
-    predicted before them) and (2) from the operator spans the executor traced while running
-    the plan here, with the executor's costs: (2) against the measured latency is the
-    simulator's own error, apart from the profile's."""
+    predicted before them), (2) with them but without the paired slowdown of tasks side by side
+    (what plans predicted before it), and (3) from the operator spans the executor traced while
+    running the plan here, with the executor's costs: (3) against the measured latency is the
+    simulator's own error, apart from the profile's. Then a line per node of 50 us or more: its
+    profile on one lane and paired, against its traced span."""
     gm = compiled.captured_graph()
-    prof = profile.profile_graph(gm, model_inputs, list(compiled.devices), settings=settings)
+    # the profile the plan was made from (one bucket here): read again, a re-time could
+    # measure it again, and the replays would not be the plan's
+    prof = next(iter(compiled._profiles.values()), None) or profile.profile_graph(
+        gm, model_inputs, list(compiled.devices), settings=settings
+    )
     graph, names = schedule.task_graph_from(gm, prof, list(compiled.devices))
     plan = compiled.plan
     index = {name: k for k, name in enumerate(names)}
     placed = plan.schedule(graph, names)
     ideal = schedule.simulate(graph, placed).makespan
+    slowdown = graph.paired_slowdown
+    graph.paired_slowdown = None  # and a span beside another lane's task already took it
+    unpaired = schedule.simulate(graph, placed, costs).makespan
     spans: dict[str, list[float]] = {name: [] for name in names}
     compiled.enable_trace(True)
     for _ in range(30):
@@ -85,11 +96,18 @@ def replays(compiled, model_inputs: tuple, settings: ChrionSettings, costs) -> t
     # a wide node's span is its wide cost; its threads were short of cores while it ran (it
     # holds every lane), which the replay charges again: the span without that share
     unshared = min(1.0, costs.cores / max(len(graph.wide_lanes), 1))
+    nodes = [
+        f"  {name} ({'+'.join(plan.lanes_of(name))}): one lane {graph.cost[k, 0]:.3f} ms,"
+        f" paired x{1.0 if slowdown is None else slowdown[k]:.2f},"
+        f" traced {statistics.median(spans[name]):.3f} ms"
+        for name, k in index.items()
+        if graph.cost[k, 0] >= 0.05
+    ]
     for name, k in index.items():
         graph.cost[k, :] = statistics.median(spans[name])
         if graph.wide_cost is not None:
             graph.wide_cost[k] = statistics.median(spans[name]) * unshared
-    return ideal, schedule.simulate(graph, placed, costs).makespan
+    return ideal, unpaired, schedule.simulate(graph, placed, costs).makespan, nodes
 
 
 def main() -> None:
@@ -97,15 +115,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--devices", nargs="+", default=["cpu:0", "cpu:1"])
     parser.add_argument("--write", action="store_true", help="save bench/results/predict.md")
+    parser.add_argument(
+        "--nodes", action="store_true", help="also print each model's nodes of 50 us or more"
+    )
     args = parser.parse_args()
     settings = ChrionSettings(devices=tuple(args.devices))
     costs = executor_costs(tuple(args.devices))
-    rows, engines = [], []
+    rows, engines, per_node = [], [], []
     for name, model, inputs in models():
         model.eval()
         compiled = compile_graph(model, inputs, settings)
         engines.append(Engine(name, compiled, inputs))
-        rows.append((name, compiled.plan.predicted_ms, *replays(compiled, inputs, settings, costs)))
+        *replayed, nodes = replays(compiled, inputs, settings, costs)
+        rows.append((name, compiled.plan.predicted_ms, *replayed))
+        per_node += [f"{name}:", *nodes]
     measured = time_engines(engines, args.repeats, warmup=20)
     cores = "every core they ask" if costs.cores == float("inf") else f"{costs.cores:.2f} cores"
     lines = [
@@ -123,27 +146,29 @@ def main() -> None:
         " load average"
         f" {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.",
         "",
-        "predicted: the plan (profile + executor costs); ideal: the same plan replayed without"
+        "predicted: the plan (profile + executor costs + paired slowdown of tasks side by side);"
+        " unpaired: the same without the paired slowdown; ideal: the same plan replayed without"
         " the executor's costs; traced: replayed from the operator spans the executor traced"
         " while running the plan in this run (the simulator's own error, apart from the"
         " profile's).",
         "",
-        "| model | measured (ms) | predicted (ms) | error | ideal (ms) | error | traced (ms) | error |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | measured (ms) | predicted (ms) | error | unpaired (ms) | error | ideal (ms)"
+        " | error | traced (ms) | error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def error(ms: float, measured_ms: float) -> str:
         return f"{ms:.3f} | {100 * (ms - measured_ms) / measured_ms:+.0f}%"
 
-    for name, predicted, ideal, traced in rows:
+    for name, predicted, ideal, unpaired, traced in rows:
         ms = measured[name]
         lines.append(
-            f"| {name} | {ms:.3f} | {error(predicted, ms)} | {error(ideal, ms)}"
-            f" | {error(traced, ms)} |"
+            f"| {name} | {ms:.3f} | {error(predicted, ms)} | {error(unpaired, ms)}"
+            f" | {error(ideal, ms)} | {error(traced, ms)} |"
         )
-    within = sum(abs(p - measured[n]) <= 0.15 * measured[n] for n, p, _, _ in rows)
+    within = sum(abs(p - measured[n]) <= 0.15 * measured[n] for n, p, *_ in rows)
     lines += ["", f"Within 15% of the measured median: {within} of {len(rows)} models."]
-    print("\n".join(lines))
+    print("\n".join(lines + (["", *per_node] if args.nodes else [])))
     if args.write:
         out = ROOT / "bench" / "results" / "predict.md"
         out.write_text("\n".join(lines) + "\n")

@@ -934,10 +934,12 @@ def _scaled_profile(profile: Any, graph: torch.fx.GraphModule, scale: float) -> 
             for lane in profile.devices
         }
     wide_ms = {name: ms * scale for name, ms in profile.wide_ms.items() if name in node_ms}
+    paired_ms = {name: ms * scale for name, ms in profile.paired_ms.items() if name in node_ms}
     return dataclasses.replace(
         profile,
         node_ms=node_ms,
         wide_ms=wide_ms,
+        paired_ms=paired_ms,
         notes=[*profile.notes, f"derived, scaled x{scale:.3g}"],
     )
 

@@ -41,9 +41,9 @@ def count_timed_calls(monkeypatch):
     calls = []
     real = profiler_module.measure_on_cpu_lane
 
-    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide):
+    def counting(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide, **paired):
         calls.append(([n.name for n in nodes], repeats))
-        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide)
+        return real(gm, inputs, nodes, threads, warmup, repeats, budget_s, desc, *wide, **paired)
 
     monkeypatch.setattr(profiler_module, "measure_on_cpu_lane", counting)
     monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", counting)  # the cache's re-time
@@ -144,6 +144,9 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls):
     # wide costs are kept for the nodes that cost enough on one lane, and only for them
     worth = {n for n, c in profile.node_ms.items() if c["cpu:0"] >= WIDE_MIN_MS}
     assert set(profile.wide_ms) == worth
+    # and every node paired (beside a copy of the graph on the other lane), in the same runs
+    assert set(profile.paired_ms) == set(profile.node_ms)
+    assert all(math.isfinite(ms) and ms > 0 for ms in profile.paired_ms.values())
     # both measurements are cached: a second profile only re-times them briefly, together
     again = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
     assert [repeats for _, repeats in count_timed_calls[1:]] == [RETIME_REPEATS]
@@ -156,10 +159,12 @@ def test_only_nodes_worth_it_are_measured_wide_and_with_the_one_lane_runs(captur
     lstm = [n.name for n in nodes if "lstm" in n.name]
     one_lane = cpu_module.measure_on_cpu_lane(gm, inputs, nodes, 1, 1, 3, 3.0, "test")
     assert set(one_lane.node_ms) == {n.name for n in nodes} and one_lane.wide_ms == {}
+    assert one_lane.paired_ms == {}  # no second lane to run beside
     wide = cpu_module.measure_on_cpu_lane(
         gm, inputs, nodes, 1, 1, 3, 3.0, "test", None, ["cpu:0", "cpu:1"], lstm
     )
     assert set(wide.node_ms) == {n.name for n in nodes} and set(wide.wide_ms) == set(lstm)
+    assert set(wide.paired_ms) == set(wide.node_ms)
     assert all(math.isfinite(ms) and ms > 0 for ms in wide.wide_ms.values())
     # left to itself, it measures wide only what its warm-up finds worth it
     chosen = cpu_module.measure_on_cpu_lane(
@@ -207,7 +212,7 @@ def test_a_cached_wide_cost_that_kept_a_node_off_wide_is_stale_if_a_re_time_says
 ):
     # one-lane costs 1.0 ms in the cache and now; what the quick re-time returns, by hand
     now = cpu_module.CpuCosts({"lstm": 1.0, "view": 0.01}, {"lstm": now_wide}, [])
-    monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", lambda *args: now)
+    monkeypatch.setattr(cpu_module, "measure_on_cpu_lane", lambda *args, **kwargs: now)
     cached = {"lstm": 1.0, "view": 0.01}
     wide = {"lstm": cached_wide, "view": math.inf}
     lanes = ["cpu:0", "cpu:1"]
@@ -402,9 +407,37 @@ def test_wide_costs_round_trip_and_older_profiles_without_them_load(tmp_path):
     assert older.wide_ms == {} and older.wide_lanes == []
 
 
+def test_paired_costs_round_trip_and_older_profiles_without_them_load(tmp_path):
+    profile = cpu_profile_with_wide_costs()
+    profile.paired_ms = {"conv": 2.5, "add": 0.01}
+    profile.save(tmp_path / "paired.json")
+    assert Profile.load(tmp_path / "paired.json") == profile
+    data = json.loads(profile.to_json())
+    del data["paired_ms"]
+    assert Profile.from_json(json.dumps(data), "older.json").paired_ms == {}
+
+
+def test_a_cached_two_lane_profile_without_paired_costs_is_measured_again(
+    captured, tmp_path, count_timed_calls
+):
+    gm, inputs = captured
+    lanes = ["cpu:0", "cpu:1"]
+    first = profile_graph(gm, inputs, lanes, settings=FAST, cache_dir=tmp_path)
+    for path in tmp_path.rglob("*.json"):  # as written before paired costs existed
+        data = json.loads(path.read_text())
+        if data.get("paired_ms"):
+            del data["paired_ms"]
+            path.write_text(json.dumps(data))
+    again = profile_graph(gm, inputs, lanes, settings=FAST, cache_dir=tmp_path)
+    assert [repeats for _, repeats in count_timed_calls] == [3, 3]  # measured, not re-timed
+    assert set(again.paired_ms) == set(first.paired_ms) == set(first.node_ms)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
+        ({"paired_ms": {"lstm": 1.0}}, "paired cost of node 'lstm', which has no lane costs"),
+        ({"paired_ms": {"conv": -1.0}}, "node 'conv' costs -1.0 ms paired"),
         ({"wide_lanes": ["cpu:0"]}, "wide_lanes must be two or more distinct CPU lanes"),
         ({"wide_lanes": ["cpu:0", "cuda:0"]}, "wide_lanes must be two or more distinct CPU"),
         ({"wide_ms": {"lstm": 1.0}}, "wide cost of node 'lstm', which has no lane costs"),
@@ -452,3 +485,27 @@ def test_call_module_nodes_are_costed_placed_and_run(tmp_path):
         torch.testing.assert_close(placed(x), model(x))
     finally:
         placed.stop()
+
+
+def test_the_paired_graph_runs_the_graph_beside_a_copy_with_weights_of_its_own():
+    torch.manual_seed(0)
+    model = BiGRUWithState().eval()
+    inputs = model.example_inputs()
+    gm = capture(model, inputs)
+    names = [n.name for n in schedulable_nodes(gm)]
+    both, copies = cpu_module.side_by_side(gm, names)
+    # each node twice, the first copy's step then the second's
+    assert list(copies.values())[::2] == list(copies.values())[1::2] == names
+    expected = torch.utils._pytree.tree_leaves(gm(*inputs))
+    both_inputs = cpu_module.paired_inputs(inputs)
+    for got in both(*both_inputs):
+        assert all(map(torch.equal, torch.utils._pytree.tree_leaves(got), expected))
+    # the same inputs' and weights' values, in memory of their own
+    for a, b in zip(both_inputs[: len(inputs)], both_inputs[len(inputs) :], strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    weights = [n.target for n in both.graph.nodes if n.op == "get_attr"]
+    first = [w for w in weights if w.startswith("first.")]
+    for target in first:
+        a, b = both.get_parameter(target), both.get_parameter("second" + target[5:])
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    assert first and len(weights) == 2 * len(first)

@@ -214,3 +214,69 @@ def test_an_accelerator_lane_shares_no_core_with_the_host_lanes():
     assert simulate(h, t, ExecutorCosts(spin_ms=100.0, cores=1.0)).finish == pytest.approx(
         [3.0, 2.0, 2.0]
     )
+
+
+def test_tasks_side_by_side_run_at_their_paired_speed_as_worked_out_by_hand():
+    # a (cpu:0, 2 alone, 1.5x slower beside another) and b (cpu:1, 1 alone, 1.25x) side by side,
+    # then c after both on cpu:0 (1, 2x slower beside another: alone by then)
+    g = TaskGraph(
+        [[2, 2], [1, 1], [1, 1]],
+        {(0, 2): 0.0, (1, 2): 0.0},
+        devices=["cpu:0", "cpu:1"],
+        paired_slowdown=[1.5, 1.25, 2.0],
+    )
+    s = Schedule([0, 1, 0], [0.0] * 3, [0.0] * 3, [[0, 2], [1]], 0.0)
+    polling = {"spin_ms": 100.0}
+    # b at 1/1.25 ends at 1.25; a did 1.25 / 1.5 of its 2 by then, the rest alone: 1.25 + 7/6
+    a_ends = 1.25 + (2 - 1.25 / 1.5)
+    sim = simulate(g, s, ExecutorCosts(**polling))
+    assert sim.finish == pytest.approx([a_ends, 1.25, a_ends + 1.0])
+    # with one core as well: 0.5 of a core each and the slowdown until b ends at 2.5; a did
+    # 2.5 * 0.5 / 1.5 of its 2, the rest alone on the core
+    a_then = 2.5 + (2 - 2.5 * 0.5 / 1.5)
+    one = simulate(g, s, ExecutorCosts(**polling, cores=1.0))
+    assert one.finish == pytest.approx([a_then, 2.5, a_then + 1.0])
+    # the ideal replay (what the schedulers assume) knows no slowdown
+    assert simulate(g, s).finish == [2.0, 1.0, 3.0]
+
+
+def test_a_wide_task_has_no_paired_slowdown_of_its_own():
+    # W holds both lanes: nothing runs beside it, and its cost has its threads in it
+    g = TaskGraph(
+        [[8, 8], [1, 1]],
+        {(0, 1): 0.0},
+        devices=["cpu:0", "cpu:1"],
+        wide_cost=[3.0, math.inf],
+        wide_lanes=["cpu:0", "cpu:1"],
+        paired_slowdown=[2.0, 2.0],
+    )
+    s = Schedule([g.wide_option, 1], [0.0] * 2, [0.0] * 2, [[0], [0, 1]], 0.0)
+    assert simulate(g, s, ExecutorCosts(spin_ms=100.0)).finish == pytest.approx([3.0, 4.0])
+
+
+@pytest.mark.parametrize("slowdown", [[0.5], [math.inf], [1.0, 1.0]])
+def test_a_paired_slowdown_below_one_or_of_the_wrong_shape_is_refused(slowdown):
+    with pytest.raises(PlanError, match="paired_slowdown"):
+        TaskGraph([[1.0, 1.0]], {}, devices=["cpu:0", "cpu:1"], paired_slowdown=slowdown)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_graphs(), st.floats(1.0, 3.0))
+def test_a_paired_slowdown_lies_between_the_unslowed_replay_and_every_task_slowed(g, slowdown):
+    # a core per lane: each task takes between its cost and its cost times its slowdown, and
+    # with the orders fixed the replay is no faster than without slowdowns and no slower than
+    # with every host task's cost (and step) times its slowdown throughout
+    slowed = TaskGraph(
+        g.cost,
+        g.edges,
+        devices=g.devices,
+        shares_memory=[[a == b for b in g.memory_group] for a in g.memory_group],
+        paired_slowdown=[slowdown] * g.n,
+    )
+    s, costs = heft(g), ExecutorCosts(step_ms=0.01, spin_ms=1e9)
+    paired = simulate(slowed, s, costs)
+    assert paired.makespan >= simulate(g, s, costs).makespan - 1e-6
+    host = ~g.is_accelerator
+    worst = g.with_cost(np.where(host[None, :], g.cost * slowdown, g.cost))
+    scaled = dataclasses.replace(costs, step_ms=costs.step_ms * slowdown)
+    assert paired.makespan <= simulate(worst, s, scaled).makespan + 1e-6

@@ -254,3 +254,25 @@ def test_the_default_plan_places_each_layer_of_a_batch_1_recurrent_model_wide():
     # a wide cost within the profile's noise of the one-lane cost leaves the layers on a lane
     close = make_plan(gm, RecurrentProfile(gm, 0.44, 0.40), settings, costs=CALIBRATED)
     assert close.wide is None
+
+
+def test_paired_costs_give_each_task_its_slowdown_over_its_one_lane_cost():
+    gm = aten_graph()
+    profile = WideProfile(gm, wide_ratio=0.55)
+    small = next(name for name in profile.node_ms if name != profile.big)
+    # 12 ms beside the other lane against 10 alone: 1.2x; a paired cost below the one-lane
+    # cost is noise, not a speed-up (1x); a node without one is not slowed
+    profile.paired_ms = {profile.big: 12.0, small: 0.4}
+    graph, names = task_graph_from(gm, profile)
+    expected = [1.2 if name == profile.big else 1.0 for name in names]
+    assert graph.paired_slowdown == pytest.approx(expected)
+    # on one of the lanes alone, nothing runs beside it
+    alone, _ = task_graph_from(gm, profile, ["cpu:0"])
+    assert alone.paired_slowdown is None
+    # the plan's prediction slows the big mm while the other lane runs beside it, only there
+    costs = ExecutorCosts(spin_ms=1e9)
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)), costs=costs)
+    profile.paired_ms = {}
+    unslowed = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)), costs=costs)
+    assert plan.placement == unslowed.placement
+    assert plan.predicted_ms >= unslowed.predicted_ms

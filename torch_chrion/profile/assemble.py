@@ -1,7 +1,8 @@
 """One Profile over the lanes, assembled from the profiles of the physical devices they run on
 (all CPU lanes share the "cpu" device's measurement, each CUDA lane its own "cuda:i"), and the
 wide costs from the nodes measured placed wide over every CPU lane (WIDE_GROUP), in runs
-interleaved with the one-lane ones (cpu.measure_on_cpu_lane).
+interleaved with the one-lane ones (cpu.measure_on_cpu_lane), with the paired costs measured in
+the same runs (kept in the "cpu" measurement).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def assemble(
             for name in names
             if narrow[name]["cpu"] >= WIDE_MIN_MS and math.isfinite(wide[name]["cpu"])
         }
+        profile.paired_ms = dict(device_profiles["cpu"].paired_ms)
         profile.notes.append(
             f"wide ({'+'.join(cpu_lanes)}): {threads * len(cpu_lanes)} intra-op threads, measured "
             f"placed wide between one-lane runs, kept for the {len(profile.wide_ms)} node(s) of "

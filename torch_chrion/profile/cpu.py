@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -56,11 +57,13 @@ class Lull(Protocol):
 @dataclasses.dataclass
 class CpuCosts:
     """What measure_on_cpu_lane found: ms of every node on one lane, ms of the nodes measured
-    placed wide, and notes (load average, load changes, budget cuts)."""
+    placed wide, notes (load average, load changes, budget cuts), and ms of every node on one
+    lane while the graph also runs on another (paired; empty with fewer than two lanes)."""
 
     node_ms: dict[str, float]
     wide_ms: dict[str, float]
     notes: list[str]
+    paired_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def measure_on_cpu_lane(
@@ -75,6 +78,7 @@ def measure_on_cpu_lane(
     lull: Lull | None = None,
     wide_lanes: Sequence[str] = (),
     wide_nodes: Collection[str] | None = None,
+    paired: bool = True,
 ) -> CpuCosts:
     """Ms of each node run by the executor itself on a CPU lane with ``threads`` threads: the
     lowest median of three chunks of ``repeats`` whole-graph runs (lowest_chunk_median), after
@@ -96,6 +100,15 @@ def measure_on_cpu_lane(
     debug executor does, the profile times the calls the lane will make: the whole graph runs on
     one traced lane, and each node's cost comes from its steps' durations.
 
+    With two or more ``wide_lanes`` (and ``paired``), every node is also measured paired: the
+    graph on the first of those lanes while a copy of it (its own weights) runs on the second at
+    once, in the same alternating runs (side_by_side: one caller, as in a plan). Side by side,
+    two lanes' tasks share what the cores share (caches, memory, the host under this VM): the
+    quiet run of bench/results/predict.md traced the side-by-side directions of its bi-LSTM and
+    bi-GRU 18% and 26% above their one-lane profile on the critical path, while side-by-side tanh
+    chains (the calibration's cores) lost under 7%. The simulator slows a task by its paired
+    over its one-lane cost while another runs beside it (schedule/simulate.py).
+
     With ``lull`` (a background profile), each graph run waits until no request runs, and a
     run that a request overlapped is not counted: it would have slowed the request, and its
     times would include the cores it shared.
@@ -109,6 +122,10 @@ def measure_on_cpu_lane(
     durations: dict[str, list[float]] = {name: [] for name in names}
     wide_durations: dict[str, list[float]] = {}
     notes: list[str] = []
+    pair: list[Any] = []  # the graph on the first wide lane beside its copy on the second
+    copies: dict[str, str] = {}  # the pair's step -> the node it measures
+    both_inputs: tuple = ()  # the pair's inputs
+    paired_durations: dict[str, list[float]] = {}
     try:
         with torch.no_grad(), progress(repeats, desc, " graph run") as bar:
             stop = time.monotonic() + budget_s
@@ -140,13 +157,27 @@ def measure_on_cpu_lane(
                     if lull is not None:
                         lull.wait()
                     wide(*inputs)
+            if paired and len(wide_lanes) > 1:
+                both, copies = side_by_side(gm, names)
+                lane = {step: wide_lanes[k % 2] for k, step in enumerate(copies)}
+                pair = [PlacedGraph(both, lane, cpu_threads=threads)]
+                pair[0].enable_trace(True)
+                paired_durations = {name: [] for name in names}
+                both_inputs = paired_inputs(inputs)
+                for _ in range(max(warmup, 1)):
+                    if lull is not None:
+                        lull.wait()
+                    pair[0](*both_inputs)
             kept = 0
             while kept < repeats:
                 token = lull.wait() if lull is not None else 0
                 for graph in graphs:
-                    if len(graphs) > 1:
+                    if len(graphs) > 1 or pair:
                         time.sleep(SETTLE_S)
                     graph(*inputs)
+                for graph in pair:
+                    time.sleep(SETTLE_S)
+                    graph(*both_inputs)
                 if lull is not None and lull.disturbed(token):
                     continue
                 for node, ms in _step_ms(narrow, durations):
@@ -154,6 +185,9 @@ def measure_on_cpu_lane(
                 if len(graphs) > 1:
                     for node, ms in _step_ms(graphs[1], wide_durations):
                         wide_durations[node].append(ms)
+                for graph in pair:
+                    for step, ms in _step_ms(graph, copies):
+                        paired_durations[copies[step]].append(ms)
                 kept += 1
                 bar.update()
                 if time.monotonic() > stop and MIN_REPEATS <= kept < repeats:
@@ -164,14 +198,14 @@ def measure_on_cpu_lane(
                     log.warning(notes[-1])
                     break
     finally:
-        for graph in graphs:
+        for graph in graphs + pair:
             graph.stop()
     missing = [name for name, times in (durations | wide_durations).items() if not times]
     if missing:
         raise ChrionError(f"the executor's trace has no steps for nodes {missing[:5]}")
     load = os.getloadavg()[0]
     notes.append(f"cpu: load average {load:.1f} on {os.cpu_count()} CPUs while measured")
-    spread = max(_chunk_spread(durations), _chunk_spread(wide_durations))
+    spread = max(map(_chunk_spread, (durations, wide_durations, paired_durations)))
     if spread > _CHUNKS_AGREE:
         notes.append(
             f"cpu: the load changed while measuring (a node's chunk medians {spread:.2f}x apart);"
@@ -182,7 +216,43 @@ def measure_on_cpu_lane(
         {name: lowest_chunk_median(times) for name, times in durations.items()},
         {name: lowest_chunk_median(times) for name, times in wide_durations.items()},
         notes,
+        {name: lowest_chunk_median(times) for name, times in paired_durations.items() if times},
     )
+
+
+def side_by_side(gm: fx.GraphModule, names: list[str]) -> tuple[fx.GraphModule, dict[str, str]]:
+    """``gm`` twice in one graph, the second copy with inputs and weights of its own (as
+    another layer's are; it takes ``gm``'s inputs, then theirs again: see paired_inputs), and
+    which node of ``names`` each copy's step is, the first copy's and the second's alternating.
+    Its two copies placed on two lanes run side by side with one caller, as a plan's two lanes
+    do."""
+    root = torch.nn.Module()
+    root.first, root.second = gm, copy.deepcopy(gm)
+    graph = fx.Graph()
+    outputs = []
+    steps: dict[str, list[str]] = {name: [] for name in names}
+    for prefix in ("first", "second"):
+        env: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                outputs.append(fx.map_arg(node.args[0], env.__getitem__))
+                continue
+            env[node] = graph.node_copy(node, env.__getitem__)
+            if node.op in ("get_attr", "call_module"):  # a path into this copy's module
+                env[node].target = f"{prefix}.{node.target}"
+            elif node.op == "placeholder":  # its argument's name, unique in the graph
+                env[node].target = env[node].name
+            if node.name in steps:
+                steps[node.name].append(env[node].name)
+    graph.output(tuple(outputs))
+    copies = {step: name for name, pair in steps.items() for step in pair}
+    return fx.GraphModule(root, graph), copies
+
+
+def paired_inputs(inputs: tuple) -> tuple:
+    """The inputs of side_by_side's graph: ``inputs``, then copies of them (a graph that
+    writes an input must not write the other copy's)."""
+    return (*inputs, *(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs))
 
 
 def _step_ms(graph: Any, wanted: Collection[str]) -> list[tuple[str, float]]:
@@ -262,6 +332,7 @@ def cached_profile_holds(
         lull,
         wide_lanes if wide else (),
         list(wide),
+        paired=False,  # kept as measured: placements do not rest on them, predictions do
     )
     stale = stale_nodes(cached, now.node_ms)
     stale_wide = stale_nodes(wide, now.wide_ms) if wide else []

@@ -37,9 +37,10 @@ _SCHEMA = {
     "notes": [str],
     "wide_ms": {str: float},
     "wide_lanes": [str],
+    "paired_ms": {str: float},
 }
 # written since these were recorded; older profiles lack them (and then have no wide costs)
-_OPTIONAL = ("notes", "wide_ms", "wide_lanes")
+_OPTIONAL = ("notes", "wide_ms", "wide_lanes", "paired_ms")
 
 
 def lane_kind(lane: str) -> str:
@@ -72,6 +73,10 @@ class Profile(jsonfile.Document):
             placement] in schedule/task_graph.py), for the nodes worth it (profiler.py says
             which). Empty: no wide costs (a single CPU lane, or a profile older than them).
         wide_lanes: the CPU lanes ``wide_ms`` holds (every CPU lane profiled), or empty.
+        paired_ms: node name -> median milliseconds on one of ``wide_lanes`` while the same graph
+            runs on another of them at once (profiler.py says which nodes), for the simulator's
+            slowdown of side-by-side tasks (schedule/simulate.py). Empty: none (a single CPU
+            lane, or a profile older than them).
     """
 
     WHAT = "profile"  # in messages (a class attribute, not a field)
@@ -86,6 +91,7 @@ class Profile(jsonfile.Document):
     notes: list[str] = dataclasses.field(default_factory=list)
     wide_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     wide_lanes: list[str] = dataclasses.field(default_factory=list)
+    paired_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def cost_ms(self, node: str, lane: str) -> float:
         """Milliseconds ``node`` takes on ``lane``; ``inf`` when the lane cannot run it."""
@@ -125,6 +131,7 @@ class Profile(jsonfile.Document):
         }
         profile.transfer = {k: [float(v[0]), float(v[1])] for k, v in profile.transfer.items()}
         profile.wide_ms = {node: float(ms) for node, ms in profile.wide_ms.items()}
+        profile.paired_ms = {node: float(ms) for node, ms in profile.paired_ms.items()}
         profile.validate(source)
         return profile
 
@@ -163,11 +170,14 @@ class Profile(jsonfile.Document):
             )
         if self.wide_ms and not self.wide_lanes:
             raise PlanError(f"{source}: wide_ms without wide_lanes")
-        for node, ms in self.wide_ms.items():
-            if node not in self.node_ms:
-                raise PlanError(f"{source}: wide cost of node {node!r}, which has no lane costs")
-            if not 0 <= ms <= MAX_COST_MS:
-                raise PlanError(f"{source}: node {node!r} costs {ms} ms wide")
+        for what, costs in (("wide", self.wide_ms), ("paired", self.paired_ms)):
+            for node, ms in costs.items():
+                if node not in self.node_ms:
+                    raise PlanError(
+                        f"{source}: {what} cost of node {node!r}, which has no lane costs"
+                    )
+                if not 0 <= ms <= MAX_COST_MS:
+                    raise PlanError(f"{source}: node {node!r} costs {ms} ms {what}")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the profile to ``path`` atomically (a reader never sees half a file), creating

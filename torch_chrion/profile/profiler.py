@@ -134,7 +134,7 @@ def profile_graph(
     cpu_groups = [group for group in ("cpu", WIDE_GROUP) if group in groups]
     cached_cpu, cached_wide = found.get("cpu"), found.get(WIDE_GROUP)
     if cached_cpu is not None and (
-        (wide_lanes and cached_wide is None)
+        (wide_lanes and (cached_wide is None or not cached_cpu.paired_ms))
         or not cached_profile_holds(
             _cpu_ms(cached_cpu),
             gm,
@@ -161,6 +161,7 @@ def profile_graph(
             settings.profile_repeats,
         )
         measured: dict[str, tuple[dict[str, float], list[str], dict[str, list[float]]]] = {}
+        paired_ms: dict[str, float] = {}  # cached with the one-lane costs ("cpu")
         if cached_cpu is None and cpu_groups:
             cpu = measure_on_cpu_lane(
                 gm,
@@ -175,6 +176,7 @@ def profile_graph(
                 wide_lanes,
             )
             measured["cpu"] = (cpu.node_ms, cpu.notes, {})
+            paired_ms = cpu.paired_ms
             if wide_lanes:
                 # inf: not worth measuring wide (assemble keeps no wide cost for it)
                 wide_ms = {name: cpu.wide_ms.get(name, math.inf) for name in names}
@@ -204,6 +206,7 @@ def profile_graph(
                 input_shapes=shapes,
                 torch_version=version,
                 notes=notes,
+                paired_ms=paired_ms if group == "cpu" else {},
             )
             cache.put(groups[group][1], profile)
             device_profiles[group] = profile

@@ -11,6 +11,11 @@ does not import torch_chrion.profile: an edge's transfer time is ``latency + byt
 of the lane pair, taken as the largest over the ordered pairs of scheduled lanes that do not
 share memory (a pessimistic cost keeps predicted latencies on the safe side of an SLO).
 
+Paired costs (``.paired_ms``: a node on one of ``.wide_lanes`` while a copy of the graph runs
+on another at once) give each node its ``paired_slowdown`` over its one-lane cost (at least 1),
+when those lanes are scheduled; the simulator slows a task by it while another host task runs
+beside it.
+
 Wide costs (``.wide_ms`` over ``.wide_lanes``, Note [Chrion wide placement] in task_graph.py)
 give a node a wide option when every lane they hold is scheduled and the wide cost is at most
 WIDE_MAX_RATIO of the node's cost on one of those lanes. Where any node has one, so does every
@@ -120,6 +125,14 @@ def task_graph_from(
     wide_lanes = list(getattr(profile, "wide_lanes", []) or [])
     wide_ms = getattr(profile, "wide_ms", {}) or {}
     wide_cost = None
+    paired_ms = getattr(profile, "paired_ms", {}) or {}
+    paired_slowdown = None
+    if wide_lanes and all(d in lanes for d in wide_lanes) and paired_ms:
+        first = lanes.index(wide_lanes[0])
+        paired_slowdown = [
+            max(1.0, paired_ms.get(n.name, 0.0) / cost[k][first]) if cost[k][first] > 0 else 1.0
+            for k, n in enumerate(nodes)
+        ]
     if wide_lanes and all(d in lanes for d in wide_lanes):
         first = lanes.index(wide_lanes[0])
         wide_cost = [
@@ -143,5 +156,6 @@ def task_graph_from(
         names=names,
         wide_cost=wide_cost,
         wide_lanes=wide_lanes if wide_cost is not None else None,
+        paired_slowdown=paired_slowdown,
     )
     return graph, names

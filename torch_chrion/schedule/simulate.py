@@ -32,6 +32,15 @@ per lane), each runs at ``cores / threads`` of its speed (processor sharing, as 
 time-slices them), so on a machine whose other core is busy, two tasks placed side by side take
 as long as one after the other. An accelerator lane's task is the device's time and shares no
 core.
+
+A task on one host lane may also run slower while another host lane runs a task beside it, by
+its graph's ``paired_slowdown`` (measured in the profile: the node's time beside a copy of its
+graph running on another lane at once, over its time alone): what the cores share besides
+their count (caches, memory, the host under a VM), which ``cores`` does not see. The quiet run
+of bench/results/predict.md traced the bi-GRU's side-by-side directions 26% above their
+one-lane profile, where side-by-side tanh chains (the calibration's cores) lost under 7%. A wide
+task holds its lanes, whose threads its own cost already includes. This too is the executor's
+replay only (with ``costs``).
 """
 
 from __future__ import annotations
@@ -156,20 +165,28 @@ def simulate(
     wake = costs.wake_ms if costs else 0.0
     spin = costs.spin_ms if costs else 0.0
     cores = costs.cores if costs else math.inf
-    # else every host lane's thread has a core: finish times are fixed at start (an
-    # accelerator lane's task is the device's time, not its thread's, and shares no core)
-    sharing = cores < m - int(graph.is_accelerator.sum())
-    remaining = [0.0] * n  # work left of a running task (sharing only)
-    running: dict[int, int] = {}  # running task -> its threads (sharing only)
-    live = [-1] * n  # the seq of a running task's current finish event (sharing only)
-    rate, updated = 1.0, 0.0  # share of a core each running thread gets, since when
-    shared_by: set[int] = set()  # the running tasks the current shares were set for
-    idle_since = [0.0] * m  # lanes poll at the start of a call (calls back to back)
-    wide_idle_since: dict[int, float] = {}  # a wide task's own thread -> its last finish
-    copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
     group = graph.option_group
     device = list(schedule.device)
     lanes_of = [graph.option_lanes[o] for o in device]
+    # how much slower a task on one host lane runs while another host task runs beside it
+    slowdown = [1.0] * n
+    if costs is not None and graph.paired_slowdown is not None:
+        slowdown = [
+            float(f) if len(lanes_of[i]) == 1 else 1.0 for i, f in enumerate(graph.paired_slowdown)
+        ]
+    # else every host lane's thread has a core and runs at its own speed: finish times are
+    # fixed at start (an accelerator lane's task is the device's time, not its thread's, and
+    # shares no core)
+    sharing = cores < m - int(graph.is_accelerator.sum()) or any(f > 1.0 for f in slowdown)
+    remaining = [0.0] * n  # work left of a running task (sharing only)
+    running: dict[int, int] = {}  # running task -> its threads (sharing only)
+    live = [-1] * n  # the seq of a running task's current finish event (sharing only)
+    rate = [1.0] * n  # the speed of each running task (sharing only)
+    updated = 0.0  # since when the running tasks have had those speeds
+    shared_by: set[int] = set()  # the running tasks the current speeds were set for
+    idle_since = [0.0] * m  # lanes poll at the start of a call (calls back to back)
+    wide_idle_since: dict[int, float] = {}  # a wide task's own thread -> its last finish
+    copy_free: dict[tuple[int, int], float] = {}  # (from group, to group) -> copy stream free
     shares = [sharing and not graph.option_is_accelerator[o] for o in device]
     # the thread that runs each task: its lane's, or for a wide task the wide lane's own thread
     runner = [lanes[0] if len(lanes) == 1 else m + device[i] for i, lanes in enumerate(lanes_of)]
@@ -211,20 +228,22 @@ def simulate(
                 seq += 1
 
     def advance() -> None:
-        """The running tasks' work done since the last event, at the share they had."""
+        """The running tasks' work done since the last event, at the speed they had."""
         nonlocal updated
         for j in running:
-            remaining[j] -= (now - updated) * rate
+            remaining[j] -= (now - updated) * rate[j]
         updated = now
 
     def reshare() -> None:
-        """The running tasks' finish events at the share they have now (earlier ones are
-        stale)."""
-        nonlocal seq, rate
+        """The running tasks' finish events at the speed they have now (earlier ones are
+        stale): each thread's share of the cores, and a task's paired slowdown while another
+        runs beside it."""
+        nonlocal seq
         threads = sum(running.values())
-        rate = min(1.0, cores / threads) if threads else 1.0
+        share = min(1.0, cores / threads) if threads else 1.0
         for j in running:
-            heapq.heappush(events, (now + max(remaining[j], 0.0) / rate, _FINISH, seq, j))
+            rate[j] = share / slowdown[j] if len(running) > 1 else share
+            heapq.heappush(events, (now + max(remaining[j], 0.0) / rate[j], _FINISH, seq, j))
             live[j] = seq
             seq += 1
 

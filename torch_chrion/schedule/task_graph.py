@@ -59,6 +59,9 @@ class TaskGraph:
             placement]); ``inf`` where it has no wide option. None: no task has one.
         wide_lanes: the devices a wide task holds, its leader first; at least two, sharing one
             memory, none an accelerator. Required with ``wide_cost``.
+        paired_slowdown: ``paired_slowdown[i]`` (at least 1) is how many times slower task i
+            runs on a host lane while another host lane runs a task beside it (the simulator's
+            executor replay uses it). None: none is.
 
     Raises:
         PlanError: bad shapes, negative costs, a task no device can run, an edge to an unknown
@@ -77,6 +80,7 @@ class TaskGraph:
         names: Sequence[str] | None = None,
         wide_cost: Sequence[float] | np.ndarray | None = None,
         wide_lanes: Sequence[str] | None = None,
+        paired_slowdown: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         cost_arr = np.asarray(cost, dtype=np.float64)
         if cost_arr.ndim != 2 or cost_arr.shape[1] == 0:
@@ -127,6 +131,14 @@ class TaskGraph:
         ]
         self.cross_memory = bool(len(set(self.memory_group)) > 1)
         self._add_wide_option(wide_cost, wide_lanes)
+        self.paired_slowdown: np.ndarray | None = None
+        if paired_slowdown is not None:
+            slowdown = np.asarray(paired_slowdown, dtype=np.float64)
+            if slowdown.shape != (n,) or not (np.isfinite(slowdown) & (slowdown >= 1.0)).all():
+                raise PlanError(
+                    f"paired_slowdown must hold one finite number of at least 1 per task ({n})"
+                )
+            self.paired_slowdown = slowdown
 
     def _add_wide_option(
         self, wide_cost: Sequence[float] | np.ndarray | None, wide_lanes: Sequence[str] | None
@@ -190,6 +202,7 @@ class TaskGraph:
             names=self.names,
             wide_cost=self.wide_cost,
             wide_lanes=[self.devices[d] for d in self.wide_lanes] if self.wide_lanes else None,
+            paired_slowdown=self.paired_slowdown,
         )
 
     def lane_of(self, option: int) -> int:
