@@ -811,8 +811,8 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         from . import runtime
 
         key = _plan_identity(plan)
-        shared = graph is self._shared and register
-        if shared and key in self._by_plan:
+        shared = graph is self._shared
+        if shared and key in self._by_plan:  # the same placement and order: nothing to build
             return self._by_plan[key]
         executable = runtime.PlacedGraph(
             graph,
@@ -824,7 +824,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         )
         executable.enable_trace(self._trace)
         self.stats["executables_built"] += 1
-        if shared:
+        if shared and register:
             self._by_plan[key] = executable
         return executable
 

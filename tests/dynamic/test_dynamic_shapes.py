@@ -147,6 +147,23 @@ def test_a_shape_arriving_while_its_bucket_is_planned_moves_to_the_new_plan():
     assert module._last.lanes == ["cpu:0"]
 
 
+def test_a_bucket_whose_own_plan_is_the_borrowed_one_builds_nothing():
+    # 20 classes: a structure no other test plans (the process shares plans by structure)
+    model, compiled, module = _speech_model_compiled(24, classes=20)
+    with torch.no_grad():
+        module.wait_for_plans(timeout=120)
+        built = module.stats["executables_built"]
+        # its own plan places and orders every node as the plan it borrowed (common: a
+        # neighbouring bucket's profile scaled), so its executable is the one already running
+        module._profile_and_plan = lambda graph, inputs, bucket: module.plans[bucket]
+        for length in (40, 44, 50):  # bucket 64: borrowed, then its own plan swapped in
+            x = torch.randn(1, length, 40)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+        assert module.wait_for_plans(timeout=120)
+    assert module.stats["plan_swaps"] == 1
+    assert module.stats["executables_built"] == built  # none built, on or off the request path
+
+
 def test_warmup_prepares_buckets_ahead_of_traffic():
     model, compiled, module = _speech_model_compiled(20)
     with torch.no_grad():
