@@ -638,7 +638,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             recorded=self.recorded_profile,
             lull=_TRAFFIC if background else None,
         )
-        costs = runtime.executor_costs(self.devices)  # measured once per process
+        costs = runtime.executor_costs(self.devices, settings.cpu_threads)  # measured once
         if background:
             _TRAFFIC.wait()  # the scheduler's search holds a core (and the GIL) for a while
         plan = schedule.make_plan(planning, prof, settings, costs=costs)
@@ -730,7 +730,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         scale = _bucket_size(bucket) / _bucket_size(source)
         planning = self._planning_graph(graph, inputs)
         derived = _scaled_profile(profiles[source], planning, scale)
-        costs = runtime.executor_costs(self.devices)
+        costs = runtime.executor_costs(self.devices, self.settings.cpu_threads)
         plan = schedule.make_plan(planning, derived, self.settings, costs=costs)
         self.stats["derived_plans"] += 1
         return plan, f"a plan scheduled from bucket {_describe(source)}'s profile x{scale:.2g}"

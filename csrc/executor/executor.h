@@ -43,6 +43,11 @@ struct Core {
 
   void schedule(const std::shared_ptr<Request>& request, int32_t step) const;
   void handle(Task& task, bool cancelled) const;
+  /// \brief Run every step of the request on the calling thread when the program allows it
+  /// and its lane is free (Note [Chrion inline requests]). \return whether it did.
+  bool run_inline(const std::shared_ptr<Request>& request) const;
+  /// \brief Run one step on `lane`'s behalf: traced, its failure kept on the request.
+  void run_step(const std::shared_ptr<Request>& request, int32_t step, int32_t lane) const;
   /// \brief The step's data has landed: free what it read, make its consumers ready.
   /// \return a consumer on `lane` that may run right away on the calling thread, or -1.
   int32_t release_consumers(const std::shared_ptr<Request>& request, const Step& step,

@@ -35,7 +35,7 @@ PoolKey key_of(const LaneSpec& spec) {
 uint64_t process_generation() { return g_generation.load(std::memory_order_acquire); }
 
 namespace {
-std::atomic<int64_t> g_spin_ns{50'000};
+std::atomic<int64_t> g_spin_ns{300'000};
 }  // namespace
 
 void set_spin_before_park_us(double us) {
@@ -135,6 +135,7 @@ void Lane::main() {
       queued_.fetch_sub(1, std::memory_order_relaxed);
       cancelled = stopping_;
     }
+    std::lock_guard<std::mutex> turn(turn_);
     run_task(task, cancelled);
   }
   std::lock_guard<std::mutex> lock(mutex_);

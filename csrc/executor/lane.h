@@ -64,9 +64,13 @@ void run_task(Task& task, bool cancelled);
 /// (yielding the core at each poll, so a runnable thread of this machine goes first) and only
 /// then park. Work that arrives within the spin is picked up at once, and the waker's notify
 /// finds nobody parked, which costs it no system call either. The spin is process-wide
-/// (set_spin_before_park_us; 0 parks at once).
+/// (set_spin_before_park_us; 0 parks at once). 300 us by default: a thread parked on this VM,
+/// whose idle cores halt, took ~45 us to run again (bench/predict.py's calibration), and 50 us
+/// let a batch-1 model's lanes and caller park between back-to-back calls (cpu_rnn's batch-1
+/// rows 3-10% slower than at 300 us). Peers poll far longer: libgomp's pool for milliseconds,
+/// onnxruntime's ~35 ms after a run (Note [Settled blocks] in torch_chrion/bench_peers.py).
 
-/// \brief How long a lane or a caller polls before it parks, in microseconds (default 50).
+/// \brief How long a lane or a caller polls before it parks, in microseconds (default 300).
 void set_spin_before_park_us(double us);
 double spin_before_park_us();
 /// \brief Poll `ready` (yielding between polls) for the spin time. \return whether it became
@@ -98,6 +102,11 @@ class Lane : public std::enable_shared_from_this<Lane> {
   /// \brief Nothing queued right now (a hint read without the lock).
   bool idle() const { return queued_.load(std::memory_order_relaxed) == 0; }
 
+  /// \brief Held by whoever runs steps on this lane: its thread, task by task, or a caller
+  /// running its whole request itself (Note [Chrion inline requests] in executor.cpp), so the
+  /// lane's core still runs one step at a time.
+  std::mutex& turn() { return turn_; }
+
   const LaneSpec& spec() const { return spec_; }
   /// \brief The lane's stream (CUDA lanes only).
   const std::optional<c10::Stream>& stream() const { return stream_; }
@@ -118,6 +127,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   uint64_t generation_;
   std::optional<c10::Stream> stream_;
   std::mutex mutex_;
+  std::mutex turn_;
   std::condition_variable wake_;
   std::condition_variable exited_cv_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_;

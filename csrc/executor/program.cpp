@@ -306,6 +306,16 @@ Program Program::build(const py::dict& description) {
   }
   TORCH_CHECK_VALUE(reached == p.steps.size(), "the graph has a cycle, or a lane's order runs a ",
                     "step before one it reads: ", p.steps.size() - reached, " steps can never run");
+
+  // Note [Chrion inline requests] (executor.cpp): one CPU lane runs every step
+  int32_t only = -1;
+  bool one_lane = true;
+  for (const auto& s : p.steps) {
+    if (s.absorbed) continue;
+    one_lane &= s.kind != StepKind::kCopy && (only < 0 || s.lane == only);
+    only = s.lane;
+  }
+  if (one_lane && only >= 0 && !p.lanes[only].asynchronous()) p.inline_lane = only;
   return p;
 }
 

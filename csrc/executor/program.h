@@ -102,6 +102,9 @@ struct Program {
   std::vector<int32_t> initial_uses;     ///< reads of each slot per run (+1 for outputs)
   std::vector<int32_t> ready_at_start;   ///< steps with no dependency
   std::vector<std::vector<int32_t>> lane_steps;  ///< per lane, its steps in plan order
+  /// The CPU lane that runs every step, which a caller may then run itself (Note [Chrion inline
+  /// requests] in executor.cpp); -1 when the steps span lanes or a device.
+  int32_t inline_lane = -1;
   std::vector<std::pair<int32_t, int32_t>> outputs;  ///< (slot, element)
 
   /// \brief Compile a description made by torch_chrion/runtime/lowering.py. Throws

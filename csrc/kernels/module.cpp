@@ -15,6 +15,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether the CPU kernels' cache holds a current packed form of this layer weight.");
   m.def("packed_weights_cached", &chrion::recurrent::packed_weights_cached,
         "How many packed recurrent weights the CPU kernels' cache holds.");
+  m.def("set_idle_spin_us", &chrion::recurrent::set_idle_spin_us, py::arg("us"),
+        "How long an idle helper of the recurrent kernels polls before it parks (process-wide).");
+  m.def("idle_spin_us", &chrion::recurrent::idle_spin_us);
   m.def("helper_threads_started", &chrion::recurrent::helper_threads_started,
         "Helper threads the CPU recurrent kernels have started in this process.");
 }

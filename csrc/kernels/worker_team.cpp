@@ -3,6 +3,7 @@
 #include <c10/util/thread_name.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -18,8 +19,10 @@ namespace chrion::recurrent {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-// How long an idle helper spins before parking (Note [Recurrent worker teams]).
-constexpr auto kIdleSpin = std::chrono::microseconds(50);
+// How long an idle helper polls before parking, in ns (Note [Recurrent worker teams]).
+std::atomic<int64_t> g_idle_spin_ns{300'000};
+// Polling without yielding for this long first: a job a step away is picked up at once.
+constexpr auto kEagerSpin = std::chrono::microseconds(50);
 
 std::atomic<int> g_started{0};
 
@@ -70,14 +73,18 @@ class Team {
     }
   }
 
-  // the generation of the next job after `seen`: spin for kIdleSpin, then park
+  // the generation of the next job after `seen`: poll for the idle spin, then park
   uint64_t wait_for_job(uint64_t seen) {
-    const auto until = Clock::now() + kIdleSpin;
+    const auto start = Clock::now();
+    const auto until = start + std::chrono::nanoseconds(g_idle_spin_ns.load(std::memory_order_relaxed));
     for (int i = 0;; ++i) {
       const uint64_t g = generation_.load();
       if (g != seen) return g;
       spin_pause();
-      if ((i & 63) == 63 && Clock::now() > until) break;
+      if ((i & 63) != 63) continue;
+      const auto now = Clock::now();
+      if (now > until) break;
+      if (now - start > kEagerSpin) std::this_thread::yield();
     }
     std::unique_lock<std::mutex> lock(mutex_);
     parked_.fetch_add(1);
@@ -143,6 +150,12 @@ void run_with_helpers(int threads, std::shared_ptr<const std::function<void(int 
   } give_back{threads - 1, team};
   team->run(work);
 }
+
+void set_idle_spin_us(double us) {
+  g_idle_spin_ns.store(static_cast<int64_t>(std::max(0.0, us) * 1e3), std::memory_order_relaxed);
+}
+
+double idle_spin_us() { return g_idle_spin_ns.load(std::memory_order_relaxed) / 1e3; }
 
 int helper_threads_started() { return g_started.load(); }
 

@@ -10,9 +10,14 @@
 //    from a process-wide free list and gives it back when it returns, so concurrent callers
 //    (two executor lanes) never share a team, and a caller reuses the team, hence the cores'
 //    caches, of the calls before it;
-//  - an idle helper spins for kIdleSpin, 50 us (the layers of one model reach the kernel closer
-//    together than that), then parks on a condition variable: no busy core between requests,
-//    and little taken from the next operator of a wide step (a convolution's own threads);
+//  - an idle helper polls for the idle spin, 300 us by default (set_idle_spin_us), then parks
+//    on a condition variable: the layers of one model, and back-to-back calls of a batch-1
+//    model, reach the kernel closer together than that, and a parked helper takes ~45 us to
+//    run again on this VM, whose idle cores halt (bench/predict.py's calibration; 50 us of
+//    polling let it park between calls: cpu_rnn's batch-1 rows 3-10% slower than at 300 us).
+//    After the first 50 us it yields its core at each check, so the next operator of a wide
+//    step (a convolution's own threads) goes first; a parked helper costs no CPU between
+//    requests;
 //  - the caller never waits for a helper, neither to start nor to leave: `work` must be able to
 //    finish the whole job alone (the scheduler in recurrent_schedule.h steals the slices of a
 //    late helper), and must return at once, touching nothing but its own state, when it finds
@@ -33,6 +38,11 @@ namespace chrion::recurrent {
 /// must complete the job by itself if no helper joins; a helper's call may still be running
 /// (finding the job complete) after this returns, which is why `work` is shared.
 void run_with_helpers(int threads, std::shared_ptr<const std::function<void(int rank)>> work);
+
+/// How long an idle helper polls for its next job before it parks, in microseconds
+/// (process-wide; torch_chrion.runtime.spin_before_park sets it with the executor's).
+void set_idle_spin_us(double us);
+double idle_spin_us();
 
 /// Helper threads started by this process so far (tests: teams are reused, not respawned).
 int helper_threads_started();

@@ -101,7 +101,7 @@ def test_helpers_joining_late_give_the_one_thread_result() -> None:
         want = run_chrion("lstm", module, x, h0, c0, batch_first=False)
     with intra_op_threads(3), torch.no_grad():
         for call in range(24):
-            time.sleep((0.0, 1e-4, 2e-3)[call % 3])  # the helpers spin 50 us, then park
+            time.sleep((0.0, 1e-4, 2e-3)[call % 3])  # the helpers poll 300 us, then park
             got = run_chrion("lstm", module, x, h0, c0, batch_first=False)
             for g, w in zip(got, want, strict=True):
                 assert torch.equal(g, w), f"call {call} differs from one thread"

@@ -186,6 +186,31 @@ def test_a_call_that_outlasts_the_spin_pays_the_long_wake_up_where_it_is_measure
     assert simulate(g, s, dataclasses.replace(long, spin_ms=5.0)).makespan == pytest.approx(2.25)
 
 
+def test_a_plan_on_one_runner_with_the_callers_threads_runs_inline_as_worked_out_by_hand():
+    # a -> b, both wide over cpu:0 and cpu:1 (wide costs 2 and 1), or both on cpu:0 alone
+    g = TaskGraph(
+        [[4, 4], [2, 2]],
+        {(0, 1): 0.0},
+        devices=["cpu:0", "cpu:1"],
+        wide_cost=[2.0, 1.0],
+        wide_lanes=["cpu:0", "cpu:1"],
+    )
+    wide = Schedule([g.wide_option] * 2, [0.0] * 2, [0.0] * 2, [[0, 1], [0, 1]], 0.0)
+    one_lane = Schedule([0, 0], [0.0] * 2, [0.0] * 2, [[0, 1], []], 0.0)
+    costs = ExecutorCosts(
+        step_ms=0.1, call_ms=0.25, wake_ms=3.0, spin_ms=1.0, inline_call_ms=0.05, inline_lanes=2
+    )
+    # the wide runner holds 2 lanes = inline_lanes: the caller runs it, 0.05 + 2.1 + 1.1, and
+    # does not park
+    assert simulate(g, wide, costs).makespan == pytest.approx(0.05 + 3.2)
+    # cpu:0 alone holds 1 lane: queued, 0.25 + 4.1 + 2.1, and the caller parked (+ 3)
+    assert simulate(g, one_lane, costs).makespan == pytest.approx(0.25 + 6.2 + 3.0)
+    # a caller with one lane's threads runs the one-lane plan, not the wide one
+    one = dataclasses.replace(costs, inline_lanes=1)
+    assert simulate(g, one_lane, one).makespan == pytest.approx(0.05 + 6.2)
+    assert simulate(g, wide, one).makespan == pytest.approx(0.25 + 3.2 + 3.0)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(task_graphs(), st.floats(1.0, 3.0))
 def test_shared_cores_bound_the_replay_by_the_work_and_the_unshared_replay(g, cores):

@@ -34,9 +34,9 @@ _CHUNKS_AGREE = 1.5
 STALE_RATIO = 2.0
 STALE_SHARE = 0.05
 STALE_MIN_MS = 0.05
-# between the runs of the one-lane and the wide graph: longer than the 50 us that lanes, callers
+# between the runs of the one-lane and the wide graph: longer than the 300 us that lanes, callers
 # and kernel helpers spin after their work, so neither graph's nodes share the cores with them
-SETTLE_S = 2e-4
+SETTLE_S = 4e-4
 # the quick re-time of a cached profile: this many graph runs, within this many seconds
 RETIME_REPEATS = 6
 RETIME_BUDGET_S = 2.0

@@ -22,6 +22,11 @@ to the next call's first. What that costs is measured on a call that long, of ``
 ``gap_B = call + B * step + wake_long`` against ``gap_1 = call + step`` for the one-step call;
 the simulator charges it to calls that outlast the spin (``caller_wake_ms``).
 
+A plan that runs inline (Note [Chrion inline requests] in csrc/executor/executor.cpp) has
+neither the hand-off to a lane nor the caller's wait: its call cost is measured on the one-step
+chain on a lane with the caller's thread count, which the caller then runs itself:
+``T_inline = inline_call + d + step``.
+
 The lanes' threads get the cores that other processes leave free, which on a shared machine
 may be fewer than the lanes: two chains of ``tanh`` steps of some tens of us each, side by side
 on two lanes, against one of them alone, give the cores they had between them (two chains of
@@ -30,6 +35,7 @@ work ``W`` on ``c`` cores take ``2W / c``; two or more: the lanes were not short
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..schedule.simulate import ExecutorCosts
+from .lanes import DEFAULT_CPU_THREADS
 
 if TYPE_CHECKING:
     from .placed_graph import PlacedGraph
@@ -115,16 +122,24 @@ def _median_span_ms(placed: PlacedGraph, x: torch.Tensor) -> float:
     return statistics.median(spans)
 
 
-def executor_costs(devices: Sequence[str] = ("cpu:0", "cpu:1")) -> ExecutorCosts:
+def executor_costs(
+    devices: Sequence[str] = ("cpu:0", "cpu:1"), cpu_threads: int | None = None
+) -> ExecutorCosts:
     """The executor's fixed costs per step, per cross-lane hand-off and per call, in ms,
     measured once per process on the CPU lanes of ``devices`` (the first one alone for the
-    chains, the first two alternating; "cpu" when there is none).
+    chains, the first two alternating; "cpu" when there is none), for CPU lanes of
+    ``cpu_threads`` threads each (None: the default): a plan on as many of them as make the
+    caller's thread count runs inline.
 
     The chains are timed in interleaved rounds, so a load burst on a shared machine slows them
     alike. Takes about a second.
     """
     cpu = tuple(d for d in devices if d.startswith("cpu"))[:2]
-    return _measure(cpu or ("cpu",))
+    threads = cpu_threads or DEFAULT_CPU_THREADS
+    caller = torch.get_num_threads()
+    return dataclasses.replace(
+        _measure(cpu or ("cpu",)), inline_lanes=caller // threads if caller % threads == 0 else 0
+    )
 
 
 @functools.cache
@@ -143,8 +158,10 @@ def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
     names = calls(chain)
     spin_us = executor_extension().spin_before_park_us()
     # (module, spin before park in us, input, calls) per measurement
+    inline = PlacedGraph(one, dict.fromkeys(calls(one), "cpu"), cpu_threads=torch.get_num_threads())
     placed = {
         "one": (placed_graph(one, dict.fromkeys(calls(one), lanes[0])), spin_us, x, _REPEATS),
+        "one, inline": (inline, spin_us, x, _REPEATS),
         "chain": (placed_graph(chain, dict.fromkeys(names, lanes[0])), spin_us, x, _REPEATS),
     }
     if len(lanes) > 1:
@@ -210,6 +227,7 @@ def costs_from_timings(
     call = max(t["one"] - span - step, 0.0)
     handoff = wake = caller_wake = 0.0
     cores = math.inf
+    inline_call = max(t["one, inline"] - span - step, 0.0) if "one, inline" in t else 0.0
     if "alternating" in t:
         handoff = max((t["alternating"] - t["one"]) / (chain - 1) - per_step, 0.0)
         wake = max((t["alternating, parking"] - t["alternating"]) / chain, 0.0)
@@ -227,4 +245,5 @@ def costs_from_timings(
         spin_ms=spin_ms,
         caller_wake_ms=caller_wake,
         cores=cores,
+        inline_call_ms=inline_call,
     )

@@ -24,7 +24,10 @@ An idle lane thread polls for work for ``spin_ms`` before it parks, and so does 
 waiting for its call (Note [Chrion spin before park] in csrc/executor/lane.h): a consumer handed
 to a lane idle for longer than that, and a call that takes longer than that, also pay
 ``wake_ms``, the time a parked thread takes to run again. Lanes are taken to be polling when a
-call starts (calls back to back).
+call starts (calls back to back). A plan whose every task runs on one host runner with as many
+threads as its caller has runs inline: the caller runs the steps itself (Note [Chrion inline
+requests] in csrc/executor/executor.cpp), so the call costs ``inline_call_ms`` and nobody waits
+for it to end.
 
 The host lanes' threads share the ``cores`` the process gets on the machine (other processes
 take the rest): while the running host tasks hold more threads than that (a wide task holds one
@@ -74,6 +77,9 @@ class ExecutorCosts:
             steps run, and its lanes park between its last step and the next call's first
             (threads parked that long cost more to resume than ``wake_ms``; 0: ``wake_ms``).
         cores: cores the lanes' threads get (inf: one each, whatever runs).
+        inline_call_ms: per call of a plan that runs inline (every task on one host runner
+            that holds ``inline_lanes`` CPU lanes, hence the caller's thread count).
+        inline_lanes: the CPU lanes of a runner whose plans run inline (0: none do).
     """
 
     step_ms: float = 0.0
@@ -83,6 +89,20 @@ class ExecutorCosts:
     spin_ms: float = 0.0
     caller_wake_ms: float = 0.0
     cores: float = math.inf
+    inline_call_ms: float = 0.0
+    inline_lanes: int = 0
+
+
+def runs_inline(graph: TaskGraph, schedule: Schedule, costs: ExecutorCosts) -> bool:
+    """Whether the executor runs every call of ``schedule`` on its caller's thread."""
+    options = set(schedule.device)
+    if costs.inline_lanes <= 0 or len(options) != 1:
+        return False
+    (option,) = options
+    return (
+        not graph.option_is_accelerator[option]
+        and len(graph.option_lanes[option]) == costs.inline_lanes
+    )
 
 
 @dataclasses.dataclass
@@ -340,14 +360,16 @@ def simulate(
             "schedule deadlocks (an order contradicts a dependency): " + "; ".join(stuck)
         )
     busy = [float(sum(cost[i][device[i]] + step for i in order[d])) for d in range(m)]
+    inline = costs is not None and runs_inline(graph, schedule, costs)
     if costs is not None and n:
-        shift = costs.call_ms  # the call's entry before the first step; the exit is in makespan
+        # the call's entry before the first step; the exit is in makespan
+        shift = costs.inline_call_ms if inline else costs.call_ms
         start = [t + shift for t in start]
         finish = [t + shift for t in finish]
     peak = resident_bytes(graph, device, start, finish)
     accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
     makespan = max(finish) if n else (costs.call_ms if costs else 0.0)
-    if costs is not None and makespan > spin:
+    if costs is not None and makespan > spin and not inline:
         makespan += costs.caller_wake_ms or wake  # the caller parked before the last step ended
     return Simulation(
         makespan=makespan,
