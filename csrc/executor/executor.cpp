@@ -389,13 +389,14 @@ void Core::run_step(const std::shared_ptr<Request>& owner, int32_t index, int32_
 // batch-1 2-layer LSTM's calls, alternating inline and queued, were 65 us (4%) faster inline
 // at load average 2, and 6 us of a 34 us two-op call. The lane's turn keeps one step at a
 // time on its core: a request queued meanwhile waits for the caller's last step, as it would
-// for the lane's own. Otherwise (the lane is busy, or another thread count) the request is
-// queued as usual.
+// for the lane's own. Otherwise (something queued, the lane's thread holding a task, or another
+// thread count) the request is queued as usual: a caller never overtakes a queued request,
+// which could otherwise wait while callers took the turn one after another.
 bool Core::run_inline(const std::shared_ptr<Request>& request) const {
   const int32_t index = program->inline_lane;
   if (index < 0) return false;
   Lane& lane = *lanes[index];
-  if (at::get_num_threads() != lane.spec().threads || !lane.idle()) return false;
+  if (at::get_num_threads() != lane.spec().threads || !lane.free()) return false;
   std::unique_lock<std::mutex> turn(lane.turn(), std::try_to_lock);
   if (!turn.owns_lock()) return false;
   c10::AutoGradMode no_grad(false);  // as on the lane's own thread

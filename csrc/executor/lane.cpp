@@ -132,11 +132,15 @@ void Lane::main() {
       if (queue_.empty()) break;  // stopping and drained
       task = queue_.top();
       queue_.pop();
+      busy_.store(true);  // before the count drops: free() never sees neither
       queued_.fetch_sub(1, std::memory_order_relaxed);
       cancelled = stopping_;
     }
-    std::lock_guard<std::mutex> turn(turn_);
-    run_task(task, cancelled);
+    {
+      std::lock_guard<std::mutex> turn(turn_);
+      run_task(task, cancelled);
+    }
+    busy_.store(false);
   }
   std::lock_guard<std::mutex> lock(mutex_);
   running_ -= 1;

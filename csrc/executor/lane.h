@@ -106,6 +106,9 @@ class Lane : public std::enable_shared_from_this<Lane> {
   /// running its whole request itself (Note [Chrion inline requests] in executor.cpp), so the
   /// lane's core still runs one step at a time.
   std::mutex& turn() { return turn_; }
+  /// \brief Nothing queued and no task taken by the lane's thread: a caller may take the turn
+  /// without overtaking a request that waits for it.
+  bool free() const { return idle() && !busy_.load(); }
 
   const LaneSpec& spec() const { return spec_; }
   /// \brief The lane's stream (CUDA lanes only).
@@ -133,6 +136,7 @@ class Lane : public std::enable_shared_from_this<Lane> {
   std::priority_queue<Task, std::vector<Task>, Later> queue_;
   std::deque<std::function<void()>> completions_;
   std::atomic<int64_t> queued_{0};
+  std::atomic<bool> busy_{false};  ///< its thread holds a task (waiting for the turn, or running)
   int users_ = 0;  ///< executors holding the lane (guarded by the pool's mutex)
   bool stopping_ = false;
   bool started_ = false;
