@@ -256,11 +256,15 @@ def test_tasks_side_by_side_run_at_their_paired_speed_as_worked_out_by_hand():
     a_ends = 1.25 + (2 - 1.25 / 1.5)
     sim = simulate(g, s, ExecutorCosts(**polling))
     assert sim.finish == pytest.approx([a_ends, 1.25, a_ends + 1.0])
-    # with one core as well: 0.5 of a core each and the slowdown until b ends at 2.5; a did
-    # 2.5 * 0.5 / 1.5 of its 2, the rest alone on the core
-    a_then = 2.5 + (2 - 2.5 * 0.5 / 1.5)
+    # with one core as well: half a core each, which is slower than either slowdown (not both
+    # at once), until b ends at 2; a did 1 of its 2 by then, the rest alone on the core: the
+    # two one after the other
     one = simulate(g, s, ExecutorCosts(**polling, cores=1.0))
-    assert one.finish == pytest.approx([a_then, 2.5, a_then + 1.0])
+    assert one.finish == pytest.approx([3.0, 2.0, 4.0])
+    # 1.8 cores: 0.9 each, but a beside b runs at 1 / 1.5 and b at 1 / 1.25 = 0.8: b ends at
+    # 1.25 as with a core each
+    most = simulate(g, s, ExecutorCosts(**polling, cores=1.8))
+    assert most.finish == pytest.approx([a_ends, 1.25, a_ends + 1.0])
     # the ideal replay (what the schedulers assume) knows no slowdown
     assert simulate(g, s).finish == [2.0, 1.0, 3.0]
 

@@ -256,13 +256,17 @@ def simulate(
 
     def reshare() -> None:
         """The running tasks' finish events at the speed they have now (earlier ones are
-        stale): each thread's share of the cores, and a task's paired slowdown while another
-        runs beside it."""
+        stale): each thread's share of the cores, or a task's paired slowdown while another
+        runs beside it, whichever is slower: the paired profile measured the task beside
+        another, on however many cores the process had then, so it already holds what a
+        shortage of cores costs it (charging both made the quiet run of
+        bench/results/predict.md over-predict by up to 36%, and a pair on one core slower than
+        the two one after the other)."""
         nonlocal seq
         threads = sum(running.values())
         share = min(1.0, cores / threads) if threads else 1.0
         for j in running:
-            rate[j] = share / slowdown[j] if len(running) > 1 else share
+            rate[j] = min(share, 1.0 / slowdown[j]) if len(running) > 1 else share
             heapq.heappush(events, (now + max(remaining[j], 0.0) / rate[j], _FINISH, seq, j))
             live[j] = seq
             seq += 1
