@@ -3,6 +3,8 @@
 /// device work to land) and the process-wide lane pool with its fork handlers.
 #include "lane.h"
 
+#include "../spin_before_park.h"
+
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -35,7 +37,7 @@ PoolKey key_of(const LaneSpec& spec) {
 uint64_t process_generation() { return g_generation.load(std::memory_order_acquire); }
 
 namespace {
-std::atomic<int64_t> g_spin_ns{300'000};
+std::atomic<int64_t> g_spin_ns{kSpinBeforeParkNs};
 }  // namespace
 
 void set_spin_before_park_us(double us) {

@@ -64,11 +64,8 @@ void run_task(Task& task, bool cancelled);
 /// (yielding the core at each poll, so a runnable thread of this machine goes first) and only
 /// then park. Work that arrives within the spin is picked up at once, and the waker's notify
 /// finds nobody parked, which costs it no system call either. The spin is process-wide
-/// (set_spin_before_park_us; 0 parks at once). 300 us by default: a thread parked on this VM,
-/// whose idle cores halt, took ~45 us to run again (bench/predict.py's calibration), and 50 us
-/// let a batch-1 model's lanes and caller park between back-to-back calls (cpu_rnn's batch-1
-/// rows 3-10% slower than at 300 us). Peers poll far longer: libgomp's pool for milliseconds,
-/// onnxruntime's ~35 ms after a run (Note [Settled blocks] in torch_chrion/bench_peers.py).
+/// (set_spin_before_park_us; 0 parks at once), from kSpinBeforeParkNs (spin_before_park.h says
+/// why 300 us).
 
 /// \brief How long a lane or a caller polls before it parks, in microseconds (default 300).
 void set_spin_before_park_us(double us);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "../spin_before_park.h"
 #include "spin_pause.h"
 
 namespace chrion::recurrent {
@@ -20,7 +21,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 // How long an idle helper polls before parking, in ns (Note [Recurrent worker teams]).
-std::atomic<int64_t> g_idle_spin_ns{300'000};
+std::atomic<int64_t> g_idle_spin_ns{kSpinBeforeParkNs};
 // Polling without yielding for this long first: a job a step away is picked up at once.
 constexpr auto kEagerSpin = std::chrono::microseconds(50);
 
@@ -76,7 +77,8 @@ class Team {
   // the generation of the next job after `seen`: poll for the idle spin, then park
   uint64_t wait_for_job(uint64_t seen) {
     const auto start = Clock::now();
-    const auto until = start + std::chrono::nanoseconds(g_idle_spin_ns.load(std::memory_order_relaxed));
+    const auto spin = std::chrono::nanoseconds(g_idle_spin_ns.load(std::memory_order_relaxed));
+    const auto until = start + spin;
     for (int i = 0;; ++i) {
       const uint64_t g = generation_.load();
       if (g != seen) return g;

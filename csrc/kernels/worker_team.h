@@ -10,13 +10,11 @@
 //    from a process-wide free list and gives it back when it returns, so concurrent callers
 //    (two executor lanes) never share a team, and a caller reuses the team, hence the cores'
 //    caches, of the calls before it;
-//  - an idle helper polls for the idle spin, 300 us by default (set_idle_spin_us), then parks
-//    on a condition variable: the layers of one model, and back-to-back calls of a batch-1
-//    model, reach the kernel closer together than that, and a parked helper takes ~45 us to
-//    run again on this VM, whose idle cores halt (bench/predict.py's calibration; 50 us of
-//    polling let it park between calls: cpu_rnn's batch-1 rows 3-10% slower than at 300 us).
-//    After the first 50 us it yields its core at each check, so the next operator of a wide
-//    step (a convolution's own threads) goes first; a parked helper costs no CPU between
+//  - an idle helper polls for the idle spin (set_idle_spin_us; kSpinBeforeParkNs by default,
+//    spin_before_park.h says why), then parks on a condition variable: the layers of one
+//    model, and back-to-back calls of a batch-1 model, reach the kernel closer together than
+//    that. After the first 50 us it yields its core at each check, so the next operator of a
+//    wide step (a convolution's own threads) goes first; a parked helper costs no CPU between
 //    requests;
 //  - the caller never waits for a helper, neither to start nor to leave: `work` must be able to
 //    finish the whole job alone (the scheduler in recurrent_schedule.h steals the slices of a
