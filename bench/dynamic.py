@@ -13,7 +13,7 @@ that length is timed again ``--steady-repeats`` times (untimed for the stream), 
 the first call over the median of those is the length's first-call ratio (median and worst
 over the lengths reported), and their difference its stall.
 
-    python bench/dynamic.py [--requests 200] [--seed 0] [--settle-ms 60] [--write]
+    python bench/dynamic.py [--requests 200] [--seed 0] [--settle-ms 120] [--write]
 """
 
 from __future__ import annotations

@@ -64,11 +64,13 @@ def _call_ms(engine: Engine) -> float:
 
 # Note [Settled blocks]
 # Engines leave threads spinning after a call returns: libgomp's OpenMP pool spins for
-# milliseconds after eager PyTorch or MKL work, and onnxruntime's 2-thread pool burned ~35 ms
-# of CPU after its last run on this 2-core machine. The next engine's first calls would share
-# the cores with those spinners and be charged for another engine's threads, so each engine is
-# timed only after its own untimed calls have run for longer than that.
-SETTLE_MS = 60.0
+# milliseconds after eager PyTorch or MKL work, and onnxruntime's 2-thread pool keeps a core
+# busy for ~60 ms of wall time after its last run on this 2-core machine. The next engine's
+# first calls would share the cores with those spinners and be charged for another engine's
+# threads, so each engine is timed only after its own untimed calls have run for twice that:
+# with 60 ms, the engine timed right after onnxruntime ran 0.3-0.5 ms slower per 2-4 ms call
+# than with 150 ms (the same model, interleaved).
+SETTLE_MS = 120.0
 
 
 def settle(call: Callable[[], Any], settle_ms: float = SETTLE_MS) -> None:

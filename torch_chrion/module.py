@@ -169,11 +169,15 @@ class _Traffic:
     QUIET_S = 0.005
 
     def __init__(self) -> None:
-        self._lull = threading.Condition(threading.Lock())
+        # every request takes the bare lock (a C call); only the background thread needs the
+        # Condition around it (its Python-level enter/exit cost a request ~2 us)
+        self._lock = threading.Lock()
+        self._lull = threading.Condition(self._lock)
         self._running = 0
         self._started = 0  # requests started so far: the tokens of ``disturbed``
         self._last_end = 0.0
         self._closed = False
+        self._waiting = 0  # background threads waiting for the running requests to end
 
     def close(self) -> None:
         """The process is exiting: background work stops at its next ``wait``."""
@@ -182,15 +186,15 @@ class _Traffic:
             self._lull.notify_all()
 
     def __enter__(self) -> None:
-        with self._lull:
+        with self._lock:
             self._running += 1
             self._started += 1
 
     def __exit__(self, *_: object) -> None:
-        with self._lull:
+        with self._lock:
             self._running -= 1
             self._last_end = time.monotonic()
-            if not self._running:
+            if not self._running and self._waiting:
                 self._lull.notify_all()
 
     def wait(self) -> int:
@@ -201,7 +205,11 @@ class _Traffic:
                 if self._closed:
                     raise BackgroundStopped("the process is exiting")
                 if self._running:
-                    self._lull.wait()
+                    self._waiting += 1
+                    try:
+                        self._lull.wait()
+                    finally:
+                        self._waiting -= 1
                     continue
                 quiet = self._last_end + self.QUIET_S - time.monotonic()
                 if quiet <= 0:
@@ -411,9 +419,10 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                 except KeyError:  # evicted by another thread meanwhile; entry is still usable
                     pass
             executable = entry.executable
-            self._last = executable
+            # not a child module: nn.Module's __setattr__ would register it on every call
+            object.__setattr__(self, "_last", executable)
             self.stats["calls"] += 1
-            return executable(*inputs)
+            return executable.forward(*inputs)  # our own module: no hooks to run
 
     def warmup(self, shapes: Sequence[Sequence[Any]], *, wait: bool = True) -> None:
         """Prepare shape buckets ahead of traffic: profile, plan and build each bucket of

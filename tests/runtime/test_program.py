@@ -71,6 +71,42 @@ def test_output_may_be_an_input_or_a_single_tensor():
     torch.testing.assert_close(out[1], torch.tanh(x))
 
 
+def _same_structure(out, ref):
+    assert type(out) is type(ref)
+    if isinstance(ref, dict):
+        assert list(out) == list(ref)
+        for key in ref:
+            _same_structure(out[key], ref[key])
+    elif isinstance(ref, (tuple, list)):
+        assert len(out) == len(ref)
+        for a, b in zip(out, ref, strict=True):
+            _same_structure(a, b)
+    elif isinstance(ref, torch.Tensor):
+        torch.testing.assert_close(out, ref)
+    else:
+        assert out == ref
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: [torch.tanh(x), x * 2],  # a list, not a tuple
+        lambda x: {"b": torch.tanh(x), "a": (x * 2, x - 1)},  # a dict, nested, in key order
+        lambda x: (lambda a: (a, torch.tanh(x), a))(x * 2),  # one value twice
+        lambda x: ((torch.tanh(x),), x + 1),  # nested tuples
+        lambda x: (torch.tanh(x), None, 3),  # constants among the outputs
+    ],
+    ids=["list", "dict", "repeated", "nested", "constants"],
+)
+def test_output_structures_are_the_graphs(fn):
+    x = torch.randn(3)
+    gm = aten_graph(fn, x)
+    module = PlacedGraph(gm, two_lanes(gm))
+    x = torch.randn(3)
+    _same_structure(module(x), gm(x))
+    _same_structure(module(x), fn(x))
+
+
 def test_python_callable_nodes_are_counted_and_run():
     gm = torch.fx.symbolic_trace(lambda x: torch.nn.functional.gelu(x) + 1)
     gm.graph.lint()

@@ -68,6 +68,20 @@ class Lowered:
     python_calls: list[Any] = field(default_factory=list)
 
 
+def _thawed(value: Any) -> Any:
+    """``value`` with fx's immutable lists and dicts (how a graph stores its output node's
+    argument) as the plain ones the graph's own code returns."""
+    if isinstance(value, list):
+        return [_thawed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_thawed(v) for v in value)
+    if isinstance(value, tuple):  # a named tuple
+        return type(value)(*(_thawed(v) for v in value))
+    return value
+
+
 def _check_placement(
     nodes: list[torch.fx.Node], placement: Mapping[str, str]
 ) -> list[torch.fx.Node]:
@@ -326,7 +340,7 @@ class _Lowering:
 
     def _outputs(self) -> Lowered:
         output = next(n for n in reversed(self.nodes) if n.op == "output")
-        leaves, spec = pytree.tree_flatten(output.args[0])
+        leaves, spec = pytree.tree_flatten(_thawed(output.args[0]))
         outputs: list[tuple[int, int]] = []
         kinds: list[tuple[str, Any]] = []
         last_rank = 3 * len(self.rank) + 3
