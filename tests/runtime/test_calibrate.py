@@ -67,7 +67,7 @@ def test_the_wake_up_after_a_long_call_comes_back_from_the_uncovered_time():
     assert costs.caller_wake_ms == pytest.approx(long_wake)
 
 
-def test_cores_and_long_call_wake_come_from_the_quietest_round_of_the_busy_chains():
+def test_cores_come_from_one_round_and_long_call_wake_from_the_quietest():
     # round 3 of the side-by-side chains shared the cores with a burst of other work
     rounds = {
         "one": [0.010, 0.011, 0.010],
@@ -79,3 +79,25 @@ def test_cores_and_long_call_wake_come_from_the_quietest_round_of_the_busy_chain
     t = calibrate.timings_from_rounds(rounds)
     assert t["busy"] == 0.50 and t["busy, side by side"] == 0.51 and t["busy, gap"] == 0.03
     assert t["one"] == 0.010 and t["chain"] == 0.021  # the others keep their medians
+
+
+def test_a_fast_minute_for_one_chain_is_not_a_shortage_of_cores():
+    # the host ran round 1 fast (the lone chain's quickest time) and its pair met a burst;
+    # rounds 2 and 3, slower, found two full cores. Each chain's quickest round taken apart
+    # (0.41 against 0.52) would read 1.57 cores; the pair's own round says 2.
+    one = 0.010
+    rounds = {
+        "one": [one] * 3,
+        "busy": [0.41, 0.677, 0.51],
+        "busy, side by side": [0.80, 0.69, 0.52],
+        "busy, gap": [0.03] * 3,
+        "one, gap": [0.005] * 3,
+        "chain": [0.02] * 3,
+    }
+    t = calibrate.timings_from_rounds(rounds)
+    assert (t["busy"], t["busy, side by side"]) in ((0.677, 0.69), (0.51, 0.52))
+    assert costs_from_timings(t, 0.002, 48, 0.05).cores == math.inf
+    # the same pair short of cores in every round is a shortage, whatever the host's speed
+    rounds["busy, side by side"] = [one + 2 * (b - one) / 1.3 for b in rounds["busy"]]
+    cores = costs_from_timings(calibrate.timings_from_rounds(rounds), 0.002, 48, 0.05).cores
+    assert cores == pytest.approx(1.3)

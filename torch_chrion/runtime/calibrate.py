@@ -201,16 +201,30 @@ def _measure(lanes: tuple[str, ...]) -> ExecutorCosts:
 
 
 def timings_from_rounds(rounds: dict[str, list[float]]) -> dict[str, float]:
-    """Each measurement's median call time over the rounds, except the busy chains': their
-    quickest round's, as a node's profile keeps the lowest of its chunks' medians. The cores
-    the lanes get, and what a long call's parked threads cost, are the quietest round's, not
-    those of a round that a burst of other work happened to share (plans are costed from the
-    quiet profiles: a burst's core shortage or wake-ups charged on top of them made every
-    prediction 14-35% too slow)."""
+    """Each measurement's median call time over the rounds, except the busy chains'. What a
+    long call's parked threads cost is the quietest round's ("busy, gap"), as a node's profile
+    keeps the lowest of its chunks' medians, not that of a round a burst of other work shared
+    (plans are costed from the quiet profiles: a burst's wake-ups charged on top of them made
+    every prediction 14-35% too slow). The one busy chain and the pair side by side are those
+    of one round, the round whose pair found the median share of cores: the host's speed
+    drifts by up to 2x within minutes here, and the two chains timed seconds apart in one
+    round see the same speed, where each one's quickest round (taken apart before) could come
+    from a fast minute for one and a slow one for the other; the calibrated cores then jumped
+    from run to run (1.68 beside none short of cores, which moved predictions by 10-20%)."""
     t = {key: statistics.median(values) for key, values in rounds.items()}
-    for key in ("busy", "busy, side by side", "busy, gap"):
-        if key in rounds:
-            t[key] = min(rounds[key])
+    if "busy, gap" in rounds:
+        t["busy, gap"] = min(rounds["busy, gap"])
+    if "busy" in rounds and "busy, side by side" in rounds:
+        one = t["one"]
+
+        def share(k: int) -> float:  # the cores the pair had in round k: 2W / c above
+            both = rounds["busy, side by side"][k] - one
+            return 2.0 * (rounds["busy"][k] - one) / both if both > 0.0 else math.inf
+
+        ranked = sorted(range(len(rounds["busy"])), key=share)
+        median = ranked[len(ranked) // 2]
+        t["busy"] = rounds["busy"][median]
+        t["busy, side by side"] = rounds["busy, side by side"][median]
     return t
 
 
