@@ -37,6 +37,14 @@ STALE_MIN_MS = 0.05
 # between the runs of the one-lane and the wide graph: longer than the 300 us that lanes, callers
 # and kernel helpers spin after their work, so neither graph's nodes share the cores with them
 SETTLE_S = 4e-4
+# Note [Warm runs]
+# After that pause each graph runs twice and the second run is the one timed: the first wakes
+# the graph's parked lanes and kernel helpers. Timed straight after the pause, a wide node's
+# helper was still waking while its caller did the helper's share, and a layer's wide cost came
+# out at its one-lane cost in 3 of 8 profiles of a batch-1 GRU 2x256 (0.52 against 0.52 ms;
+# 0.25-0.45 in the others), so its plan ran it on one thread. Back-to-back calls find their
+# threads polling; what a call after a pause pays to wake them the executor's calibration
+# measures apart (runtime/calibrate.py).
 # the quick re-time of a cached profile: this many graph runs, within this many seconds
 RETIME_REPEATS = 6
 RETIME_BUDGET_S = 2.0
@@ -174,9 +182,11 @@ def measure_on_cpu_lane(
                 for graph in graphs:
                     if len(graphs) > 1 or pair:
                         time.sleep(SETTLE_S)
+                        graph(*inputs)  # untimed: wakes its threads (Note [Warm runs])
                     graph(*inputs)
                 for graph in pair:
                     time.sleep(SETTLE_S)
+                    graph(*both_inputs)
                     graph(*both_inputs)
                 if lull is not None and lull.disturbed(token):
                     continue
