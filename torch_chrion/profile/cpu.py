@@ -38,13 +38,15 @@ STALE_MIN_MS = 0.05
 # and kernel helpers spin after their work, so neither graph's nodes share the cores with them
 SETTLE_S = 4e-4
 # Note [Warm runs]
-# After that pause each graph runs twice and the second run is the one timed: the first wakes
-# the graph's parked lanes and kernel helpers. Timed straight after the pause, a wide node's
-# helper was still waking while its caller did the helper's share, and a layer's wide cost came
-# out at its one-lane cost in 3 of 8 profiles of a batch-1 GRU 2x256 (0.52 against 0.52 ms;
-# 0.25-0.45 in the others), so its plan ran it on one thread. Back-to-back calls find their
-# threads polling; what a call after a pause pays to wake them the executor's calibration
-# measures apart (runtime/calibrate.py).
+# After that pause the wide graph runs twice and the second run is the one timed: the first
+# wakes its nodes' parked kernel helpers. Timed straight after the pause, a wide node's helper
+# was still waking while its caller did the helper's share, and a layer's wide cost came out at
+# its one-lane cost in 3 of 8 profiles of a batch-1 GRU 2x256 (0.52 against 0.52 ms; 0.25-0.45
+# in the others), so its plan ran it on one thread; back-to-back calls find their helpers
+# polling. The one-lane and side-by-side graphs (one thread a lane, no helpers) stay timed
+# straight after the pause: timed on a second run too, a bi-GRU layer's one-lane cost fell to
+# 0.11 ms where the plan's own calls traced it at 0.17 (0.17 timed after the pause), and four
+# of five predictions in bench/predict.py fell 16-26% short.
 # the quick re-time of a cached profile: this many graph runs, within this many seconds
 RETIME_REPEATS = 6
 RETIME_BUDGET_S = 2.0
@@ -182,11 +184,11 @@ def measure_on_cpu_lane(
                 for graph in graphs:
                     if len(graphs) > 1 or pair:
                         time.sleep(SETTLE_S)
-                        graph(*inputs)  # untimed: wakes its threads (Note [Warm runs])
+                    if graph is not narrow:
+                        graph(*inputs)  # untimed: wakes the kernels' helpers (Note [Warm runs])
                     graph(*inputs)
                 for graph in pair:
                     time.sleep(SETTLE_S)
-                    graph(*both_inputs)
                     graph(*both_inputs)
                 if lull is not None and lull.disturbed(token):
                     continue
