@@ -210,7 +210,8 @@ def timings_from_rounds(rounds: dict[str, list[float]]) -> dict[str, float]:
     drifts by up to 2x within minutes here, and the two chains timed seconds apart in one
     round see the same speed, where each one's quickest round (taken apart before) could come
     from a fast minute for one and a slow one for the other; the calibrated cores then jumped
-    from run to run (1.68 beside none short of cores, which moved predictions by 10-20%)."""
+    from run to run (1.68 cores in one run, no shortage in the next), moving predictions by
+    10-20%."""
     t = {key: statistics.median(values) for key, values in rounds.items()}
     if "busy, gap" in rounds:
         t["busy, gap"] = min(rounds["busy, gap"])

@@ -64,7 +64,7 @@ def _output_assembler(
     leaves: Sequence[tuple[str, Any]], spec: pytree.TreeSpec
 ) -> Callable[[Sequence[Any]], Any]:
     """What turns the executor's outputs into the graph's output structure. A tuple or list of
-    plain outputs (every graph we lower) is built directly: pytree's general unflatten cost
+    plain outputs (what a captured graph returns) is built directly: pytree's general unflatten cost
     ~5 us per request, a tenth of a small model's whole call."""
     if all(kind == "out" for kind, _ in leaves):
         picks = [int(value) for _, value in leaves]
