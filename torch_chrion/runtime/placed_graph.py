@@ -159,7 +159,7 @@ class PlacedGraph(nn.Module):
             raise ModelError(f"the graph takes {self._lowered.num_inputs} inputs, got {len(flat)}")
         if self._cpu_only:  # inputs of a mixed program are copied by its copy steps
             flat = [x.cpu() if isinstance(x, torch.Tensor) else x for x in flat]
-        outputs = self._assemble(self._executor.run(list(flat), self._tracing))
+        outputs = self._assemble(self._executor.run(flat, self._tracing))
         return outputs if self._plain_codegen else self._codegen.process_outputs(outputs)
 
     def fused_chains(self) -> list[list[str]]:

@@ -12,6 +12,7 @@ n3 before n4), each to the device with the earliest finish time, with insertion 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -110,11 +111,14 @@ def is_topological(graph: TaskGraph, order: list[int]) -> bool:
     return all(position[u] < position[v] for u, v in graph.edges)
 
 
-def heft(graph: TaskGraph) -> Schedule:
+def heft(graph: TaskGraph, allowed: Sequence[Sequence[int]] | None = None) -> Schedule:
     """Schedule ``graph`` with HEFT (upward rank, insertion, earliest finish time).
+
+    Args:
+        allowed: the placement options each task may take (default: every one it runs on).
 
     Returns:
         A Schedule with ``algorithm="heft"``.
     """
     order = order_by(graph, upward_rank(graph))
-    return list_schedule(graph, order, algorithm="heft")
+    return list_schedule(graph, order, algorithm="heft", allowed=allowed)

@@ -266,9 +266,7 @@ def _one_lane_each(graph: TaskGraph) -> Schedule:
     lanes = [
         [d for d in options if d != graph.wide_option] or options for options in graph.runnable_on
     ]
-    first = list_schedule(
-        graph, order_by(graph, upward_rank(graph)), algorithm="solve", allowed=lanes
-    )
+    first = heft(graph, allowed=lanes)
     again = schedule_placement(graph, first.device)
     return again if again.makespan < first.makespan else first
 
