@@ -3,7 +3,10 @@ each compiled by torch_chrion; the plan's predicted latency (simulator with the 
 calibrated costs, and the ideal replay without them) against the measured median latency.
 
 The models are timed in interleaved rounds (one call of each per round), so a load burst on a
-shared machine slows them alike. Prints the table; ``--write`` saves it to
+shared machine slows them alike. Their profiles are measured in this run (a fresh profile cache),
+so a plan's prediction and its measured latency come from the same minutes: a profile cached
+hours earlier on this shared machine timed another machine speed (the same five plans from the
+cache were 13-51% off one afternoon, measured afresh -4% to +24%). Prints the table; ``--write`` saves it to
 bench/results/predict.md.
 
     python bench/predict.py [--repeats 200] [--devices cpu:0 cpu:1] [--nodes] [--write]
@@ -17,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -119,16 +123,17 @@ def main() -> None:
         "--nodes", action="store_true", help="also print each model's nodes of 50 us or more"
     )
     args = parser.parse_args()
-    settings = ChrionSettings(devices=tuple(args.devices))
     costs = executor_costs(tuple(args.devices))
     rows, engines, per_node = [], [], []
-    for name, model, inputs in models():
-        model.eval()
-        compiled = compile_graph(model, inputs, settings)
-        engines.append(Engine(name, compiled, inputs))
-        *replayed, nodes = replays(compiled, inputs, settings, costs)
-        rows.append((name, compiled.plan.predicted_ms, *replayed))
-        per_node += [f"{name}:", *nodes]
+    with tempfile.TemporaryDirectory() as cache:
+        settings = ChrionSettings(devices=tuple(args.devices), cache_dir=cache)
+        for name, model, inputs in models():
+            model.eval()
+            compiled = compile_graph(model, inputs, settings)
+            engines.append(Engine(name, compiled, inputs))
+            *replayed, nodes = replays(compiled, inputs, settings, costs)
+            rows.append((name, compiled.plan.predicted_ms, *replayed))
+            per_node += [f"{name}:", *nodes]
     measured = time_engines(engines, args.repeats, warmup=20)
     cores = "every core they ask" if costs.cores == float("inf") else f"{costs.cores:.2f} cores"
     lines = [
@@ -136,7 +141,8 @@ def main() -> None:
         f"{' '.join(args.devices)}, torch {torch.__version__}, {datetime.date.today()})",
         "",
         f"Command: `python bench/predict.py {' '.join(sys.argv[1:])}`; median of {args.repeats}"
-        " calls per model, the five models timed in interleaved rounds. Executor costs"
+        " calls per model, the five models timed in interleaved rounds; every profile measured"
+        " in this run (a fresh profile cache). Executor costs"
         f" calibrated in this run: {costs.step_ms * 1e3:.2f} us per step,"
         f" {costs.handoff_ms * 1e3:.2f} us per cross-lane hand-off,"
         f" {costs.call_ms * 1e3:.2f} us per call, {costs.wake_ms * 1e3:.2f} us to wake a thread"
