@@ -4,6 +4,7 @@
 #include "../build_info.h"
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
+#include "schedule_probe.h"
 #include "worker_team.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -18,6 +19,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_idle_spin_us", &chrion::recurrent::set_idle_spin_us, py::arg("us"),
         "How long an idle helper of the recurrent kernels polls before it parks (process-wide).");
   m.def("idle_spin_us", &chrion::recurrent::idle_spin_us);
+  m.def(
+      "probe_schedule",
+      [](int64_t stages, int64_t blocks, int threads, int directions, bool balanced,
+         double caller_us, double helper_us) {
+        std::vector<std::tuple<int, int64_t, int64_t, int64_t, bool, int64_t, int64_t>> out;
+        {
+          py::gil_scoped_release release;
+          for (const auto& c : chrion::recurrent::probe_schedule(
+                   stages, blocks, threads, directions, balanced, caller_us, helper_us)) {
+            out.emplace_back(c.chain, c.stage, c.first_block, c.end_block, c.by_caller, c.start,
+                             c.end);
+          }
+        }
+        return out;
+      },
+      py::arg("stages"), py::arg("blocks"), py::arg("threads"), py::arg("directions"),
+      py::arg("balanced"), py::arg("caller_us"), py::arg("helper_us"),
+      "Tests: the recurrent schedule on synthetic chains whose blocks spin caller_us on the "
+      "calling thread and helper_us on a helper; every claim as (chain, stage, first_block, "
+      "end_block, by_caller, start, end).");
   m.def("helper_threads_started", &chrion::recurrent::helper_threads_started,
         "Helper threads the CPU recurrent kernels have started in this process.");
 }

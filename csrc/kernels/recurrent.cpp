@@ -218,6 +218,13 @@ int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidde
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }
 
+// A layer's chains are balanced (Note [Two-ended slices] in recurrent_schedule.cpp) from this
+// batch on, where a step uses each weight for enough rows that a block whose weights come from
+// another core's cache costs little; or where each direction has one thread (a bidirectional
+// layer on two), since a thread then takes blocks only of the other's direction, once its own
+// is done.
+constexpr int64_t kBalancedBatch = 4;
+
 // One direction of one layer: what its projection and time loop read and write. The chains of
 // the schedule point here, so it stays put (and its tensors alive) until the call ends.
 struct DirectionWork {
@@ -295,6 +302,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     std::vector<recurrent::Chain> chains;
     chains.reserve(2 * num_layers * dirs);
     const int64_t blocks = (hidden + kernels.block - 1) / kernels.block;
+    const int threads = recurrent_threads(steps, batch, gates, hidden, dirs, blocks);
+    const bool balanced = batch >= kBalancedBatch || threads <= dirs;
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       layer_out[layer] =
           layer + 1 < num_layers
@@ -354,6 +363,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
           projection.after[0] = first_chain - static_cast<int>(dirs);
           projection.after[1] = dirs == 2 ? first_chain - 1 : -1;
         }
+        projection.balanced = balanced;
         projection.run = &run_projection;
         projection.context = &w;
         chains.push_back(projection);
@@ -364,13 +374,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         loop.blocks = blocks;
         loop.home = static_cast<int>(d);
         loop.after[0] = first_chain + static_cast<int>(d);
+        loop.balanced = balanced;
         loop.run = &run_step;
         loop.context = &work[layer * dirs + d];
         chains.push_back(loop);
       }
     }
-    recurrent::run_chains(chains, recurrent_threads(steps, batch, gates, hidden, dirs, blocks),
-                          static_cast<int>(dirs));
+    recurrent::run_chains(chains, threads, static_cast<int>(dirs));
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       for (int64_t d = 0; d < dirs; ++d) {
         const int64_t last = reverse || d == 1 ? 0 : steps - 1;

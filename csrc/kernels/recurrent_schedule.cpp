@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "spin_pause.h"
@@ -12,9 +14,9 @@ namespace chrion::recurrent {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-// How long a slice must have been ready and unclaimed before a thread other than its owner
-// takes it: an owner that is merely a step behind claims its slice within a microsecond. An
-// owner that is away (not joined yet, or let its slice's previous stage go) gets no grace.
+// How long a slice's stage must have been open before a thread other than its owner claims from
+// it: an owner that is merely a step behind claims its slice within a microsecond. An owner that
+// is away (not joined yet, or claimed nothing of its slice's previous stage) gets no grace.
 constexpr auto kStealGrace = std::chrono::microseconds(3);
 // A thread that found nothing to do for this long yields its core between checks (on a loaded
 // machine the thread it waits for may need that core).
@@ -24,20 +26,53 @@ struct alignas(64) Counter {
   std::atomic<int64_t> value{0};
 };
 
+// Note [Two-ended slices]
+// In a balanced chain (Chain::balanced) a slice's blocks at one stage are claimed from both
+// ends: its owner takes half of what is left from the front (half the slice, then a quarter,
+// ...), a thief one block at a time from the back once the stage has been open kStealGrace.
+// The two cores of this shared machine drift apart in speed by 10-20% from minute to minute;
+// with a whole slice per owner the faster thread idled 6-17% of a two-thread layer at batch
+// 8-32 (one synchronisation per step: the slower thread sets the pace), and a bidirectional
+// layer's faster direction idled at its end. Now the faster thread takes the slower owner's
+// last blocks of a step or, its own direction done, blocks of the other direction's steps:
+// 5-11% less time at batch 4-32 and in bidirectional layers at batch 1 while the cores differ,
+// the same while they do not (bench: paired calls, same process). A batch-1 row split stays
+// unbalanced, each owner claiming its whole slice: there a stolen block's weights come from L3
+// and push part of the thief's own slice out of its L2, which cost 3-7%.
+// One word per slice holds its stage and its unclaimed blocks [front, back), so a claim is one
+// compare-and-swap (an owner alone keeps that line in its own cache); a block is computed by the
+// same code whoever claims it, so results still do not depend on who runs what.
+struct alignas(64) SliceWord {
+  std::atomic<uint64_t> value{0};
+};
+
+constexpr int64_t kMaxBlocks = 1 << 16;  // a slice word's front and back have 16 bits
+
+constexpr uint64_t pack_word(int64_t stage, int64_t front, int64_t back) {
+  return static_cast<uint64_t>(stage) << 32 | static_cast<uint64_t>(front) << 16 |
+         static_cast<uint64_t>(back);
+}
+constexpr int64_t word_stage(uint64_t w) { return static_cast<int64_t>(w >> 32); }
+constexpr int64_t word_front(uint64_t w) { return static_cast<int64_t>(w >> 16 & 0xffff); }
+constexpr int64_t word_back(uint64_t w) { return static_cast<int64_t>(w & 0xffff); }
+
 struct ChainState {
   const Chain* chain = nullptr;
   int slices = 1;
   int directions = 1;
-  std::unique_ptr<Counter[]> next;  // per slice: the first stage nobody has claimed
-  // per slice: 1 while its last claimed stage was claimed by a thread other than its owner
-  std::unique_ptr<Counter[]> taken_by_thief;
-  Counter done;  // tasks (stage, slice) done
+  // per slice: its stage and its blocks not yet claimed at that stage (Note [Two-ended slices])
+  std::unique_ptr<SliceWord[]> words;
+  // per slice: the last stage its owner claimed a block of (-1: none yet), advisory
+  std::unique_ptr<Counter[]> owner_stage;
+  Counter done;  // blocks done, over every stage and slice
 
   bool complete() const {
-    return done.value.load(std::memory_order_acquire) == slices * chain->stages;
+    return done.value.load(std::memory_order_acquire) == chain->blocks * chain->stages;
   }
   int home = 0;  // chain->home among `directions`
   int owner(int slice) const { return slice * directions + home; }
+  int64_t first_block(int slice) const { return chain->blocks * slice / slices; }
+  int64_t slice_blocks(int slice) const { return first_block(slice + 1) - first_block(slice); }
 };
 
 class Schedule {
@@ -53,8 +88,12 @@ class Schedule {
       state.home = home;
       const int owners = threads > home ? (threads - home + directions - 1) / directions : 1;
       state.slices = static_cast<int>(std::clamp<int64_t>(chains[i].blocks, 1, owners));
-      state.next = std::make_unique<Counter[]>(state.slices);
-      state.taken_by_thief = std::make_unique<Counter[]>(state.slices);
+      state.words = std::make_unique<SliceWord[]>(state.slices);
+      state.owner_stage = std::make_unique<Counter[]>(state.slices);
+      for (int slice = 0; slice < state.slices; ++slice) {
+        state.words[slice].value.store(pack_word(0, 0, state.slice_blocks(slice)));
+        state.owner_stage[slice].value.store(-1);
+      }
     }
     joined_ = std::make_unique<Counter[]>(threads);
   }
@@ -89,34 +128,63 @@ class Schedule {
     Clock::time_point since;
   };
 
-  // the stage of `slice` that may run now, or -1
+  // The stage of `slice` whose blocks may be claimed now, or -1: the word's own stage while it
+  // has unclaimed blocks, else the next one once every block of the word's stage is done.
   int64_t ready_stage(const ChainState& state, int slice) const {
-    const int64_t stage = state.next[slice].value.load(std::memory_order_acquire);
-    if (stage >= state.chain->stages) return -1;
-    if (stage > 0) {
-      return state.done.value.load(std::memory_order_acquire) >= state.slices * stage ? stage
-                                                                                       : -1;
+    const uint64_t w = state.words[slice].value.load(std::memory_order_acquire);
+    const int64_t stage = word_stage(w);
+    if (word_front(w) < word_back(w)) {
+      return stage > 0 || dependencies_done(state) ? stage : -1;
     }
-    for (int dep : state.chain->after) {
-      if (dep >= 0 && !states_[dep].complete()) return -1;
-    }
-    return 0;
+    const int64_t next = stage + 1;
+    if (next >= state.chain->stages) return -1;
+    return state.done.value.load(std::memory_order_acquire) >= state.chain->blocks * next ? next
+                                                                                         : -1;
   }
 
-  bool claim_and_run(ChainState& state, int slice, int64_t stage, bool thief) {
-    int64_t expected = stage;
-    if (!state.next[slice].value.compare_exchange_strong(expected, stage + 1,
-                                                         std::memory_order_acq_rel)) {
-      return false;
+  bool dependencies_done(const ChainState& state) const {
+    for (int dep : state.chain->after) {
+      if (dep >= 0 && !states_[dep].complete()) return false;
     }
-    std::atomic<int64_t>& taken = state.taken_by_thief[slice].value;
-    if ((taken.load(std::memory_order_relaxed) != 0) != thief) {
-      taken.store(thief ? 1 : 0, std::memory_order_relaxed);
+    return true;
+  }
+
+  // How much of what is left of a slice's stage one claim takes (Note [Two-ended slices]).
+  enum class Take { all, half, one };
+
+  static int64_t taken(Take take, int64_t left) {
+    return take == Take::all ? left : take == Take::half ? (left + 1) / 2 : 1;
+  }
+
+  // Claims blocks of `stage` of `slice` (its owner from the front, a thief from the back) and
+  // runs them.
+  bool claim_and_run(ChainState& state, int slice, int64_t stage, bool thief, Take how) {
+    std::atomic<uint64_t>& word = state.words[slice].value;
+    uint64_t w = word.load(std::memory_order_acquire);
+    int64_t front = word_front(w);
+    int64_t back = word_back(w);
+    if (word_stage(w) != stage) {  // opening the next stage: nothing of it claimed yet
+      if (word_stage(w) + 1 != stage || front < back) return false;
+      front = 0;
+      back = state.slice_blocks(slice);
+    }
+    const int64_t left = back - front;
+    if (left <= 0) return false;
+    const int64_t take = taken(how, left);
+    const int64_t from = thief ? back - take : front;
+    const uint64_t claimed =
+        thief ? pack_word(stage, front, back - take) : pack_word(stage, front + take, back);
+    if (!word.compare_exchange_strong(w, claimed, std::memory_order_acq_rel)) return false;
+    if (!thief) {
+      std::atomic<int64_t>& mine = state.owner_stage[slice].value;
+      if (mine.load(std::memory_order_relaxed) != stage) {
+        mine.store(stage, std::memory_order_relaxed);
+      }
     }
     const Chain& chain = *state.chain;
-    chain.run(chain.context, stage, chain.blocks * slice / state.slices,
-              chain.blocks * (slice + 1) / state.slices);
-    state.done.value.fetch_add(1, std::memory_order_acq_rel);
+    const int64_t block = state.first_block(slice) + from;
+    chain.run(chain.context, stage, block, block + take);
+    state.done.value.fetch_add(take, std::memory_order_acq_rel);
     return true;
   }
 
@@ -128,21 +196,27 @@ class Schedule {
       const int slice = rank / state.directions;
       if (slice >= state.slices) continue;
       const int64_t stage = ready_stage(state, slice);
-      if (stage >= 0 && claim_and_run(state, slice, stage, false)) return true;
+      if (stage >= 0 &&
+          claim_and_run(state, slice, stage, false, state.chain->balanced ? Take::half : Take::all)) {
+        return true;
+      }
     }
     return false;
   }
 
-  // a ready slice of another thread that has stayed unclaimed for kStealGrace (the candidate
-  // this thread watches), or one that no thread owns
+  // blocks of a ready slice of another thread whose stage has stayed open for kStealGrace (the
+  // candidate this thread watches), or at once, half of them, when its owner is away
   bool run_stolen(int rank, int first, Candidate& candidate) {
     if (candidate.chain >= first) {
       ChainState& state = states_[candidate.chain];
       if (ready_stage(state, candidate.slice) != candidate.stage) {
-        candidate.chain = -1;  // its owner (or another thief) took it
-      } else if (away(state, candidate.slice) || Clock::now() - candidate.since >= kStealGrace) {
-        candidate.chain = -1;
-        return claim_and_run(state, candidate.slice, candidate.stage, true);
+        candidate.chain = -1;  // its owner (or another thief) finished it
+      } else if (away(state, candidate.slice, candidate.stage)) {
+        return claim_and_run(state, candidate.slice, candidate.stage, true, Take::half);
+      } else if (Clock::now() - candidate.since >= kStealGrace) {
+        // the candidate stays: the next claim of a balanced chain's blocks needs no new grace
+        return claim_and_run(state, candidate.slice, candidate.stage, true,
+                             state.chain->balanced ? Take::one : Take::all);
       } else {
         return false;
       }
@@ -154,8 +228,8 @@ class Schedule {
         if (owner == rank) continue;
         const int64_t stage = ready_stage(state, slice);
         if (stage < 0) continue;
-        if (owner >= threads_ || away(state, slice)) {
-          if (claim_and_run(state, slice, stage, true)) return true;
+        if (owner >= threads_ || away(state, slice, stage)) {
+          if (claim_and_run(state, slice, stage, true, Take::half)) return true;
           continue;  // another thief was first
         }
         candidate = Candidate{i, slice, stage, Clock::now()};
@@ -165,16 +239,18 @@ class Schedule {
     return false;
   }
 
-  // Whether the owner of `slice` is away: it has not joined the job (a parked helper still
-  // waking up), or the slice's last stage was taken from it (descheduled, or still catching up
-  // after a late join). Its slices are then taken at once, not after kStealGrace each: waiting
-  // out the grace at every step cost an absent helper's caller ~3 us per step on top of doing
-  // the whole step itself. A returning owner spins on its own slice, so it wins it back at the
-  // next stage; advisory only (relaxed), whoever runs a slice computes the same.
-  bool away(const ChainState& state, int slice) const {
+  // Whether the owner of `slice` is away at `stage`: it has not joined the job (a parked helper
+  // still waking up), or claimed no block of the stage before (descheduled, or still catching
+  // up after a late join). Its slice is then taken at once, half of what is left per claim, not
+  // a block per kStealGrace: waiting out the grace at every step cost an absent helper's caller ~3 us per
+  // step on top of doing the whole step itself. A returning owner claims its slice's next
+  // stage first, so it wins it back; advisory only (relaxed), whoever runs a block computes the
+  // same.
+  bool away(const ChainState& state, int slice, int64_t stage) const {
     const int owner = state.owner(slice);
     return joined_[owner].value.load(std::memory_order_relaxed) == 0 ||
-           state.taken_by_thief[slice].value.load(std::memory_order_relaxed) != 0;
+           (stage > 0 &&
+            state.owner_stage[slice].value.load(std::memory_order_relaxed) < stage - 1);
   }
 
   int threads_;
@@ -186,6 +262,12 @@ class Schedule {
 }  // namespace
 
 void run_chains(const std::vector<Chain>& chains, int threads, int directions) {
+  for (const Chain& chain : chains) {
+    if (chain.blocks >= kMaxBlocks) {
+      throw std::length_error("chrion recurrent kernel: " + std::to_string(chain.blocks) +
+                              " blocks of hidden units, at most " + std::to_string(kMaxBlocks - 1));
+    }
+  }
   threads = std::max(threads, 1);
   directions = std::clamp(directions, 1, threads);
   if (threads == 1) {

@@ -11,13 +11,16 @@
 // share of the packed weights stays in its core's L2 from step to step and call to call. A
 // bidirectional layer on two threads is therefore split by direction (each thread runs one
 // direction alone, no per-step synchronisation at all); one direction on n threads is split by
-// rows (hidden units), n slices. A thread whose own slice is not ready takes (steals) a slice
-// that another thread owns but has left unclaimed for kStealGrace, or at once when its owner is
-// away (has not joined the call yet, or let that slice's previous stage go): a helper that is
-// still waking up, or descheduled on this shared machine, costs its slices' time on another
-// core, never a stall, and no grace at each step while it is gone. Every slice of every stage
+// rows (hidden units), n slices. A thread whose own slice is not ready claims blocks of a slice
+// that another thread owns once its stage has been open for kStealGrace: the whole slice, or,
+// in a balanced chain, one block at a time from its back while the owner works from the front
+// (Note [Two-ended slices] in recurrent_schedule.cpp), so the faster of two uneven cores does
+// more of each step. When the owner is away (has not joined the call yet, or claimed nothing of
+// the slice's previous stage) it claims at once, half of what is left each time: a helper that
+// is still waking up, or descheduled on this shared machine, costs its slices' time on another
+// core, never a stall, and no grace at each step while it is gone. Every block of every stage
 // is computed by exactly one thread with the same arithmetic whoever runs it, so results do not
-// depend on the thread count or on the stealing.
+// depend on the thread count or on who claimed what.
 #pragma once
 
 #include <atomic>
@@ -26,19 +29,23 @@
 
 namespace chrion::recurrent {
 
-/// One chain of stages (see the Note). `run(context, stage, first_block, end_block)` computes one
-/// slice of one stage and must not throw.
+/// One chain of stages (see the Note). `run(context, stage, first_block, end_block)` computes the
+/// blocks [first_block, end_block) of one stage and must not throw.
 struct Chain {
   int64_t stages = 0;
-  int64_t blocks = 0;  ///< hidden-unit blocks cut into slices
+  int64_t blocks = 0;  ///< hidden-unit blocks cut into slices (fewer than 65536)
   int home = 0;        ///< direction: its slices belong to the ranks r with r % directions == home
   int after[2] = {-1, -1};  ///< chains (indices) that must be done before stage 0 (-1: none)
+  /// claim its slices' blocks from both ends (Note [Two-ended slices]), or each slice's whole
+  /// stage at once
+  bool balanced = false;
   void (*run)(const void* context, int64_t stage, int64_t first_block, int64_t end_block) = nullptr;
   const void* context = nullptr;
 };
 
 /// Runs every chain on `threads` threads (the caller and threads-1 helpers, Note [Recurrent
-/// worker teams]) with `directions` home directions; returns when all are done.
+/// worker teams]) with `directions` home directions; returns when all are done. Throws
+/// std::length_error for a chain of 65536 blocks or more.
 void run_chains(const std::vector<Chain>& chains, int threads, int directions);
 
 }  // namespace chrion::recurrent
