@@ -196,10 +196,8 @@ class Schedule {
       const int slice = rank / state.directions;
       if (slice >= state.slices) continue;
       const int64_t stage = ready_stage(state, slice);
-      if (stage >= 0 &&
-          claim_and_run(state, slice, stage, false, state.chain->balanced ? Take::half : Take::all)) {
-        return true;
-      }
+      const Take take = state.chain->balanced ? Take::half : Take::all;
+      if (stage >= 0 && claim_and_run(state, slice, stage, false, take)) return true;
     }
     return false;
   }
@@ -241,11 +239,10 @@ class Schedule {
 
   // Whether the owner of `slice` is away at `stage`: it has not joined the job (a parked helper
   // still waking up), or claimed no block of the stage before (descheduled, or still catching
-  // up after a late join). Its slice is then taken at once, half of what is left per claim, not
-  // a block per kStealGrace: waiting out the grace at every step cost an absent helper's caller ~3 us per
-  // step on top of doing the whole step itself. A returning owner claims its slice's next
-  // stage first, so it wins it back; advisory only (relaxed), whoever runs a block computes the
-  // same.
+  // up after a late join). Its slice is then taken at once, half of what is left per claim:
+  // waiting out the grace at every step cost an absent helper's caller ~3 us per step on top
+  // of doing the whole step itself. A returning owner claims its slice's next stage first, so
+  // it wins it back; advisory only (relaxed), whoever runs a block computes the same.
   bool away(const ChainState& state, int slice, int64_t stage) const {
     const int owner = state.owner(slice);
     return joined_[owner].value.load(std::memory_order_relaxed) == 0 ||
