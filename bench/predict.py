@@ -3,11 +3,11 @@ each compiled by torch_chrion; the plan's predicted latency (simulator with the 
 calibrated costs, and the ideal replay without them) against the measured median latency.
 
 The models are timed in interleaved rounds (one call of each per round), so a load burst on a
-shared machine slows them alike. Their profiles are measured in this run (a fresh profile cache),
-so a plan's prediction and its measured latency come from the same minutes: a profile cached
-hours earlier on this shared machine timed another machine speed (the same five plans from the
-cache were 13-51% off one afternoon, measured afresh -4% to +24%). Prints the table; ``--write`` saves it to
-bench/results/predict.md.
+shared machine slows them alike. Their profiles are measured in this run (a fresh profile
+cache), so a plan's prediction and its measured latency come from the same minutes: a profile
+cached hours earlier on this shared machine timed another machine speed (the same five plans
+from the cache were 13-51% off one afternoon, measured afresh -4% to +24%). Prints the table;
+``--write`` saves it to bench/results/predict.md.
 
     python bench/predict.py [--repeats 200] [--devices cpu:0 cpu:1] [--nodes] [--write]
 """
