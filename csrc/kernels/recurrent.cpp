@@ -301,7 +301,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     std::vector<DirectionWork> work(num_layers * dirs);
     std::vector<recurrent::Chain> chains;
     chains.reserve(2 * num_layers * dirs);
-    const int64_t blocks = (hidden + kernels.block - 1) / kernels.block;
+    const int64_t block = kernels.block_units(gates);
+    const int64_t blocks = (hidden + block - 1) / block;
     const int threads = recurrent_threads(steps, batch, gates, hidden, dirs, blocks);
     const bool balanced = batch >= kBalancedBatch || threads <= dirs;
     for (int64_t layer = 0; layer < num_layers; ++layer) {

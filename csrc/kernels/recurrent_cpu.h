@@ -10,9 +10,10 @@
 //     activations and the cell update on the accumulators while they are still in registers, and
 //     h_t written straight into the layer's output sequence. No gate buffer, no allocation.
 // The recurrent weights are packed once per weight tensor (packed_weights.h) into panels, one
-// per block of V hidden units: panel[j][k][g][0..V) = W_hh[g*H + j*V + v, k], zero-padded past
-// H, so each step streams the weights contiguously and reuses each loaded vector for every
-// batch row in a group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent
+// per block of S*V hidden units (S = 1, a plain RNN's S in Note [RNN blocks]):
+// panel[j][k][g][s][0..V) = W_hh[g*H + (j*S + s)*V + v, k], zero-padded past H, so each step
+// streams the weights contiguously and reuses each loaded vector for every batch row in a
+// group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent
 // kernels): the weights' trip through the cache is the cost, so nothing else is read twice.
 //
 // Threads: the input projection and each time step are cut into slices of hidden-unit blocks
@@ -73,11 +74,13 @@ struct Steps {
   bool reverse;              ///< run t = T-1 .. 0
 };
 
-/// The kernels of one instruction set. Hidden units are computed in blocks of `block` units
-/// (one SIMD vector of floats); `project` and `step` take a range of blocks [first, end).
+/// The kernels of one instruction set. Hidden units are computed in blocks of
+/// `block_units(G)` units (one SIMD vector of floats; a plain RNN's, several: Note [RNN
+/// blocks] in recurrent_cpu_impl.h); `project` and `step` take a range of blocks [first, end).
 struct CpuKernels {
   const char* name;  ///< "AVX512", "AVX2" or "DEFAULT", as at::get_cpu_capability() names it
-  int64_t block;     ///< hidden units per block
+  /// hidden units per block of a cell with `gates` gates
+  int64_t (*block_units)(int64_t gates);
   /// floats in the packed form of a [G*H, columns] weight
   int64_t (*packed_size)(int64_t gates, int64_t hidden, int64_t columns);
   /// pack a contiguous [G*H, columns] weight (W_ih or W_hh) into `packed`

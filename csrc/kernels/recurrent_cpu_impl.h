@@ -27,34 +27,53 @@ namespace chrion::recurrent::CPU_CAPABILITY {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
-// Batch rows sharing one pass over a weight panel of G gates: 4 x 4 gate accumulators fill half
-// of AVX-512's 32 registers. AVX2 (16 registers) and the portable build take 3 rows of LSTM or
-// GRU (12 or 9 accumulators; recurrent_product keeps the rows' h and one weight vector at a
+// Batch rows sharing one pass over a weight panel of G vectors per column (a block's gates, or a
+// plain RNN's four vectors of one gate, Note [RNN blocks]): 4 x 4 accumulators fill half of
+// AVX-512's 32 registers. AVX2 (16 registers) and the portable build take 3 rows of LSTM, GRU or
+// RNN (12 or 9 accumulators; recurrent_product keeps the rows' h and one weight vector at a
 // time, 3 x 4 + 3 + 1): fewer weight loads per multiply-add and more independent chains than 2
 // rows. Against onnxruntime at 2 threads, builds alternating, a 2-layer bi-LSTM 128 at batch 8
-// went from 1.26-1.35x to 1.02-1.13x and the bi-GRUs' rows 5-10% down; a plain RNN keeps 2
-// rows (its 8 chains come from unrolling).
+// went from 1.26-1.35x to 1.02-1.13x and the bi-GRUs' rows 5-10% down.
 template <int G>
 constexpr int kRows = kLanes >= 16 ? 4 : G >= 3 ? 3 : 2;
 
 // vector registers of the instruction set
 constexpr int kRegisters = kLanes >= 16 ? 32 : 16;
 
-inline int64_t hidden_blocks(int64_t hidden) { return (hidden + kLanes - 1) / kLanes; }
+// Note [RNN blocks]
+// A block's product loads its G*S weight vectors once per column k and multiplies each by every
+// row of its group. With one vector per gate (S = 1), a plain RNN's block (G = 1) is one weight
+// vector per k: each multiply-add then needs a load of its own (the row's h broadcast), so the
+// product and the input projection were load-bound, at about half the multiply-add rate of an
+// LSTM's (a bi-RNN 2x256 at batch 8 ran at 43% of the two cores' multiply-add peak). So a
+// plain RNN's block spans S = kRnnVectors vectors of hidden units, laid out like an LSTM
+// block's four gates: the same register blocking, three or four rows by four vectors.
+constexpr int64_t kRnnVectors = 4;
 
-int64_t packed_size(int64_t gates, int64_t hidden, int64_t columns) {
-  return hidden_blocks(hidden) * columns * gates * kLanes;
+constexpr int64_t vectors_per_gate(int64_t gates) { return gates == 1 ? kRnnVectors : 1; }
+
+int64_t block_units(int64_t gates) { return vectors_per_gate(gates) * kLanes; }
+
+inline int64_t hidden_blocks(int64_t gates, int64_t hidden) {
+  return (hidden + block_units(gates) - 1) / block_units(gates);
 }
 
-// panel[j][k][g][v] = weight[g*H + j*V + v, k] (Note [CPU recurrent kernel])
+int64_t packed_size(int64_t gates, int64_t hidden, int64_t columns) {
+  return hidden_blocks(gates, hidden) * columns * gates * vectors_per_gate(gates) * kLanes;
+}
+
+// panel[j][k][g][s][v] = weight[g*H + (j*S + s)*V + v, k] (Note [CPU recurrent kernel])
 void pack(const float* weight, int64_t gates, int64_t hidden, int64_t columns, float* packed) {
-  for (int64_t j = 0; j < hidden_blocks(hidden); ++j) {
+  const int64_t S = vectors_per_gate(gates);
+  for (int64_t j = 0; j < hidden_blocks(gates, hidden); ++j) {
     for (int64_t k = 0; k < columns; ++k) {
       for (int64_t g = 0; g < gates; ++g) {
-        float* dst = packed + ((j * columns + k) * gates + g) * kLanes;
-        for (int64_t v = 0; v < kLanes; ++v) {
-          const int64_t unit = j * kLanes + v;
-          dst[v] = unit < hidden ? weight[(g * hidden + unit) * columns + k] : 0.0f;
+        for (int64_t s = 0; s < S; ++s) {
+          float* dst = packed + (((j * columns + k) * gates + g) * S + s) * kLanes;
+          for (int64_t v = 0; v < kLanes; ++v) {
+            const int64_t unit = (j * S + s) * kLanes + v;
+            dst[v] = unit < hidden ? weight[(g * hidden + unit) * columns + k] : 0.0f;
+          }
         }
       }
     }
@@ -63,7 +82,8 @@ void pack(const float* weight, int64_t gates, int64_t hidden, int64_t columns, f
 
 // Note [bf16 recurrent weights]
 // With recurrent_dtype="bfloat16" (settings.py) W_hh arrives as bfloat16 and is packed in pairs
-// of columns: pairs[j][k/2][g][v] = (W_hh[g*H + j*V + v, k], W_hh[g*H + j*V + v, k + 1]), one
+// of columns: pairs[j][k/2][g][s][v] = (W_hh[g*H + u, k], W_hh[g*H + u, k + 1]) for the unit
+// u = (j*S + s)*V + v, one
 // 32-bit lane per unit (AVX512-BF16's vdpbf16ps layout), so a step streams half the float32
 // panel's bytes, which is what bounds a batch-1 step. A bfloat16 is the upper half of a float,
 // so a shift and a mask widen a lane's two columns to floats exactly, and the products
@@ -75,21 +95,27 @@ void pack(const float* weight, int64_t gates, int64_t hidden, int64_t columns, f
 void pack_pairs(const uint16_t* weight, int64_t gates, int64_t hidden, int64_t columns,
                 uint16_t* packed) {
   const int64_t pairs = (columns + 1) / 2;
-  for (int64_t j = 0; j < hidden_blocks(hidden); ++j) {
+  const int64_t S = vectors_per_gate(gates);
+  for (int64_t j = 0; j < hidden_blocks(gates, hidden); ++j) {
     for (int64_t p = 0; p < pairs; ++p) {
       for (int64_t g = 0; g < gates; ++g) {
-        uint16_t* dst = packed + ((j * pairs + p) * gates + g) * 2 * kLanes;
-        for (int64_t v = 0; v < 2 * kLanes; ++v) {
-          const int64_t unit = j * kLanes + v / 2;
-          const int64_t k = 2 * p + v % 2;
-          dst[v] = unit < hidden && k < columns ? weight[(g * hidden + unit) * columns + k] : 0;
+        for (int64_t s = 0; s < S; ++s) {
+          uint16_t* dst = packed + (((j * pairs + p) * gates + g) * S + s) * 2 * kLanes;
+          for (int64_t v = 0; v < 2 * kLanes; ++v) {
+            const int64_t unit = (j * S + s) * kLanes + v / 2;
+            const int64_t k = 2 * p + v % 2;
+            dst[v] =
+                unit < hidden && k < columns ? weight[(g * hidden + unit) * columns + k] : 0;
+          }
         }
       }
     }
   }
 }
 
-inline Vec load(const float* p, int64_t n) { return n == kLanes ? Vec::loadu(p) : Vec::loadu(p, n); }
+inline Vec load(const float* p, int64_t n) {
+  return n == kLanes ? Vec::loadu(p) : Vec::loadu(p, n);
+}
 
 inline void store(const Vec& v, float* p, int64_t n) {
   if (n == kLanes) {
@@ -176,7 +202,8 @@ constexpr int unroll_for(int gates, int rows) {
   return gates * rows >= 8 ? 1 : (8 + gates * rows - 1) / (gates * rows);
 }
 
-// acc[r][g] = h_r · W_hh[g*H + j*V .. +V, :] for the rows in `h` (R pointers to H floats)
+// acc[r][g] = h_r · (the panel's g-th vector of weights, for every column) for the rows in `h`
+// (R pointers to H floats): G vectors per column, a block's gates times its vectors per gate
 template <int G, int R>
 inline void recurrent_product(const float* panel, int64_t hidden, const float* const* h,
                               Vec (&acc)[R][G]) {
@@ -320,13 +347,14 @@ template <Cell C, int R>
 inline void cell_block(const Steps& s, const float* panel, const uint16_t* pairs, int64_t o,
                        int64_t n, const float* const* h_prev, const float* const* h_dot,
                        const float* const* gx, float* const* h_out, float* const* c) {
-  constexpr int G = static_cast<int>(gate_count(C));
+  constexpr int64_t G = gate_count(C);
+  constexpr int GS = static_cast<int>(G * vectors_per_gate(G));
   const int64_t H = s.hidden;
-  Vec acc[R][G];
+  Vec acc[R][GS];
   if (pairs != nullptr) {
-    recurrent_product_pairs<G, R>(pairs, H, h_dot, acc);
+    recurrent_product_pairs<GS, R>(pairs, H, h_dot, acc);
   } else {
-    recurrent_product<G, R>(panel, H, h_prev, acc);
+    recurrent_product<GS, R>(panel, H, h_prev, acc);
   }
   for (int r = 0; r < R; ++r) {
     if constexpr (C == Cell::lstm) {
@@ -345,10 +373,14 @@ inline void cell_block(const Steps& s, const float* panel, const uint16_t* pairs
       const Vec ng = tanh_gate(load(gx[r] + 2 * H + o, n) + hn * rg);
       const Vec hp = load(h_prev[r] + o, n);
       store((hp - ng) * z + ng, h_out[r] + o, n);
-    } else if constexpr (C == Cell::rnn_tanh) {
-      store(tanh_gate(acc[r][0] + load(gx[r] + o, n)), h_out[r] + o, n);
     } else {
-      store(at::vec::maximum(acc[r][0] + load(gx[r] + o, n), Vec(0.0f)), h_out[r] + o, n);
+      for (int v = 0; v < GS && v * kLanes < n; ++v) {  // Note [RNN blocks]
+        const int64_t at = o + v * kLanes;
+        const int64_t valid = std::min(kLanes, n - v * kLanes);
+        const Vec x = acc[r][v] + load(gx[r] + at, valid);
+        store(C == Cell::rnn_tanh ? tanh_gate(x) : at::vec::maximum(x, Vec(0.0f)), h_out[r] + at,
+              valid);
+      }
     }
   }
 }
@@ -396,17 +428,18 @@ inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int
 template <Cell C>
 void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   constexpr int64_t G = gate_count(C);
+  constexpr int64_t GS = G * vectors_per_gate(G);
   const int64_t H = s.hidden;
   const int64_t t = s.reverse ? s.steps - 1 - step : step;
   const int64_t t_prev = s.reverse ? t + 1 : t - 1;
   const bool bf16 = s.packed_pairs != nullptr;
   const float* rounded = bf16 ? rounded_state(s, t_prev, step == 0) : nullptr;
   for (int64_t j = j0; j < j1; ++j) {
-    const float* panel = bf16 ? nullptr : s.packed + j * H * G * kLanes;
-    const uint16_t* pairs = bf16 ? s.packed_pairs + j * (H + H % 2) * G * kLanes : nullptr;
-    const int64_t o = j * kLanes;
-    const int64_t n = std::min(kLanes, H - o);
-    for_row_groups<kRows<G>>(s.batch, [&](auto rows, int64_t b) {
+    const float* panel = bf16 ? nullptr : s.packed + j * H * GS * kLanes;
+    const uint16_t* pairs = bf16 ? s.packed_pairs + j * (H + H % 2) * GS * kLanes : nullptr;
+    const int64_t o = j * block_units(G);
+    const int64_t n = std::min(block_units(G), H - o);
+    for_row_groups<kRows<GS>>(s.batch, [&](auto rows, int64_t b) {
       row_group<C, decltype(rows)::value>(s, t, t_prev, step == 0, b, panel, pairs, rounded, o,
                                           n);
     });
@@ -433,34 +466,43 @@ constexpr int kProjectRows = kLanes >= 16 ? 6 : kRows<G>;
 // Input rows per chunk: the chunk's inputs stay in L1/L2 while every block of the slice passes.
 constexpr int64_t kProjectChunk = 48;
 
+// `o` and `n`: the block's first hidden unit and how many of its units there are
 template <int G, int R>
 inline void project_rows(const Projection& p, const float* panel, int64_t row, int64_t o,
                          int64_t n) {
+  constexpr int S = static_cast<int>(vectors_per_gate(G));
   const int64_t H = p.hidden;
   const float* x[R];
   for (int r = 0; r < R; ++r) x[r] = p.x + (row + r) * p.features;
-  Vec acc[R][G];
-  recurrent_product<G, R>(panel, p.features, x, acc);
+  Vec acc[R][G * S];
+  recurrent_product<G * S, R>(panel, p.features, x, acc);
   for (int g = 0; g < G; ++g) {
-    Vec bias(0.0f);
-    if (p.bias_ih != nullptr) {
-      bias = load(p.bias_ih + g * H + o, n);
-      // GRU: b_hn is applied by the time loop, inside r * (W_hn h + b_hn)
-      if (!(p.cell == Cell::gru && g == 2)) bias = bias + load(p.bias_hh + g * H + o, n);
+    for (int v = 0; v < S && v * kLanes < n; ++v) {
+      const int64_t at = g * H + o + v * kLanes;  // the vector's first column of the gates
+      const int64_t valid = std::min(kLanes, n - v * kLanes);
+      Vec bias(0.0f);
+      if (p.bias_ih != nullptr) {
+        bias = load(p.bias_ih + at, valid);
+        // GRU: b_hn is applied by the time loop, inside r * (W_hn h + b_hn)
+        if (!(p.cell == Cell::gru && g == 2)) bias = bias + load(p.bias_hh + at, valid);
+      }
+      for (int r = 0; r < R; ++r) {
+        store(acc[r][g * S + v] + bias, p.gates + (row + r) * G * H + at, valid);
+      }
     }
-    for (int r = 0; r < R; ++r) store(acc[r][g] + bias, p.gates + (row + r) * G * H + g * H + o, n);
   }
 }
 
 template <int G>
 void project_gates(const Projection& p, int64_t j0, int64_t j1) {
+  constexpr int GS = static_cast<int>(G * vectors_per_gate(G));
   for (int64_t row0 = 0; row0 < p.rows; row0 += kProjectChunk) {
     const int64_t row1 = std::min(p.rows, row0 + kProjectChunk);
     for (int64_t j = j0; j < j1; ++j) {
-      const float* panel = p.packed + j * p.features * G * kLanes;
-      const int64_t o = j * kLanes;
-      const int64_t n = std::min(kLanes, p.hidden - o);
-      for_row_groups<kProjectRows<G>>(row1 - row0, [&](auto rows, int64_t row) {
+      const float* panel = p.packed + j * p.features * GS * kLanes;
+      const int64_t o = j * block_units(G);
+      const int64_t n = std::min(block_units(G), p.hidden - o);
+      for_row_groups<kProjectRows<GS>>(row1 - row0, [&](auto rows, int64_t row) {
         project_rows<G, decltype(rows)::value>(p, panel, row0 + row, o, n);
       });
     }
@@ -478,7 +520,7 @@ void project(const Projection& p, int64_t j0, int64_t j1) {
   }
 }
 
-const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), kLanes, &packed_size, &pack,
-                          &pack_pairs, &project, &step};
+const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), &block_units, &packed_size,
+                          &pack, &pack_pairs, &project, &step};
 
 }  // namespace chrion::recurrent::CPU_CAPABILITY
