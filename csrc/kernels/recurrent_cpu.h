@@ -10,7 +10,7 @@
 //     activations and the cell update on the accumulators while they are still in registers, and
 //     h_t written straight into the layer's output sequence. No gate buffer, no allocation.
 // The recurrent weights are packed once per weight tensor (packed_weights.h) into panels, one
-// per block of S*V hidden units (S = 1, a plain RNN's S in Note [RNN blocks]):
+// per block of S*V hidden units (S = 1; a plain RNN's S is in Note [RNN blocks]):
 // panel[j][k][g][s][0..V) = W_hh[g*H + (j*S + s)*V + v, k], zero-padded past H, so each step
 // streams the weights contiguously and reuses each loaded vector for every batch row in a
 // group. At batch 1 a step is matrix-vector bound (DESIGN.md, CPU recurrent

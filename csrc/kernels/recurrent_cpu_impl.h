@@ -45,9 +45,11 @@ constexpr int kRegisters = kLanes >= 16 ? 32 : 16;
 // row of its group. With one vector per gate (S = 1), a plain RNN's block (G = 1) is one weight
 // vector per k: each multiply-add then needs a load of its own (the row's h broadcast), so the
 // product and the input projection were load-bound, at about half the multiply-add rate of an
-// LSTM's (a bi-RNN 2x256 at batch 8 ran at 43% of the two cores' multiply-add peak). So a
-// plain RNN's block spans S = kRnnVectors vectors of hidden units, laid out like an LSTM
-// block's four gates: the same register blocking, three or four rows by four vectors.
+// LSTM's. So a plain RNN's block spans S = kRnnVectors vectors of hidden units, laid out like
+// an LSTM block's four gates: the same register blocking, three or four rows by four vectors.
+// On one thread (AVX2, builds alternating) a bi-RNN 2x256 at batch 8 and 256 steps went from
+// 42-50 to 27-30 ms, an RNN 256 at batch 32 from 6.2-7.2 to 4.05 ms, an RNN 128 at batch 1 from
+// 0.107-0.111 to 0.085 ms.
 constexpr int64_t kRnnVectors = 4;
 
 constexpr int64_t vectors_per_gate(int64_t gates) { return gates == 1 ? kRnnVectors : 1; }
