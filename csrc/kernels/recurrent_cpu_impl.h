@@ -54,6 +54,11 @@ constexpr int64_t kRnnVectors = 4;
 
 constexpr int64_t vectors_per_gate(int64_t gates) { return gates == 1 ? kRnnVectors : 1; }
 
+// weight vectors per column of a block's panel: its gates times their vectors
+constexpr int panel_vectors(int64_t gates) {
+  return static_cast<int>(gates * vectors_per_gate(gates));
+}
+
 int64_t block_units(int64_t gates) { return vectors_per_gate(gates) * kLanes; }
 
 inline int64_t hidden_blocks(int64_t gates, int64_t hidden) {
@@ -61,7 +66,7 @@ inline int64_t hidden_blocks(int64_t gates, int64_t hidden) {
 }
 
 int64_t packed_size(int64_t gates, int64_t hidden, int64_t columns) {
-  return hidden_blocks(gates, hidden) * columns * gates * vectors_per_gate(gates) * kLanes;
+  return hidden_blocks(gates, hidden) * columns * panel_vectors(gates) * kLanes;
 }
 
 // panel[j][k][g][s][v] = weight[g*H + (j*S + s)*V + v, k] (Note [CPU recurrent kernel])
@@ -350,7 +355,7 @@ inline void cell_block(const Steps& s, const float* panel, const uint16_t* pairs
                        int64_t n, const float* const* h_prev, const float* const* h_dot,
                        const float* const* gx, float* const* h_out, float* const* c) {
   constexpr int64_t G = gate_count(C);
-  constexpr int GS = static_cast<int>(G * vectors_per_gate(G));
+  constexpr int GS = panel_vectors(G);
   const int64_t H = s.hidden;
   Vec acc[R][GS];
   if (pairs != nullptr) {
@@ -430,7 +435,7 @@ inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int
 template <Cell C>
 void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   constexpr int64_t G = gate_count(C);
-  constexpr int64_t GS = G * vectors_per_gate(G);
+  constexpr int64_t GS = panel_vectors(G);
   const int64_t H = s.hidden;
   const int64_t t = s.reverse ? s.steps - 1 - step : step;
   const int64_t t_prev = s.reverse ? t + 1 : t - 1;
@@ -476,8 +481,8 @@ inline void project_rows(const Projection& p, const float* panel, int64_t row, i
   const int64_t H = p.hidden;
   const float* x[R];
   for (int r = 0; r < R; ++r) x[r] = p.x + (row + r) * p.features;
-  Vec acc[R][G * S];
-  recurrent_product<G * S, R>(panel, p.features, x, acc);
+  Vec acc[R][panel_vectors(G)];
+  recurrent_product<panel_vectors(G), R>(panel, p.features, x, acc);
   for (int g = 0; g < G; ++g) {
     for (int v = 0; v < S && v * kLanes < n; ++v) {
       const int64_t at = g * H + o + v * kLanes;  // the vector's first column of the gates
@@ -497,7 +502,7 @@ inline void project_rows(const Projection& p, const float* panel, int64_t row, i
 
 template <int G>
 void project_gates(const Projection& p, int64_t j0, int64_t j1) {
-  constexpr int GS = static_cast<int>(G * vectors_per_gate(G));
+  constexpr int GS = panel_vectors(G);
   for (int64_t row0 = 0; row0 < p.rows; row0 += kProjectChunk) {
     const int64_t row1 = std::min(p.rows, row0 + kProjectChunk);
     for (int64_t j = j0; j < j1; ++j) {
