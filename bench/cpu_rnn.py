@@ -7,9 +7,10 @@ interleaved round by round (a load burst on this shared machine slows every engi
 - ``chrion onnx``: ``torch_chrion.load_onnx(path)`` with its defaults (two 1-thread CPU lanes);
 - ``chrion compile``: ``torch.compile(model, backend="chrion")`` with its defaults;
 - ``chrion 1x2t``: ``load_onnx(path, devices=["cpu"], cpu_threads=2)``, one CPU lane with two
-  intra-op threads, over which the recurrent kernel splits each step's hidden units; the default
-  plan gets the same threads by placing a layer wide over its two lanes where its profile finds
-  that faster (the nodes it placed wide are listed under the table);
+  intra-op threads, over which the recurrent kernel splits each step's hidden units (or a
+  bidirectional layer's two directions); the default plan gets the same threads by placing a
+  layer wide over its two lanes where its profile finds that faster (the nodes it placed wide
+  are listed under the table);
 - ``chrion ops``: the converted ONNX module run eagerly on the calling thread
   (``torch_chrion.onnx.to_fx``): chrion's recurrent kernels with torch's threads and no
   executor, to tell the kernels' time from the executor's;

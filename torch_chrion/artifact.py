@@ -224,6 +224,7 @@ def package(
             source = module.model
         if len(names) != len(sets[0]):
             raise OptionError(f"{len(names)} input names for {len(sets[0])} inputs")
+        settings = module.settings  # "auto" granularity resolved: the package records the split
         devices = list(settings.devices or default_devices())
         shapes = []
         # each set's bucket gets its own profiled plan (a first call would borrow a neighbour's)

@@ -134,6 +134,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     proto = chrion_onnx.load_model(args.model)
     inputs = _model_inputs(proto, args)
     settings = _settings(args)
+    settings = settings.resolve_granularity(settings.devices or default_devices())
     gm = graph.capture(
         chrion_onnx.to_fx(proto),
         inputs,

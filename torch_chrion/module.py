@@ -312,7 +312,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         plan: the Plan of the example inputs' shape bucket (save it with ``plan.save(path)``).
         plans: every Plan made so far, by shape bucket (borrowed ones included until their
             bucket's own plan replaces them).
-        settings: the ChrionSettings it was compiled with.
+        settings: the ChrionSettings it was compiled with, "auto" granularity resolved.
         stats: counts of what happened: ``captures``, ``profiles`` (made on the request
             path or at compile/warmup time), ``background_profiles``, ``borrowed_plans``,
             ``derived_plans`` (of those, the ones scheduled from another bucket's profile, as
@@ -332,8 +332,10 @@ class ChrionModule(SessionMixin, torch.nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.settings = settings
         self.devices = settings.devices or default_devices()
+        self.settings = settings.resolve_granularity(
+            self.devices, plan.granularity if plan is not None else None
+        )
         self.recorded_profile = recorded_profile
         self.plans: dict[tuple, Any] = {}
         self.stats: collections.Counter[str] = collections.Counter()

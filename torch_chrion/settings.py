@@ -18,7 +18,7 @@ from typing import Any
 from .errors import OptionError
 
 OBJECTIVES = ("latency", "memory")
-GRANULARITIES = ("op", "layer")
+GRANULARITIES = ("auto", "op", "layer")
 RECURRENT_DTYPES = ("float32", "bfloat16")
 # the options that take one of a few words
 OPTION_CHOICES = {
@@ -52,6 +52,27 @@ def _check_names(cls: type, names: Iterable[str]) -> None:
             raise OptionError(f"unknown torch_chrion option {name!r}{closest(name, known)}")
 
 
+# Note [Auto granularity]
+# On CPU lanes alone a recurrent operator over a batch of 4 or more runs best whole. Placed
+# wide, the kernel splits a bidirectional layer by direction over the lanes' threads, lets the
+# faster thread take the slower one's last blocks (Note [Two-ended slices] in
+# csrc/kernels/recurrent_schedule.cpp) and writes both directions into the output in place.
+# Split per layer and direction, each direction is a node on its own lane: nothing balances two
+# lanes whose cores drift apart (a trace here: one direction of a layer 1.53 ms on cpu:0, the
+# other 2.09 ms on cpu:1), and every layer adds a cat and slices. Whole over split, two CPU
+# lanes, one process, interleaved: 0.85-0.96x the time at batch 8-32 (BiGRU 3x256 batch 16,
+# BiRNN 2x256 and BiLSTM 2x128 batch 8, BiGRU 1x512 batch 32) and 0.95x on the CRDNN of
+# bench/crdnn.py (batch 4); on one lane of two threads the split was 1.8x slower (each
+# direction split by hidden units, one synchronisation per step). At batch 1 whole and split
+# tied (1.04x on a BiLSTM 2x128, within noise on the demo), and split is the safer: whole, the
+# two directions run at once only if the profile finds the node faster wide, which a profile
+# taken under load may not (the demo's layers then stayed on one lane, predicted 2.11 ms
+# against 1.57-1.84 from quiet profiles); split, they run on two lanes whatever the profile
+# says. So "auto" keeps whole from batch 4 (graph/passes/split_recurrent.py; the batch of the
+# inputs a graph is captured for, the first call's for a shape-generic Dynamo graph) and splits
+# below. With an accelerator among the lanes the split lets the directions and the layers run
+# on different devices, and sequence chunks need it: "auto" is "layer" there. A saved plan
+# fixes its graph's nodes, so "auto" takes the plan's granularity.
 @dataclasses.dataclass(frozen=True)
 class ChrionSettings:
     """Options of a torch_chrion compilation.
@@ -67,7 +88,10 @@ class ChrionSettings:
             None means "cpu" and "cuda:0" when CUDA is available, else "cpu:0" and "cpu:1" (one
             "cpu" on a one-core machine).
         granularity: "op" keeps every recurrent operator whole; "layer" splits multi-layer and
-            bidirectional recurrent operators into one node per layer and direction.
+            bidirectional recurrent operators into one node per layer and direction; "auto"
+            (the default): where every lane is a CPU lane and seq_chunks is 1, "op" for an
+            operator over a batch of 4 or more and "layer" for a smaller one, else "layer"
+            throughout; with a plan given, the plan's (Note [Auto granularity]).
         seq_chunks: with "layer", also split each sequence into this many chunks (the state is
             handed from chunk to chunk), giving the layer x chunk wavefront. 1 = no chunking.
         cpu_threads: intra-op threads of each CPU lane; None means 1 (batch-1 recurrent steps
@@ -90,7 +114,7 @@ class ChrionSettings:
     objective: str = "latency"
     slo_ms: float | None = None
     devices: tuple[str, ...] | None = None
-    granularity: str = "layer"
+    granularity: str = "auto"
     seq_chunks: int = 1
     cpu_threads: int | None = None
     cache_dir: str | None = None
@@ -161,6 +185,24 @@ class ChrionSettings:
         merged = {**(options or {}), **{k: v for k, v in overrides.items() if v is not None}}
         _check_names(cls, merged)
         return cls(**merged)
+
+    def resolve_granularity(
+        self, devices: Iterable[str], recorded: str | None = None
+    ) -> ChrionSettings:
+        """These settings with "auto" granularity resolved for ``devices``: ``recorded`` (the
+        granularity of a saved plan about to run) when given, else "auto" itself where every
+        lane is a CPU lane and ``seq_chunks`` is 1 (split_recurrent then keeps an operator over
+        a batch of 4 or more whole), else "layer" (Note [Auto granularity])."""
+        if self.granularity != "auto":
+            return self
+        if recorded is not None:
+            return dataclasses.replace(self, granularity=recorded)
+        cpu_only = all(parse_lane(lane)[0] == "cpu" for lane in devices)
+        return (
+            self
+            if cpu_only and self.seq_chunks == 1
+            else dataclasses.replace(self, granularity="layer")
+        )
 
     def plan_key(self) -> dict[str, Any]:
         """The fields a saved plan depends on: a plan made under other values is stale."""

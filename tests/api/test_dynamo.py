@@ -160,6 +160,26 @@ def test_a_plain_dynamo_reset_still_compiles_recurrent_layers_to_chrion_kernels(
     assert len(recurrent) == 2 * (2 if bidirectional else 1), ops
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_auto_granularity_keeps_a_layer_over_a_batch_of_8_whole(dynamic):
+    """On CPU lanes alone a layer over a batch of 8 runs as one node (Note [Auto granularity]),
+    in a shape-generic graph too (its split follows the first call's batch)."""
+    import torch_chrion.dynamo as chrion_dynamo
+
+    torch.manual_seed(0)
+    model = _Recurrent(nn.LSTM, True).eval()
+    torch._dynamo.reset()
+    before = chrion_dynamo.compiled_modules()
+    compiled = torch.compile(model, backend="chrion", dynamic=dynamic)
+    with torch.no_grad():
+        for batch in (8, 1):
+            x = torch.randn(10, batch, 12)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    (module, *_) = [m for m in chrion_dynamo.compiled_modules() if m not in before]
+    recurrent = [o for o in module.plan.ops.values() if o == "chrion.lstm.default"]
+    assert len(recurrent) == 1, module.plan.ops
+
+
 def test_callbacks_restored_after_a_reset_still_leave_other_backends_their_graph_break():
     seen = []
 

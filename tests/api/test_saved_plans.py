@@ -68,14 +68,28 @@ def test_plan_on_other_lanes_than_devices_asked_is_refused(model_and_inputs, set
 
 def test_granularity_mismatch_names_both_granularities(model_and_inputs, settings, tmp_path):
     by_op = dataclasses.replace(settings, granularity="op")
+    by_layer = dataclasses.replace(settings, granularity="layer")
     plan = saved(compile_with(model_and_inputs, by_op).plan, tmp_path)
     with pytest.raises(PlanError, match="made with granularity='op', but granularity='layer'"):
-        compile_with(model_and_inputs, settings, plan=plan)
+        compile_with(model_and_inputs, by_layer, plan=plan)
     # a plan written before granularity was recorded: its graph hash tells what went wrong
     legacy = dataclasses.replace(plan, granularity=None, seq_chunks=None)
     with pytest.raises(PlanError, match=f"made for another graph \\({plan.graph_hash}; "):
-        compile_with(model_and_inputs, settings, plan=legacy)
+        compile_with(model_and_inputs, by_layer, plan=legacy)
     compile_with(model_and_inputs, by_op, plan=plan)
+
+
+def test_auto_granularity_takes_the_saved_plans(model_and_inputs, settings, tmp_path):
+    """A plan saved with another granularity than "auto" (such as "op", or "layer", the default
+    before "auto") runs under default settings: "auto" takes the plan's."""
+    assert settings.granularity == "auto"
+    fresh = compile_with(model_and_inputs, settings)
+    assert fresh.settings.granularity == "auto" and fresh.plan.granularity == "auto"
+    for granularity in ("op", "layer"):
+        other = dataclasses.replace(settings, granularity=granularity)
+        plan = saved(compile_with(model_and_inputs, other).plan, tmp_path)
+        module = compile_with(model_and_inputs, settings, plan=plan)
+        assert module.plan is plan and module.settings.granularity == granularity
 
 
 def test_graph_hash_is_checked(model_and_inputs, settings, tmp_path, caplog):

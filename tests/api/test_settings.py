@@ -75,3 +75,31 @@ def test_recurrent_dtype_is_part_of_the_plan_key():
     bf16 = ChrionSettings(recurrent_dtype="bfloat16")
     assert ChrionSettings().recurrent_dtype == "float32"
     assert bf16.plan_key() != ChrionSettings().plan_key()
+
+
+@pytest.mark.parametrize(
+    "devices, seq_chunks, recorded, expected",
+    [
+        (("cpu:0", "cpu:1"), 1, None, "auto"),
+        (("cpu",), 1, None, "auto"),
+        (("cpu", "cuda:0"), 1, None, "layer"),
+        (("cuda:0",), 1, None, "layer"),
+        (("cpu:0", "cpu:1"), 3, None, "layer"),
+        (("cpu:0", "cpu:1"), 1, "layer", "layer"),
+        (("cpu", "cuda:0"), 1, "op", "op"),
+    ],
+)
+def test_auto_granularity_follows_the_lanes_the_chunks_and_a_saved_plan(
+    devices, seq_chunks, recorded, expected
+):
+    settings = ChrionSettings(seq_chunks=seq_chunks)
+    assert settings.granularity == "auto"
+    resolved = settings.resolve_granularity(devices, recorded)
+    assert resolved == dataclasses.replace(settings, granularity=expected)
+
+
+def test_a_granularity_asked_for_is_kept_whatever_the_lanes():
+    for granularity in ("op", "layer"):
+        settings = ChrionSettings(granularity=granularity)
+        assert settings.resolve_granularity(("cpu:0", "cpu:1"), "op") is settings
+        assert settings.resolve_granularity(("cpu", "cuda:0")) is settings

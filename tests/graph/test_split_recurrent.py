@@ -134,6 +134,26 @@ def test_op_granularity_keeps_the_operator_whole():
     assert node.args[5:7] == (3, True)  # lstm: ..., num_layers, bidirectional
 
 
+@pytest.mark.parametrize(
+    "batch, batch_first, whole",
+    [(None, False, False), (1, False, False), (3, True, False), (4, False, True), (8, True, True)],
+)
+def test_auto_granularity_keeps_an_operator_over_a_batch_of_four_or_more_whole(
+    batch, batch_first, whole
+):
+    torch.manual_seed(0)
+    layer = nn.GRU(FEATURES, HIDDEN, num_layers=2, bidirectional=True, batch_first=batch_first)
+    model = NoState(layer.eval())
+    if batch is None:  # unbatched: (seq, features)
+        x = torch.randn(SEQ, FEATURES)
+    else:
+        x = torch.randn(batch, SEQ, FEATURES) if batch_first else torch.randn(SEQ, batch, FEATURES)
+    gm = capture(model, (x,), granularity="auto")
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+    assert len(pieces(gm)) == (1 if whole else 4)
+
+
 def test_split_pass_on_an_already_captured_graph():
     model, inputs = build("rnn", 2, True, True, True)
     gm = split_recurrent(capture(model, inputs, granularity="op"), seq_chunks=2)
@@ -154,5 +174,6 @@ def test_bad_granularity_options():
         capture(model, inputs, granularity="cell")
     with pytest.raises(OptionError, match="seq_chunks"):
         capture(model, inputs, seq_chunks=0)
-    with pytest.raises(OptionError, match="layer"):
-        capture(model, inputs, granularity="op", seq_chunks=2)
+    for whole in ("op", "auto"):
+        with pytest.raises(OptionError, match="layer"):
+            capture(model, inputs, granularity=whole, seq_chunks=2)

@@ -66,6 +66,22 @@ class _Builder:
         return tensors[0] if len(tensors) == 1 else self.call(aten.cat.default, tensors, dim)
 
 
+# From this batch on, granularity "auto" keeps a recurrent node whole (Note [Auto granularity]
+# in settings.py): placed wide, the kernel runs a bidirectional layer's directions on threads
+# that balance each other. Below it, split per layer and direction, the two directions run on
+# two lanes even where the profile, measured under load, finds no gain in placing a node wide.
+WHOLE_FROM_BATCH = 4
+
+
+def _batch(node: fx.Node) -> int:
+    """The batch a recurrent node runs (0 when symbolic: not known to be large)."""
+    x = node.args[0].meta["val"]
+    if x.dim() == 2:
+        return 1
+    batch = x.shape[0 if _bound_arguments(node)["batch_first"] else 1]
+    return batch if isinstance(batch, int) else 0
+
+
 def _split_node(graph: fx.Graph, node: fx.Node, n_states: int, seq_chunks: int) -> bool:
     a = _bound_arguments(node)
     x, params = a["input"], list(a["params"])
@@ -140,7 +156,8 @@ def split_recurrent(
     Args:
         gm: an aten graph whose placeholders carry ``meta["val"]`` (as ``capture`` leaves it).
         granularity: "op" leaves recurrent nodes whole; "layer" splits them per layer and
-            direction.
+            direction; "auto" (for CPU lanes alone) leaves a node over a batch of
+            WHOLE_FROM_BATCH or more whole and splits the others as "layer".
         seq_chunks: with "layer", cut every sequence into this many chunks (at most one step
             each); 1 keeps sequences whole.
 
@@ -156,18 +173,20 @@ def split_recurrent(
         raise OptionError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if not isinstance(seq_chunks, int) or isinstance(seq_chunks, bool) or seq_chunks < 1:
         raise OptionError(f"seq_chunks must be an integer >= 1, got {seq_chunks!r}")
-    if granularity == "op" and seq_chunks > 1:
+    if granularity != "layer" and seq_chunks > 1:
         raise OptionError('seq_chunks > 1 needs granularity="layer" (chunks are per layer)')
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if any("val" not in p.meta for p in placeholders):
         raise ModelError("split_recurrent needs an annotated graph (run capture first)")
     changed = False
-    if granularity == "layer":
+    if granularity != "op":
         ops = _recurrent_ops()
         for node in list(gm.graph.nodes):
             if node.op == "call_function" and node.target in ops:
                 if "val" not in node.args[0].meta:
                     annotate(gm, [p.meta["val"] for p in placeholders])
+                if granularity == "auto" and _batch(node) >= WHOLE_FROM_BATCH:
+                    continue
                 changed |= _split_node(gm.graph, node, ops[node.target], seq_chunks)
     if changed:
         gm.graph.eliminate_dead_code()
