@@ -226,6 +226,7 @@ std::vector<c10::IValue> Executor::run(std::vector<c10::IValue> inputs, bool tra
   for (size_t i = 0; i < inputs.size(); ++i) request->values[i] = std::move(inputs[i]);
   if (core->needs_events) request->events.resize(program.steps.size());
   if (at::hasThreadLocalCallbacks()) request->caller_state = std::make_unique<at::ThreadLocalState>();
+  request->caller_lane = core->caller_lane();
   core->sync_with_caller(*request, /*at_start=*/true);
 
   if (!core->run_inline(request)) {
@@ -233,7 +234,8 @@ std::vector<c10::IValue> Executor::run(std::vector<c10::IValue> inputs, bool tra
   }
   request->finish_one();  // the caller's token: done can only fire after all are queued
   try {
-    request->wait();  // throws the first StepError
+    // throws the first StepError
+    request->wait([&](int32_t step) { core->run_for_caller(request, step); });
   } catch (...) {
     for (const auto& w : request->warnings.take()) c10::warn(w);
     throw;
@@ -309,6 +311,10 @@ void Core::sync_with_caller(Request& request, bool at_start) const {
 void Core::schedule(const std::shared_ptr<Request>& request, int32_t step) const {
   const Step& s = program->steps[step];
   request->outstanding.fetch_add(1, std::memory_order_relaxed);
+  if (s.lane == request->caller_lane) {
+    request->hand_to_caller(step);
+    return;
+  }
   if (!lanes[s.lane]->push(Task{request, step, request->id})) {
     request->set_error(step_error(s, program->lanes[s.lane], "the executor was stopped"));
     request->finish_one();
@@ -406,6 +412,34 @@ bool Core::run_inline(const std::shared_ptr<Request>& request) const {
     release_reads(*request, program->steps[step]);
   }
   return true;
+}
+
+// Note [Chrion caller lane]
+// A CPU lane of several intra-op threads (the wide lane of Note [Chrion wide steps]) runs its
+// steps' ATen operators in parallel regions, and with ATen's OpenMP backend every thread that
+// opens one becomes the master of an OpenMP team of its own, which lives as long as the thread.
+// Once the process's teams hold more threads than there are cores, libgomp throttles every
+// team's spin-wait (GOMP_SPINCOUNT: 1000 polls instead of 300000) and its workers sleep in the
+// kernel between regions. Then each small parallel operator of the caller's own torch code pays
+// a futex wake-up: a 16x256 tanh beside a live wide lane took 78-151 us instead of 11, an eager
+// BiGRU 2.3x its time (bench/eager_beside.py measures it). So the caller, which waits for its
+// request anyway, runs the wide lane's steps itself, inside its own team, when it has the
+// lane's thread count: the process then has the one team it had without torch_chrion, and the
+// wide lane's thread never opens a region. The caller takes the lane's turn for each step, as
+// the lane's thread would, so the held lanes' cores still run one thing at a time. A caller
+// with another thread count leaves the steps to the lane's thread (its team then exists).
+int32_t Core::caller_lane() const {
+  const int32_t lane = program->caller_lane;
+  if (lane < 0 || at::get_num_threads() != program->lanes[lane].threads) return -1;
+  return lane;
+}
+
+void Core::run_for_caller(const std::shared_ptr<Request>& request, int32_t step) const {
+  const int32_t lane = program->steps[step].lane;
+  std::lock_guard<std::mutex> turn(lanes[lane]->turn());
+  c10::AutoGradMode no_grad(false);  // as on the lane's own thread
+  Task task{request, step, request->id};
+  handle(task, /*cancelled=*/false);
 }
 
 int32_t Core::release_consumers(const std::shared_ptr<Request>& request, const Step& step,

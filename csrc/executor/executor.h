@@ -46,6 +46,12 @@ struct Core {
   /// \brief Run every step of the request on the calling thread when the program allows it
   /// and its lane is free (Note [Chrion inline requests]). \return whether it did.
   bool run_inline(const std::shared_ptr<Request>& request) const;
+  /// \brief The lane whose steps the calling thread may run itself (Note [Chrion caller
+  /// lane]), or -1.
+  int32_t caller_lane() const;
+  /// \brief Run a step handed to the caller, and what follows it on its lane, on the calling
+  /// thread.
+  void run_for_caller(const std::shared_ptr<Request>& request, int32_t step) const;
   /// \brief Run one step on `lane`'s behalf: traced, its failure kept on the request.
   void run_step(const std::shared_ptr<Request>& request, int32_t step, int32_t lane) const;
   /// \brief The step's data has landed: free what it read, make its consumers ready.

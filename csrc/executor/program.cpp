@@ -251,7 +251,9 @@ Program Program::build(const py::dict& description) {
   // after it on each of them waits for it: while it runs, the lanes it holds run nothing (their
   // threads sleep), and their cores are its threads'. A thread of its own, rather than one of
   // the held lanes switching its count per step: at::set_num_threads also sets the count that
-  // threads started later in the process inherit, and a lane must not change that.
+  // threads started later in the process inherit, and a lane must not change that. A caller
+  // with that count runs the wide lane's steps itself (Note [Chrion caller lane] in
+  // executor.cpp), so that the wide lane's thread needs no OpenMP team of its own.
   p.lane_steps.assign(p.lanes.size(), {});
   for (int32_t i = 0; i < (int32_t)p.steps.size(); ++i) {
     if (p.steps[i].absorbed) continue;  // Note [Chrion elementwise chains]
@@ -316,6 +318,19 @@ Program Program::build(const py::dict& description) {
     only = s.lane;
   }
   if (one_lane && only >= 0 && !p.lanes[only].asynchronous()) p.inline_lane = only;
+
+  // Note [Chrion caller lane] (executor.cpp): the one CPU lane with the most threads, if > 1
+  int most = 1;
+  for (int32_t i = 0; i < (int32_t)p.lanes.size(); ++i) {
+    const LaneSpec& lane = p.lanes[i];
+    if (lane.asynchronous()) continue;
+    if (lane.threads > most) {
+      most = lane.threads;
+      p.caller_lane = i;
+    } else if (lane.threads == most && most > 1) {
+      p.caller_lane = -1;  // two lanes of as many threads: the caller could serve only one
+    }
+  }
   return p;
 }
 

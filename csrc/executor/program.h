@@ -105,6 +105,9 @@ struct Program {
   /// The CPU lane that runs every step, which a caller may then run itself (Note [Chrion inline
   /// requests] in executor.cpp); -1 when the steps span lanes or a device.
   int32_t inline_lane = -1;
+  /// The CPU lane of the most intra-op threads (a wide lane), whose steps a caller with as many
+  /// threads runs itself (Note [Chrion caller lane] in executor.cpp); -1 when there is none.
+  int32_t caller_lane = -1;
   std::vector<std::pair<int32_t, int32_t>> outputs;  ///< (slot, element)
 
   /// \brief Compile a description made by torch_chrion/runtime/lowering.py. Throws

@@ -20,6 +20,8 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -101,6 +103,9 @@ struct Request {
   /// caller has thread-local record_function callbacks (torch.profiler): lanes run the steps
   /// under it, as autograd's engine does for its worker threads, so the profile shows them.
   std::unique_ptr<at::ThreadLocalState> caller_state;
+  /// The lane whose steps the caller runs while it waits (Note [Chrion caller lane] in
+  /// executor.cpp), or -1; set before any step is scheduled.
+  int32_t caller_lane = -1;
 
   /// \brief Keep the first error; later ones are dropped.
   void set_error(const StepError& error) {
@@ -118,20 +123,47 @@ struct Request {
     }
   }
 
-  /// \brief Block until every task is finished; rethrow the first error.
-  void wait() {
-    // Note [Chrion spin before park] (lane.h): the last steps usually end within the spin.
-    spin_until([this] { return outstanding.load(std::memory_order_acquire) == 0; });
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_cv_.wait(lock, [this] { return done_; });
-    if (error_) throw *error_;
+  /// \brief A ready step of the caller's lane, counted in `outstanding`: the waiting caller
+  /// runs it.
+  void hand_to_caller(int32_t step) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for_caller_.push_back(step);
+    handed_.fetch_add(1, std::memory_order_release);
+    done_cv_.notify_all();
+  }
+
+  /// \brief Block until every task is finished, running each step handed to the caller with
+  /// `run_here` meanwhile; rethrow the first error.
+  void wait(const std::function<void(int32_t step)>& run_here) {
+    while (true) {
+      // Note [Chrion spin before park] (lane.h): the last steps usually end within the spin.
+      spin_until([this] {
+        return outstanding.load(std::memory_order_acquire) == 0 ||
+               handed_.load(std::memory_order_acquire) > 0;
+      });
+      int32_t step;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_cv_.wait(lock, [this] { return done_ || !for_caller_.empty(); });
+        if (for_caller_.empty()) {
+          if (error_) throw *error_;
+          return;
+        }
+        step = for_caller_.front();
+        for_caller_.pop_front();
+        handed_.fetch_sub(1, std::memory_order_relaxed);
+      }
+      run_here(step);
+    }
   }
 
  private:
   std::mutex mutex_;
   std::condition_variable done_cv_;
-  bool done_ = false;
+  bool done_ = false;  // never while a step handed to the caller waits: it counts as outstanding
   std::unique_ptr<StepError> error_;
+  std::deque<int32_t> for_caller_;
+  std::atomic<int32_t> handed_{0};
 };
 
 }  // namespace chrion

@@ -170,3 +170,64 @@ def test_bad_wide_nodes_are_refused(held, message):
     name = next(iter(placement))
     with pytest.raises(PlanError, match=message):
         PlacedGraph(gm, placement, wide={name: held})
+
+
+def thread_here(x):
+    """The thread running this step and its intra-op thread count, as a tensor."""
+    return torch.tensor([threading.get_ident(), torch.get_num_threads()], dtype=torch.int64)
+
+
+def graph_of_narrow_and_wide_steps():
+    """Two narrow steps, one per lane, and a wide one between them, each reporting its thread."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    before = graph.call_function(thread_here, (x,))
+    wide = graph.call_function(thread_here, (graph.call_function(torch.add, (x, before)),))
+    after = graph.call_function(thread_here, (graph.call_function(torch.add, (x, wide)),))
+    graph.output((before, wide, after))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    nodes = [n.name for n in gm.graph.nodes if n.op == "call_function"]
+    placement = dict(zip(nodes, ["cpu:0", "cpu:0", "cpu:0", "cpu:1", "cpu:1"], strict=True))
+    return PlacedGraph(gm, placement, cpu_threads=1, wide={nodes[2]: list(LANES)})
+
+
+def call_on_a_new_thread(module, x, threads: int | None = None):
+    """``module(x)`` on a thread of its own with ``threads`` intra-op threads (torch's count
+    for that thread alone: the process default is put back before the thread calls)."""
+    got = {}
+
+    def call():
+        if threads is not None:
+            default = threads_of_a_new_thread()
+            torch.get_num_threads()  # ATen sets a thread's count lazily, on first use: now
+            torch.set_num_threads(threads)  # also the default later threads inherit: put back
+            restore = threading.Thread(target=torch.set_num_threads, args=(default,))
+            restore.start()
+            restore.join()
+        got["ident"] = threading.get_ident()
+        got["out"] = module(x)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    return got["ident"], got["out"]
+
+
+def test_the_caller_runs_a_wide_step_itself_when_it_has_the_steps_threads():
+    """Note [Chrion caller lane]: a caller whose intra-op thread count is the wide step's runs
+    that step on its own thread (in its own OpenMP team: no second team beside it); a caller
+    with another count leaves it to the wide lane's thread, which still runs it with both
+    lanes' threads. The narrow steps run on their lanes' threads either way."""
+    module = graph_of_narrow_and_wide_steps()
+    default = threads_of_a_new_thread()
+    try:
+        for threads in (None, 2, 1, 3):
+            ident, (before, wide, after) = call_on_a_new_thread(module, torch.zeros(2), threads)
+            assert wide[1].item() == 2  # both lanes' threads
+            assert before[1].item() == after[1].item() == 1
+            assert ident not in (before[0].item(), after[0].item())  # the lanes' own threads
+            callers = default if threads is None else threads
+            assert (wide[0].item() == ident) == (callers == 2), (threads, default)
+        assert threads_of_a_new_thread() == default
+    finally:
+        module.stop()
