@@ -220,7 +220,13 @@ def capture_dynamo_graph(
     from torch.func import functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from .graph.passes import bf16_recurrent_weights, check_portable, fold_input_free, unpin_copies
+    from .graph.passes import (
+        bf16_recurrent_weights,
+        check_portable,
+        fold_input_free,
+        max_pool_windows,
+        unpin_copies,
+    )
     from .graph.passes.functionalize import written_arguments
     from .graph.recurrent_calls import RecurrentToChrion
     from .ops import ensure_loaded
@@ -268,6 +274,7 @@ def capture_dynamo_graph(
     fold_input_free(aten_gm)
     aten_gm.graph.eliminate_dead_code()
     aten_gm.recompile()
+    max_pool_windows(aten_gm)
     check_portable(aten_gm)
     return aten_gm, user
 

@@ -44,6 +44,7 @@ from .passes import (
     copy_aliased_outputs,
     fold_input_free,
     functionalize_mutations,
+    max_pool_windows,
     split_recurrent,
     unpin_copies,
 )
@@ -129,6 +130,7 @@ PASSES: tuple[tuple[str, Callable[[fx.GraphModule, PassContext], object]], ...] 
     ("unpin_copies", lambda gm, c: unpin_copies(gm, c.device)),
     ("fold_input_free", lambda gm, c: fold_input_free(gm)),
     ("eliminate_dead_code", lambda gm, c: _eliminate_dead_code(gm)),
+    ("max_pool_windows", lambda gm, c: max_pool_windows(gm)),
     ("check_portable", lambda gm, c: check_portable(gm)),
     ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),  # split_recurrent reads meta
     (

@@ -5,6 +5,7 @@ from .check_portable import check_portable
 from .copy_aliased_outputs import copy_aliased_outputs
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
+from .max_pool_windows import max_pool_windows
 from .split_recurrent import split_recurrent
 from .unpin_copies import unpin_copies
 
@@ -14,6 +15,7 @@ __all__ = [
     "copy_aliased_outputs",
     "fold_input_free",
     "functionalize_mutations",
+    "max_pool_windows",
     "split_recurrent",
     "unpin_copies",
 ]
