@@ -5,8 +5,8 @@ intra-op threads. Had a thread of torch_chrion's own run them, it would be the m
 OpenMP team of its own beside the caller's, and with more OpenMP threads than cores libgomp
 throttles every team's spin-wait: then each small parallel operator of the user's eager code
 pays a futex wake-up (Note [Chrion caller lane] in csrc/executor/executor.cpp). This measures
-it on a bidirectional GRU (3 layers of 256, batch 16, 50 steps, + Linear) loaded from ONNX with
-a saved default plan, round by round in one process:
+it on cpu_rnn.py's bidirectional GRU (3 layers of 256, batch 16, 50 steps, + Linear) loaded
+from ONNX with a saved default plan, round by round in one process:
 
 - ``beside``: the module built from the plan and called twice, then the eager work timed;
 - ``alone``: the module dropped (its lanes' threads gone), then the same eager work timed.
@@ -33,23 +33,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cpu_rnn import FEATURES, ROWS, Recurrent  # noqa: E402
+
 import torch_chrion  # noqa: E402
 from torch_chrion.profile.devices import cpu_name  # noqa: E402
 
-
-class BiGRUHead(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = nn.GRU(64, 256, num_layers=3, bidirectional=True)
-        self.head = nn.Linear(512, 32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.gru(x)[0])
+# cpu_rnn.py's row whose default plan places its layers and head wide
+ROW = next(row for row in ROWS if row.name == "BiGRU 3x256 + Linear (16, 50)")
 
 
 def per_call_us(fn: Callable[[], object], calls: int) -> float:
@@ -83,8 +77,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = BiGRUHead().eval()
-    x = torch.randn(50, 16, 64)
+    model = Recurrent(ROW).eval()
+    x = torch.randn(ROW.steps, ROW.batch, FEATURES)
     t, a, b, c = (
         torch.randn(16, 256),
         torch.randn(16, 768),
