@@ -227,12 +227,13 @@ os.register_at_fork(after_in_child=_TRAFFIC.__init__)
 
 
 class _Planner:
-    """One background thread per process that profiles and plans queued shape buckets, one at
-    a time (two profiles at once would measure each other), in the lulls between requests."""
+    """A background thread that profiles and plans queued shape buckets, one at a time (two
+    profiles at once would measure each other), in the lulls between requests. It ends when the
+    queue drains, and the next submit starts another (Note [Planner ends when idle])."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._pid = -1
+        self._pid = -1  # the process whose planner thread is running, -1 while none is
         self._lock = threading.Lock()
         self._idle = threading.Condition()
         self._pending = 0
@@ -249,6 +250,16 @@ class _Planner:
     # waited for; queued jobs are dropped.
     EXIT_WAIT_S = 30.0
 
+    # Note [Planner ends when idle]
+    # A background profile runs the graph's wide steps on the planner thread, as the executor
+    # hands them to their caller (Note [Chrion caller lane] in csrc/executor/executor.cpp), so
+    # the planner becomes the master of an OpenMP team of its own. libgomp keeps a thread's
+    # team until the thread exits, and while the process has more OpenMP threads than cores it
+    # throttles spin-waiting in every team: a long-lived planner left the user's eager code
+    # 1.8-2.2x slower for the rest of the process once one background profile had run (the
+    # CRDNN speech model: 168-216 ms against 78-99 ms). A planner that exits when its queue is
+    # empty takes its team with it.
+
     def _close(self) -> None:
         self._closing = True
         _TRAFFIC.close()
@@ -259,24 +270,30 @@ class _Planner:
             )
 
     def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child without the thread
-                self._queue = queue.Queue()
-                self._pending = 0
+        with self._lock:  # the job is queued where the thread decides to end (_work)
+            if self._pid != os.getpid():  # none running, or a forked child without the thread
+                if self._pid != -1:  # a forked child: the parent's jobs are not ours
+                    self._queue = queue.Queue()
+                    with self._idle:
+                        self._pending = 0
                 threading.Thread(target=self._work, name=_PLANNER_THREAD, daemon=True).start()
                 self._pid = os.getpid()
-        with self._idle:
-            self._pending += 1
-        self._queue.put(job)
+            with self._idle:
+                self._pending += 1
+            self._queue.put(job)
 
     def wait(self, timeout: float | None) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def _work(self) -> None:
-        jobs = self._queue
         while True:
-            job = jobs.get()
+            with self._lock:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    self._pid = -1
+                    return
             try:
                 if not self._closing:
                     _TRAFFIC.wait()

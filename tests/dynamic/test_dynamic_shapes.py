@@ -3,7 +3,9 @@ graph serves every length and batch size, exact to eager, with no Dynamo recompi
 no call outside chrion, and no capture or profiling on the request path."""
 
 import logging
+import os
 import threading
+import time
 
 import pytest
 import torch
@@ -106,6 +108,39 @@ def test_new_lengths_reuse_one_executable_per_plan(caplog):
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "new input shape bucket" in messages and "has no plan yet" in messages
     assert "now runs on its own plan" in messages
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_background_planning_leaves_no_thread_behind():
+    """The planner thread ends when its queue drains, and with it the OpenMP team that running
+    wide steps opened on it (Note [Planner ends when idle]): the process keeps the threads it
+    had, so libgomp does not go on throttling every team's spin-wait (the user's eager code ran
+    ~2x slower for the rest of the process)."""
+    # 28 classes: a structure no other test plans (the process shares plans by structure)
+    model, compiled, module = _speech_model_compiled(24, classes=28)
+    with torch.no_grad():
+        assert module.wait_for_plans(timeout=120)
+        before = _os_threads()
+        x = torch.randn(1, 50, 40)  # bucket 64: borrowed, then planned in the background
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+        assert module.wait_for_plans(timeout=120)
+    assert module.stats["background_profiles"] == 1
+    deadline = time.monotonic() + 10  # the thread ends just after its last job is counted
+    while time.monotonic() < deadline and (
+        _os_threads() != before or any(t.name == "chrion-planner" for t in threading.enumerate())
+    ):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name == "chrion-planner"]
+    assert _os_threads() == before
+    with torch.no_grad():  # the next bucket starts a planner again
+        y = torch.randn(1, 100, 40)
+        torch.testing.assert_close(compiled(y), model(y), rtol=0, atol=1e-5)
+        assert module.wait_for_plans(timeout=120)
+    assert module.stats["background_profiles"] == 2
 
 
 def test_a_shape_arriving_while_its_bucket_is_planned_moves_to_the_new_plan():
