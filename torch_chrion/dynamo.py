@@ -222,7 +222,9 @@ def capture_dynamo_graph(
 
     from .graph.passes import (
         bf16_recurrent_weights,
+        channels_last_convolutions,
         check_portable,
+        fold_batch_norm,
         fold_input_free,
         max_pool_windows,
         unpin_copies,
@@ -274,7 +276,9 @@ def capture_dynamo_graph(
     fold_input_free(aten_gm)
     aten_gm.graph.eliminate_dead_code()
     aten_gm.recompile()
+    fold_batch_norm(aten_gm)
     max_pool_windows(aten_gm)
+    channels_last_convolutions(aten_gm)
     check_portable(aten_gm)
     return aten_gm, user
 

@@ -1,8 +1,10 @@
 """Graph-to-graph passes over the aten graph, one per file, each ``(gm, ...) -> gm``."""
 
 from .bf16_recurrent_weights import bf16_recurrent_weights
+from .channels_last_convolutions import channels_last_convolutions
 from .check_portable import check_portable
 from .copy_aliased_outputs import copy_aliased_outputs
+from .fold_batch_norm import fold_batch_norm
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
 from .max_pool_windows import max_pool_windows
@@ -11,8 +13,10 @@ from .unpin_copies import unpin_copies
 
 __all__ = [
     "bf16_recurrent_weights",
+    "channels_last_convolutions",
     "check_portable",
     "copy_aliased_outputs",
+    "fold_batch_norm",
     "fold_input_free",
     "functionalize_mutations",
     "max_pool_windows",
