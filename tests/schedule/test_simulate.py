@@ -211,6 +211,27 @@ def test_a_plan_on_one_runner_with_the_callers_threads_runs_inline_as_worked_out
     assert simulate(g, wide, one).makespan == pytest.approx(0.25 + 3.2 + 3.0)
 
 
+def test_a_caller_that_runs_the_wide_tasks_parks_only_after_the_last_of_them():
+    # a (wide, 2) -> b on cpu:0 (3): the caller runs a itself (2 lanes = its threads)
+    g = TaskGraph(
+        [[4, 4], [3, 3]],
+        {(0, 1): 0.0},
+        devices=["cpu:0", "cpu:1"],
+        wide_cost=[2.0, 1.0],
+        wide_lanes=["cpu:0", "cpu:1"],
+    )
+    s = Schedule([g.wide_option, 0], [0.0] * 2, [0.0] * 2, [[0, 1], [0]], 0.0)
+    costs = ExecutorCosts(call_ms=0.25, wake_ms=3.0, spin_ms=5.0, inline_lanes=2)
+    # b ends 3 after a, within the spin: the caller is still polling when the call ends
+    assert simulate(g, s, costs).makespan == pytest.approx(0.25 + 5.0)
+    # with a 2 spin it parked 2 after a ended, and pays the wake-up
+    short = dataclasses.replace(costs, spin_ms=2.0)
+    assert simulate(g, s, short).makespan == pytest.approx(0.25 + 5.0 + 3.0)
+    # a caller with another thread count leaves a to the wide lane's thread: it waited 5.25
+    other = dataclasses.replace(costs, inline_lanes=1)
+    assert simulate(g, s, other).makespan == pytest.approx(0.25 + 5.0 + 3.0)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(task_graphs(), st.floats(1.0, 3.0))
 def test_shared_cores_bound_the_replay_by_the_work_and_the_unshared_replay(g, cores):

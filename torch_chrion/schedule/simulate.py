@@ -8,7 +8,10 @@ have arrived. Every algorithm (HEFT, solve, the MILP) is scored by this one func
 
 A wide task (Note [Chrion wide placement] in task_graph.py) is in the order of every lane it
 holds; it starts when each of those lanes is free and has it next, and frees them all when it
-ends, as the executor runs it: a thread of its own runs it while those lanes wait.
+ends, as the executor runs it: a thread of its own runs it while those lanes wait. That thread
+is the caller's when the wide lane has the caller's thread count (``inline_lanes`` lanes; Note
+[Chrion caller lane] in csrc/executor/executor.cpp): the caller, busy with those tasks, parks
+only once it has waited longer than ``spin_ms`` after the last of them.
 
 Given ``ExecutorCosts`` (measured by ``torch_chrion.runtime.calibrate``), the replay is what the
 executor does rather than the ideal the schedulers assume: every step pays the executor's fixed
@@ -373,8 +376,19 @@ def simulate(
     peak = resident_bytes(graph, device, start, finish)
     accel = float(peak[graph.is_accelerator].sum()) if graph.is_accelerator.any() else 0.0
     makespan = max(finish) if n else (costs.call_ms if costs else 0.0)
-    if costs is not None and makespan > spin and not inline:
-        makespan += costs.caller_wake_ms or wake  # the caller parked before the last step ended
+    if costs is not None and not inline:
+        # the caller runs the wide tasks of a runner with its thread count itself
+        busy_until = max(
+            (
+                finish[i]
+                for i in range(n)
+                if len(lanes_of[i]) == costs.inline_lanes > 1
+                and not graph.option_is_accelerator[device[i]]
+            ),
+            default=0.0,
+        )
+        if makespan - busy_until > spin:
+            makespan += costs.caller_wake_ms or wake  # it parked before the last step ended
     return Simulation(
         makespan=makespan,
         start=start,
