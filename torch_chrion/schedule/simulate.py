@@ -382,7 +382,8 @@ def simulate(
             (
                 finish[i]
                 for i in range(n)
-                if len(lanes_of[i]) == costs.inline_lanes > 1
+                if costs.inline_lanes > 1
+                and len(lanes_of[i]) == costs.inline_lanes
                 and not graph.option_is_accelerator[device[i]]
             ),
             default=0.0,

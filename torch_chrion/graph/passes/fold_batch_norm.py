@@ -75,7 +75,8 @@ def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
             gm.register_buffer(name, tensor.detach().to(conv_w.dtype))
             with graph.inserting_before(conv):
                 folded.append(graph.get_attr(name))
-        replaced |= {str(a.target) for a in (conv.args[1], conv.args[2], *norm.args[1:5]) if a}
+        originals = (conv.args[1], conv.args[2], *norm.args[1:5])
+        replaced |= {str(a.target) for a in originals if a is not None}
         conv.args = (conv.args[0], *folded, *conv.args[3:])
         for user in list(norm.users):
             if user.args[1] == 0:
