@@ -1,5 +1,6 @@
 """What every stage agrees a node of the aten graph is: which nodes get a lane (and so a cost, a
-place in the plan and a step in the executor), and how a node's target is reached."""
+place in the plan and a step in the executor), and how a node's target is reached; and the small
+edits of a graph that several passes make."""
 
 from __future__ import annotations
 
@@ -52,3 +53,30 @@ def computes_nothing(node: fx.Node) -> bool:
         and bool(schema.returns)
         and all(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
     )
+
+
+def reads_only_first_output(node: fx.Node) -> bool:
+    """Whether a multi-output node's readers read only its first output (every reader a
+    getitem, any of another output itself unread): an op that computes the other outputs too
+    (a pool's indices, a batch norm's statistics) may then be replaced by one of the value."""
+    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
+
+
+def replace_first_output(graph: fx.Graph, node: fx.Node, value: fx.Node) -> None:
+    """Point the readers of ``node``'s first output at ``value``, and erase ``node`` with its
+    getitems (``reads_only_first_output(node)`` must hold)."""
+    for user in list(node.users):
+        if user.args[1] == 0:
+            user.replace_all_uses_with(value)
+        graph.erase_node(user)
+    graph.erase_node(node)
+
+
+def drop_unread_constants(gm: fx.GraphModule, targets: set[str]) -> None:
+    """After a pass replaced constants: drop the nodes nothing reads, then the attributes among
+    ``targets`` that no get_attr node reads any more (their tensors are not held twice)."""
+    gm.graph.eliminate_dead_code()
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in targets - read:
+        owner, _, name = target.rpartition(".")
+        delattr(gm.get_submodule(owner) if owner else gm, name)

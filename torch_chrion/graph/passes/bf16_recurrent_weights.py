@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..nodes import drop_unread_constants
 from .split_recurrent import _recurrent_ops
 
 PREFIX = "_chrion_bf16_"
@@ -48,9 +49,6 @@ def bf16_recurrent_weights(gm: fx.GraphModule) -> fx.GraphModule:
                 replaced.add(params[i].target)
             params[i] = _bfloat16(gm, params[i], node)
         node.args = (*node.args[:position], params, *node.args[position + 1 :])
-    gm.graph.eliminate_dead_code()
-    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    for name in replaced - read:
-        delattr(gm, name)
+    drop_unread_constants(gm, replaced)
     gm.recompile()
     return gm

@@ -28,7 +28,7 @@ import operator
 import torch
 from torch import fx
 
-from ..nodes import fetch_attr
+from ..nodes import drop_unread_constants, fetch_attr, reads_only_first_output
 
 aten = torch.ops.aten
 
@@ -66,8 +66,7 @@ def _keeps_layout(node: fx.Node, region: set[fx.Node]) -> bool:
         return node.kwargs.get("memory_format") in _KEEPING_FORMATS and first in region
     if node.target is aten.max_pool2d_with_indices.default:
         # its indices keep the layout too, where a reader could tell
-        indices_read = any(u.args[1] != 0 for u in node.users if u.target is operator.getitem)
-        return first in region and not indices_read
+        return first in region and reads_only_first_output(node)
     if node.target in _KEEPS_LAYOUT:
         return first in region
     if torch.Tag.pointwise in getattr(node.target, "tags", ()):
@@ -114,10 +113,6 @@ def channels_last_convolutions(gm: fx.GraphModule) -> fx.GraphModule:
         for reader in readers:
             reader.replace_input_with(node, contiguous)
     if region:
-        graph.eliminate_dead_code()
-        read = {n.target for n in graph.nodes if n.op == "get_attr"}
-        for target in set(restrided) - read:
-            if "." not in target:
-                delattr(gm, target)
+        drop_unread_constants(gm, set(restrided))
         gm.recompile()
     return gm

@@ -14,13 +14,16 @@ folded weight and bias are new tensors: the model's own are never written.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..nodes import fetch_attr
+from ..nodes import (
+    drop_unread_constants,
+    fetch_attr,
+    reads_only_first_output,
+    replace_first_output,
+)
 
 aten = torch.ops.aten
 
@@ -41,20 +44,22 @@ def _constant(gm: fx.GraphModule, arg: object) -> torch.Tensor | None | bool:
     return False
 
 
-def _foldable(gm: fx.GraphModule, norm: fx.Node) -> bool:
+def _folded_constants(gm: fx.GraphModule, norm: fx.Node) -> list | None:
+    """The constants a foldable ``norm`` folds (conv weight and bias, then the norm's weight,
+    bias, running mean and variance; None where absent), or None when it cannot be folded."""
     if norm.target is _ANY_MODE and norm.args[5]:
-        return False  # training mode: batch statistics, nothing to fold
+        return None  # training mode: batch statistics, nothing to fold
     conv = norm.args[0]
     if not isinstance(conv, fx.Node) or conv.target is not aten.convolution.default:
-        return False
+        return None
     if len(conv.users) != 1 or conv.args[6]:  # read elsewhere, or transposed
-        return False
-    if any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in norm.users):
-        return False  # the saved statistics are read
+        return None
+    if not reads_only_first_output(norm):
+        return None  # the saved statistics are read
     weights = [_constant(gm, a) for a in (conv.args[1], conv.args[2], *norm.args[1:5])]
     if any(w is False for w in weights) or weights[0] is None or weights[4] is None:
-        return False
-    return all(w is None or w.is_floating_point() for w in weights)
+        return None
+    return weights if all(w is None or w.is_floating_point() for w in weights) else None
 
 
 def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
@@ -62,12 +67,13 @@ def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
     graph = gm.graph
     replaced: set[str] = set()  # targets of the constants folded away
     for norm in list(graph.nodes):
-        if norm.target not in (_INFERENCE, _ANY_MODE) or not _foldable(gm, norm):
+        if norm.target not in (_INFERENCE, _ANY_MODE):
+            continue
+        constants = _folded_constants(gm, norm)
+        if constants is None:
             continue
         conv = norm.args[0]
-        conv_w, conv_b, gamma, beta, mean, var = (
-            _constant(gm, a) for a in (conv.args[1], conv.args[2], *norm.args[1:5])
-        )
+        conv_w, conv_b, gamma, beta, mean, var = constants
         weight, bias = fuse_conv_bn_weights(conv_w, conv_b, mean, var, norm.args[-1], gamma, beta)
         folded = []
         for part, tensor in (("weight", weight), ("bias", bias)):
@@ -78,16 +84,8 @@ def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
         originals = (conv.args[1], conv.args[2], *norm.args[1:5])
         replaced |= {str(a.target) for a in originals if a is not None}
         conv.args = (conv.args[0], *folded, *conv.args[3:])
-        for user in list(norm.users):
-            if user.args[1] == 0:
-                user.replace_all_uses_with(conv)
-            graph.erase_node(user)
-        graph.erase_node(norm)
+        replace_first_output(graph, norm, conv)
     if replaced:
-        graph.eliminate_dead_code()
-        read = {n.target for n in graph.nodes if n.op == "get_attr"}
-        for name in replaced - read:
-            if "." not in name:
-                delattr(gm, name)
+        drop_unread_constants(gm, replaced)
         gm.recompile()
     return gm

@@ -25,6 +25,7 @@ import torch
 from torch import fx
 
 from ...errors import ModelError, UnsupportedOperatorError
+from ..nodes import drop_unread_constants
 from .functionalize import written_arguments
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,7 @@ def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
         with gm.graph.inserting_before(node):
             constant = gm.graph.get_attr(name)
         node.replace_all_uses_with(constant)
-    gm.graph.eliminate_dead_code()
-    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    for name in [b for b in gm._buffers if b.startswith(PREFIX) and b not in read]:
-        delattr(gm, name)
+    drop_unread_constants(gm, {b for b in gm._buffers if b.startswith(PREFIX)})
     gm.recompile()
     log.debug("fold_input_free: %d constants", folded)
     return gm

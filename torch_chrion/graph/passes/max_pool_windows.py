@@ -17,11 +17,12 @@ so does a window of more than four elements (each element one more kernel on a G
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import torch
 from torch import fx
+
+from ..nodes import reads_only_first_output, replace_first_output
 
 aten = torch.ops.aten
 
@@ -50,9 +51,8 @@ def _tiling_window(node: fx.Node) -> tuple[int, int] | None:
         return None
     if ceil_mode or not 1 < kh * kw <= MAX_WINDOW:
         return None
-    for user in node.users:
-        if user.target is not operator.getitem or (user.args[1] != 0 and user.users):
-            return None  # the indices are read
+    if not reads_only_first_output(node):
+        return None  # the indices are read
     return kh, kw
 
 
@@ -80,11 +80,7 @@ def max_pool_windows(gm: fx.GraphModule) -> fx.GraphModule:
                         if result is None
                         else graph.call_function(aten.maximum.default, (result, element))
                     )
-        for user in list(node.users):  # the values, and unread indices
-            if user.args[1] == 0:
-                user.replace_all_uses_with(result)
-            graph.erase_node(user)
-        graph.erase_node(node)
+        replace_first_output(graph, node, result)
         changed = True
     if changed:
         gm.recompile()
