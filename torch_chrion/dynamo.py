@@ -221,12 +221,10 @@ def capture_dynamo_graph(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from .graph.passes import (
+        SPEED_REWRITES,
         bf16_recurrent_weights,
-        channels_last_convolutions,
         check_portable,
-        fold_batch_norm,
         fold_input_free,
-        max_pool_windows,
         unpin_copies,
     )
     from .graph.passes.functionalize import written_arguments
@@ -276,9 +274,8 @@ def capture_dynamo_graph(
     fold_input_free(aten_gm)
     aten_gm.graph.eliminate_dead_code()
     aten_gm.recompile()
-    fold_batch_norm(aten_gm)
-    max_pool_windows(aten_gm)
-    channels_last_convolutions(aten_gm)
+    for rewrite in SPEED_REWRITES:
+        rewrite(aten_gm)
     check_portable(aten_gm)
     return aten_gm, user
 

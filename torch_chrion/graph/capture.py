@@ -15,9 +15,9 @@ The steps, each a pass of its own (after tracing, in the order of ``PASSES``):
    anything in place is traced again functionalised (``functionalize_mutations``), so no
    folded constant is ever written into;
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
-3. dead-code elimination; CPU-speed rewrites that keep the values: ``fold_batch_norm``,
-   ``max_pool_windows``, ``channels_last_convolutions``; then ``check_portable``: no
-   backend-only kernel is left;
+3. dead-code elimination; ``SPEED_REWRITES``, CPU-speed rewrites that keep the values
+   (``fold_batch_norm``, ``max_pool_windows``, ``channels_last_convolutions``); then
+   ``check_portable``: no backend-only kernel is left;
 4. ``split_recurrent`` to the requested granularity, ``bf16_recurrent_weights`` when asked,
    ``fold_input_free`` again, then ``annotate`` (fake-tensor propagation).
 
@@ -41,14 +41,12 @@ from ..ops import ensure_loaded
 from ..ops.python_call import PythonCall
 from .annotate import annotate
 from .passes import (
+    SPEED_REWRITES,
     bf16_recurrent_weights,
-    channels_last_convolutions,
     check_portable,
     copy_aliased_outputs,
-    fold_batch_norm,
     fold_input_free,
     functionalize_mutations,
-    max_pool_windows,
     split_recurrent,
     unpin_copies,
 )
@@ -134,9 +132,7 @@ PASSES: tuple[tuple[str, Callable[[fx.GraphModule, PassContext], object]], ...] 
     ("unpin_copies", lambda gm, c: unpin_copies(gm, c.device)),
     ("fold_input_free", lambda gm, c: fold_input_free(gm)),
     ("eliminate_dead_code", lambda gm, c: _eliminate_dead_code(gm)),
-    ("fold_batch_norm", lambda gm, c: fold_batch_norm(gm)),
-    ("max_pool_windows", lambda gm, c: max_pool_windows(gm)),
-    ("channels_last_convolutions", lambda gm, c: channels_last_convolutions(gm)),
+    *((rewrite.__name__, lambda gm, c, rewrite=rewrite: rewrite(gm)) for rewrite in SPEED_REWRITES),
     ("check_portable", lambda gm, c: check_portable(gm)),
     ("annotate", lambda gm, c: annotate(gm, c.example_inputs)),  # split_recurrent reads meta
     (
