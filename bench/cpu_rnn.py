@@ -19,7 +19,12 @@ interleaved round by round (a load burst on this shared machine slows every engi
   float32 result: outputs within ~1e-2 of it (README, ``recurrent_dtype``);
 - ``ort 1t`` / ``ort 2t``: onnxruntime's CPU provider at 1 and 2 intra-op threads
   (``ort best`` is the faster of the two for that row);
-- ``openvino``: ``openvino.compile_model(path, "CPU")``;
+- ``openvino f32``: ``openvino.compile_model(path, "CPU")`` with ``INFERENCE_PRECISION_HINT``
+  f32, its float32 result, the peer of chrion's float32 columns;
+- ``openvino bf16``: the same with OpenVINO's default precision where that default is not f32:
+  on a CPU with AVX512-BF16 or AMX, OpenVINO runs in bfloat16 unless told otherwise, so its
+  default is the peer of ``chrion bf16``, not of chrion's float32 (no column where the
+  default is f32);
 - ``eager``: the PyTorch module itself (torch's default threads);
 - ``inductor``: ``torch.compile(model)`` of that same user module (not of chrion's graph), with
   a forward of its own (``bench_peers.own_code``).
@@ -120,14 +125,31 @@ def _onnx_engines(path: Path, x: torch.Tensor) -> list[tuple[str, Callable[[], E
 
         return make
 
-    def openvino() -> Engine:
-        import openvino as ov
+    def openvino(precision: str | None) -> Callable[[], Engine]:
+        def make() -> Engine:
+            import openvino as ov
+            import openvino.properties.hint as hint
 
-        compiled = ov.Core().compile_model(str(path), "CPU")
-        request = compiled.create_infer_request()
-        return Engine("openvino", lambda a: request.infer([a]), (x.numpy(),))
+            core = ov.Core()
+            if (
+                precision is None
+                and core.get_property("CPU", hint.inference_precision) == ov.Type.f32
+            ):
+                raise RuntimeError("not run: OpenVINO defaults to f32 on this CPU (the f32 column)")
+            config = {} if precision is None else {hint.inference_precision: precision}
+            compiled = core.compile_model(str(path), "CPU", config)
+            request = compiled.create_infer_request()
+            name = f"openvino {precision or 'bf16'}"
+            return Engine(name, lambda a: request.infer([a]), (x.numpy(),))
 
-    return [("ort 1t", ort(1)), ("ort 2t", ort(2)), ("openvino", openvino)]
+        return make
+
+    return [
+        ("ort 1t", ort(1)),
+        ("ort 2t", ort(2)),
+        ("openvino f32", openvino("f32")),
+        ("openvino bf16", openvino(None)),
+    ]
 
 
 def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
@@ -193,8 +215,8 @@ def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
 
 
 def table_line(row: Row, ms: dict[str, float]) -> str:
-    """The row's markdown line: each engine's median, chrion onnx over ort best / eager, then
-    chrion bf16 over ort best / chrion onnx."""
+    """The row's markdown line: each engine's median, chrion onnx over ort best / openvino f32 /
+    eager, then chrion bf16 over ort best / openvino bf16 / chrion onnx."""
     ort = [ms[k] for k in ("ort 1t", "ort 2t") if k in ms]
     if ort:
         ms = {**ms, "ort best": min(ort)}
@@ -213,7 +235,8 @@ def table_line(row: Row, ms: dict[str, float]) -> str:
         "chrion bf16",
         "ort 1t",
         "ort 2t",
-        "openvino",
+        "openvino f32",
+        "openvino bf16",
         "eager",
         "inductor",
     )
@@ -223,8 +246,10 @@ def table_line(row: Row, ms: dict[str, float]) -> str:
             [
                 *(cell(k) for k in engines),
                 ratio("ort best"),
+                ratio("openvino f32"),
                 ratio("eager"),
                 ratio("ort best", of="chrion bf16"),
+                ratio("openvino bf16", of="chrion bf16"),
                 ratio("chrion onnx", of="chrion bf16"),
             ]
         )
@@ -262,10 +287,11 @@ def main() -> None:
     rows = [ROWS[i] for i in args.rows] if args.rows else ROWS
     header = (
         "| model (batch, seq) | chrion onnx | chrion compile | chrion 1x2t | chrion ops "
-        "| chrion bf16 | ort 1t | ort 2t | openvino | eager | inductor | vs ort best | vs eager "
-        "| bf16 vs ort best | bf16 vs chrion onnx |"
+        "| chrion bf16 | ort 1t | ort 2t | openvino f32 | openvino bf16 | eager | inductor "
+        "| vs ort best | vs openvino f32 | vs eager | bf16 vs ort best | bf16 vs openvino bf16 "
+        "| bf16 vs chrion onnx |"
     )
-    lines = [header, "|---" + "|---:" * 14 + "|"]
+    lines = [header, "|---" + "|---:" * 17 + "|"]
     notes: list[str] = []
     wide: list[str] = []  # what the default plan placed wide, per row
     print(header, flush=True)
@@ -284,11 +310,12 @@ def main() -> None:
         text = [
             "# CPU recurrent latency",
             "",
-            f"CPU: {cpu_name()} ({torch.get_num_threads()} threads for torch), torch "
+            f"CPU: {cpu_name()}, {torch.backends.cpu.get_cpu_capability()} "
+            f"({torch.get_num_threads()} threads for torch), torch "
             f"{torch.__version__}. Command: `python bench/cpu_rnn.py {' '.join(sys.argv[1:])}`; "
             f"median of {args.repeats} interleaved rounds after warm-up, milliseconds. "
             f"{FEATURES} input features; ratios are chrion onnx / peer (< 1: chrion faster), the "
-            "last two chrion bf16 / peer (bfloat16 W_hh: within ~1e-2 of float32's outputs). "
+            "last three chrion bf16 / peer (bfloat16 W_hh: within ~1e-2 of float32's outputs). "
             f"Load average when written: {load_average()} on {os.cpu_count()} CPUs (the "
             "machine is shared: compare ratios within a row, not rows across runs).",
             "",
