@@ -12,6 +12,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "recurrent_cpu_isa", [] { return std::string(chrion::recurrent::cpu_kernels().name); },
       "The instruction set chrion's CPU recurrent kernels run with (AVX512, AVX2 or DEFAULT).");
+  m.def(
+      "recurrent_bf16_product",
+      [] {
+        return std::string(chrion::recurrent::cpu_kernels().bf16_dot() ? "vdpbf16ps" : "widened");
+      },
+      "How recurrent_dtype=\"bfloat16\" multiplies W_hh on this CPU: vdpbf16ps (AVX512-BF16) or "
+      "widened to float32.");
   m.def("packed_weights_hold", &chrion::recurrent::packed_weights_hold,
         "Whether the CPU kernels' cache holds a current packed form of this layer weight.");
   m.def("packed_weights_cached", &chrion::recurrent::packed_weights_cached,

@@ -95,6 +95,9 @@ struct CpuKernels {
   /// time step number `step` (0 = the first one run, t = T-1 when reverse) of the blocks
   /// [first, end) for every batch entry
   void (*step)(const Steps& s, int64_t step, int64_t first, int64_t end);
+  /// whether bfloat16 W_hh is multiplied with vdpbf16ps (else widened to float32), Note [bf16
+  /// dot products] in recurrent_cpu_impl.h
+  bool (*bf16_dot)();
 };
 
 /// Kernels compiled for each instruction set; null where this build or compiler has none.

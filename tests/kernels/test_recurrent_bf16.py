@@ -232,7 +232,7 @@ _ISA_SCRIPT = textwrap.dedent(
     from torch_chrion._extension import load
     from torch_chrion.ops import ensure_loaded
     ensure_loaded()
-    print(load("kernels").recurrent_cpu_isa())
+    print(load("kernels").recurrent_cpu_isa(), load("kernels").recurrent_bf16_product())
     torch.manual_seed(0)
     for kind in ("lstm", "gru", "rnn_tanh"):
         module, x, h0, c0 = _model(kind, 12, 37, 2, True, 5, 6, False)
@@ -262,7 +262,24 @@ def test_other_instruction_sets(capability: str) -> None:
         [sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[0] == capability.upper()
+    assert result.stdout.split()[:2] == [capability.upper(), "widened"]
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_bf16_weights_take_dot_products_where_the_cpu_has_them() -> None:
+    """With AVX-512 kernels on a CPU that /proc/cpuinfo says has AVX512-BF16, bfloat16 W_hh is
+    multiplied with vdpbf16ps (Note [bf16 dot products]), else widened to float32; the tests
+    above hold whichever this CPU runs to the reference, and test_other_instruction_sets the
+    widening code of the other builds."""
+    kernels = load("kernels")
+    dot = kernels.recurrent_cpu_isa() == "AVX512" and "avx512_bf16" in _cpu_flags()
+    assert kernels.recurrent_bf16_product() == ("vdpbf16ps" if dot else "widened")
 
 
 def test_to_bf16_rounds_to_nearest_even() -> None:
