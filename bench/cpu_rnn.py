@@ -152,7 +152,10 @@ def _onnx_engines(path: Path, x: torch.Tensor) -> list[tuple[str, Callable[[], E
     ]
 
 
-def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
+def engines_for(
+    row: Row, folder: Path, only: set[str] | None = None
+) -> tuple[list[Engine], list[str]]:
+    """The row's engines (those named in ``only``, else all) and the ones that failed."""
     import torch_chrion
 
     # each row compiles a new module of the same class: start dynamo afresh, or its recompile
@@ -204,6 +207,8 @@ def engines_for(row: Row, folder: Path) -> tuple[list[Engine], list[str]]:
     engines: list[Engine] = []
     failed: list[str] = []
     for name, make in makers:
+        if only is not None and name not in only:
+            continue
         try:
             engine = make()
             with torch.no_grad():
