@@ -57,6 +57,7 @@ def extension_modules() -> tuple[list, dict]:
                 f"torch_chrion._{name}",
                 sources,
                 extra_compile_args=_sources.compile_flags(name, torch.__version__),
+                extra_link_args=_sources.openmp_flags(name),
             )
         )
     return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -103,6 +103,7 @@ def load(name: str) -> types.ModuleType:
             sources=sources,
             build_directory=str(build_dir),
             extra_cflags=_sources.compile_flags(name, torch.__version__),
+            extra_ldflags=_sources.openmp_flags(name),
             with_cuda=False,
             verbose=os.environ.get("TORCH_CHRION_VERBOSE_BUILD") == "1",
         )

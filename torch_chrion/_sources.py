@@ -47,13 +47,20 @@ def build_tag(text: str) -> str:
 
 
 def compile_flags(name: str, torch_version: str) -> list[str]:
-    # (the CPU recurrent kernels bring their own helper threads, csrc/kernels/worker_team.h:
-    # no OpenMP)
     return [
         "-O3",
+        *openmp_flags(name),
         f"-DCHRION_SOURCE_HASH={build_tag(source_hash(name))}",
         f"-DCHRION_TORCH_VERSION={build_tag(torch_version)}",
     ]
+
+
+def openmp_flags(name: str) -> list[str]:
+    """Compile and link flags: the kernels run a call's threads as the calling thread's OpenMP
+    team (Note [Recurrent threads are the caller's team] in csrc/kernels/recurrent_schedule.cpp).
+    libgomp.so.1 is the soname of the libgomp that torch ships and loads first, so the extension
+    binds to that one at run time: one OpenMP runtime, one team per thread."""
+    return ["-fopenmp"] if name == "kernels" else []
 
 
 def source_hash(name: str) -> str:

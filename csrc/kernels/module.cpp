@@ -46,6 +46,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Tests: the recurrent schedule on synthetic chains whose blocks spin caller_us on the "
       "calling thread and helper_us on a helper; every claim as (chain, stage, first_block, "
       "end_block, by_caller, start, end).");
+  m.def(
+      "recurrent_threading",
+      [] {
+#ifdef _OPENMP
+        return std::string("openmp");
+#else
+        return std::string("helpers");
+#endif
+      },
+      "Whose threads a recurrent call of several threads runs on: the calling thread's OpenMP "
+      "team (openmp), or the kernels' own helper threads in a build without OpenMP (helpers).");
   m.def("helper_threads_started", &chrion::recurrent::helper_threads_started,
         "Helper threads the CPU recurrent kernels have started in this process.");
 }

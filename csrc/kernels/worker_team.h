@@ -1,4 +1,6 @@
-// Persistent helper threads for the CPU recurrent kernels.
+// Persistent helper threads for the CPU recurrent kernels of a build without OpenMP. A build with
+// it (the default: torch_chrion/_sources.py) runs a call's threads as the calling thread's
+// OpenMP team instead (Note [Recurrent threads are the caller's team] in recurrent_schedule.cpp).
 //
 // Note [Recurrent worker teams]
 // A recurrent layer at batch 1 needs one synchronisation per time step (every hidden unit of

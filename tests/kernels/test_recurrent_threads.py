@@ -7,6 +7,7 @@ gives the one-thread result bit for bit, and that result equals aten's to float3
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -115,22 +116,33 @@ def test_batch_first_and_reverse_on_two_threads() -> None:
         assert_reverse_matches_flipped_reference("lstm", module, x, h0, c0, batch_first=True)
 
 
-def test_helper_threads_are_reused_across_calls() -> None:
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_threads_are_reused_across_calls() -> None:
+    """Twenty two-thread calls start no thread: a build with OpenMP runs them on the caller's
+    OpenMP team and never starts a helper of its own (Note [Recurrent threads are the caller's
+    team]); a build without it reuses its helper teams."""
     torch.manual_seed(12)
     module = make_module("gru", 8, 128, 2, False)
     x, h0, _ = _inputs("gru", module, 4, 6)
     extension = load("kernels")
     with intra_op_threads(2), torch.no_grad():
         run_chrion("gru", module, x, h0, None, batch_first=False)
-        started = extension.helper_threads_started()
+        started, threads = extension.helper_threads_started(), _os_threads()
         for _ in range(20):
             run_chrion("gru", module, x, h0, None, batch_first=False)
+        assert _os_threads() == threads
     assert extension.helper_threads_started() == started
+    if extension.recurrent_threading() == "openmp":
+        assert started == 0
 
 
 def test_no_more_helpers_than_slices() -> None:
     """Eight intra-op threads on a layer worth two (a bidirectional layer whose steps are too
-    small to split by rows): one helper at most, not seven that would only spin."""
+    small to split by rows): one helper at most, not seven that would only spin (a build
+    without OpenMP; with it, the region asks for the same two threads of the caller's team)."""
     torch.manual_seed(15)
     module = make_module("gru", 8, 32, 1, True)
     x, h0, _ = _inputs("gru", module, 2, 400)  # a step of 6K multiply-adds, 2.4M per direction
