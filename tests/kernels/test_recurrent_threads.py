@@ -7,7 +7,6 @@ gives the one-thread result bit for bit, and that result equals aten's to float3
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from process_threads import os_threads
 from recurrent_reference import (
     TOL,
     assert_reverse_matches_flipped_reference,
@@ -116,10 +116,6 @@ def test_batch_first_and_reverse_on_two_threads() -> None:
         assert_reverse_matches_flipped_reference("lstm", module, x, h0, c0, batch_first=True)
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 def test_threads_are_reused_across_calls() -> None:
     """Twenty two-thread calls start no thread: a build with OpenMP runs them on the caller's
     OpenMP team and never starts a helper of its own (Note [Recurrent threads are the caller's
@@ -130,10 +126,10 @@ def test_threads_are_reused_across_calls() -> None:
     extension = load("kernels")
     with intra_op_threads(2), torch.no_grad():
         run_chrion("gru", module, x, h0, None, batch_first=False)
-        started, threads = extension.helper_threads_started(), _os_threads()
+        started, threads = extension.helper_threads_started(), os_threads()
         for _ in range(20):
             run_chrion("gru", module, x, h0, None, batch_first=False)
-        assert _os_threads() == threads
+        assert os_threads() == threads
     assert extension.helper_threads_started() == started
     if extension.recurrent_threading() == "openmp":
         assert started == 0

@@ -2,13 +2,13 @@
 stop and join."""
 
 import gc
-import os
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from process_threads import os_threads
 from runtime_helpers import aten_graph, schedulable
 
 from torch_chrion.errors import ExecutionError
@@ -108,10 +108,6 @@ def test_warning_on_a_lane_reaches_the_caller():
     with pytest.warns(UserWarning, match="indexing with dtype torch.uint8 is now deprecated"):
         out = module(x, mask)
     torch.testing.assert_close(out, x[mask.bool()])
-
-
-def os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))  # lane threads are not Python threads
 
 
 def test_stop_from_many_threads_and_calls_after_stop_raise_a_chrion_error():
