@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import cpu_rnn  # noqa: E402
 
 from torch_chrion.bench_peers import time_engines  # noqa: E402
+from torch_chrion.onnx.converters.rnn_weights import GATE_COUNT  # noqa: E402
 
 _PROBE = r"""
 #include <chrono>
@@ -145,12 +146,9 @@ def probe():
     )
 
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
 def floor_ms(row: cpu_rnn.Row, probe_module, threads: int, fma_per_s: float) -> float:
     """Streaming each layer's W_hh share per step plus the projections at the FMA rate."""
-    gates = GATES[row.kind]
+    gates = GATE_COUNT[row.kind]
     dirs = 2 if row.bidirectional else 1
     total = 0.0
     for layer in range(row.layers):
