@@ -275,7 +275,6 @@ void run_chains(const std::vector<Chain>& chains, int threads, int directions) {
     Schedule(chains, 1, 1).work(0);
     return;
   }
-  auto schedule = std::make_shared<Schedule>(chains, threads, directions);
 #ifdef _OPENMP
   // Note [Recurrent threads are the caller's team]
   // A call's threads are the calling thread's OpenMP team, the one its ATen operators use:
@@ -289,10 +288,14 @@ void run_chains(const std::vector<Chain>& chains, int threads, int directions) {
   // within 1.3%. Only per call does the team meet (at the region's start and end); each step's
   // synchronisation stays the schedule's own atomics, never an OpenMP barrier (which a throttled
   // libgomp would turn into a sleep per step). A team smaller than asked (a nested region) is
-  // fine: the schedule lets the caller take the slices of ranks that never join.
+  // fine: the schedule lets the caller take the slices of ranks that never join. Every thread of
+  // the team has left the region when it ends, so the schedule lives on this stack.
+  Schedule schedule(chains, threads, directions);
 #pragma omp parallel num_threads(threads)
-  schedule->work(omp_get_thread_num());
+  schedule.work(omp_get_thread_num());
 #else
+  // a helper may still be in `work` after the caller returns: the job is shared
+  auto schedule = std::make_shared<Schedule>(chains, threads, directions);
   run_with_helpers(threads, std::make_shared<const std::function<void(int)>>(
                                 [schedule](int rank) { schedule->work(rank); }));
 #endif
