@@ -105,6 +105,30 @@ def test_kernel_matches_aten_at_serving_sizes(kind: str) -> None:
     _check(kind, 64, 256, 1, False, 32, 24, True)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_kernel_matches_aten_where_the_gates_saturate(kind: str) -> None:
+    """Input biases drawn from [-30, 30], so that the gates' inputs reach far into tanh's and
+    sigmoid's flat ends (tanh's rational form is clamped at |x| = 9, Note [Gate activations])
+    as well as near 0, over 64 steps. The weights keep their scale: scaled up, the sums round
+    off by more than the tolerance before any activation, and the recurrence turns chaotic."""
+    torch.manual_seed(7)
+    module = make_module(kind, 16, 48, 2, True)
+    with torch.no_grad():
+        for name, w in module.named_parameters():
+            if name.startswith("bias_ih"):
+                w.uniform_(-30.0, 30.0)
+    x, h0 = torch.randn(64, 3, 16), torch.randn(4, 3, 48)
+    c0 = torch.randn(4, 3, 48) if kind == "lstm" else None
+    with torch.no_grad():
+        pre = nn.functional.linear(x, module.weight_ih_l0, module.bias_ih_l0)
+        assert pre.abs().max() > 20 and (pre.abs() < 1).any()
+        got = run_chrion(kind, module, x, h0, c0, batch_first=False)
+        want = run_reference(kind, module, x, h0, c0)
+    assert ran_chrion_kernel(module)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
 def test_kernel_without_biases(kind: str) -> None:
     torch.manual_seed(2)
