@@ -225,6 +225,11 @@ int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidde
 // is done.
 constexpr int64_t kBalancedBatch = 4;
 
+// Input rows (steps x batch) per chunk of a layer's input projection (Note [CPU recurrent
+// kernel]): a pass over a W_ih panel serves this many rows, and the chunk's gates stay in L2 until
+// the time loop reads them.
+constexpr int64_t kChunkRows = 48;
+
 // One direction of one layer: what its projection and time loop read and write. The chains of
 // the schedule point here, so it stays put (and its tensors alive) until the call ends.
 struct DirectionWork {
@@ -234,13 +239,11 @@ struct DirectionWork {
   at::Tensor packed_ih, packed_hh, bias_ih, bias_hh;
 };
 
-void run_projection(const void* work, int64_t /*stage*/, int64_t first, int64_t end) {
+// Stage `step` of a layer direction's chain: the input projection of the blocks' next chunk of
+// steps when one starts here (Note [CPU recurrent kernel]), then the step.
+void run_stage(const void* work, int64_t step, int64_t first, int64_t end) {
   const auto& w = *static_cast<const DirectionWork*>(work);
-  w.kernels->project(w.projection, first, end);
-}
-
-void run_step(const void* work, int64_t step, int64_t first, int64_t end) {
-  const auto& w = *static_cast<const DirectionWork*>(work);
+  if (step % w.steps.chunk == 0) w.kernels->project(w.projection, step, first, end);
   w.kernels->step(w.steps, step, first, end);
 }
 
@@ -292,15 +295,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     // row (t, b) of a [T*B, n] view of a sequence: time-major t*B + b, batch-first b*T + t
     const int64_t row_t = bf ? 1 : batch;
     const int64_t row_b = bf ? steps : 1;
-    // scratch: the gate projections of each direction, then each inner layer's output (its own,
-    // so that h_n can be read off it after the call)
-    const int64_t gate_floats = rows * gates * hidden;
+    // scratch: the gate projections of each direction's chunk, then each inner layer's output
+    // (its own, so that h_n can be read off it after the call)
+    const int64_t chunk = std::clamp<int64_t>((kChunkRows + batch - 1) / batch, 1, steps);
+    const int64_t gate_floats = chunk * batch * gates * hidden;
     const int64_t seq_floats = rows * dirs * hidden;
     float* scratch = thread_scratch(dirs * gate_floats + (num_layers - 1) * seq_floats);
     std::vector<at::Tensor> layer_out(num_layers);
     std::vector<DirectionWork> work(num_layers * dirs);
     std::vector<recurrent::Chain> chains;
-    chains.reserve(2 * num_layers * dirs);
+    chains.reserve(num_layers * dirs);
     const int64_t block = kernels.block_units(gates);
     const int64_t blocks = (hidden + block - 1) / block;
     const int threads = recurrent_threads(steps, batch, gates, hidden, dirs, blocks);
@@ -325,11 +329,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
           w.bias_hh = p[3].contiguous();
         }
         float* gx = scratch + d * gate_floats;
+        const int64_t features = layer_in.size(-1);
         w.projection = recurrent::Projection{cell,
-                                             rows,
-                                             layer_in.size(-1),
+                                             steps,
+                                             batch,
+                                             chunk,
+                                             features,
                                              hidden,
                                              layer_in.data_ptr<float>(),
+                                             row_t * features,
+                                             row_b * features,
+                                             reverse || d == 1,
                                              w.packed_ih.data_ptr<float>(),
                                              data_or_null(w.bias_ih),
                                              data_or_null(w.bias_hh),
@@ -340,8 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         s.batch = batch;
         s.hidden = hidden;
         s.gates_x = gx;
-        s.gates_t = row_t * gates * hidden;
-        s.gates_b = row_b * gates * hidden;
+        s.chunk = chunk;
         s.h0 = h_init.data_ptr<float>() + index * batch * hidden;
         s.c = cn.defined() ? cn.data_ptr<float>() + index * batch * hidden : nullptr;
         s.out = layer_out[layer].data_ptr<float>() + d * hidden;
@@ -356,27 +365,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
                                                         : nullptr;
         s.reverse = reverse || d == 1;
 
-        recurrent::Chain projection;
-        projection.stages = 1;
-        projection.blocks = blocks;
-        projection.home = static_cast<int>(d);
-        if (layer > 0) {  // after both directions of the layer below
-          projection.after[0] = first_chain - static_cast<int>(dirs);
-          projection.after[1] = dirs == 2 ? first_chain - 1 : -1;
-        }
-        projection.balanced = balanced;
-        projection.run = &run_projection;
-        projection.context = &w;
-        chains.push_back(projection);
       }
       for (int64_t d = 0; d < dirs; ++d) {
         recurrent::Chain loop;
         loop.stages = steps;
         loop.blocks = blocks;
         loop.home = static_cast<int>(d);
-        loop.after[0] = first_chain + static_cast<int>(d);
+        if (layer > 0) {  // after both directions of the layer below
+          loop.after[0] = first_chain - static_cast<int>(dirs);
+          loop.after[1] = dirs == 2 ? first_chain - 1 : -1;
+        }
         loop.balanced = balanced;
-        loop.run = &run_step;
+        loop.run = &run_stage;
         loop.context = &work[layer * dirs + d];
         chains.push_back(loop);
       }

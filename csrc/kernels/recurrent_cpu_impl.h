@@ -523,7 +523,7 @@ inline void for_row_groups(int64_t count, F&& f) {
 }
 
 template <Cell C, int R>
-inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int64_t b0,
+inline void row_group(const Steps& s, int64_t step, int64_t t, int64_t t_prev, int64_t b0,
                       const float* panel, const uint16_t* pairs, const float* rounded,
                       const uint32_t* words, int64_t o, int64_t n) {
   const float* h_prev[R];
@@ -534,10 +534,10 @@ inline void row_group(const Steps& s, int64_t t, int64_t t_prev, bool first, int
   float* c[R];
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r;
-    h_prev[r] = first ? s.h0 + b * s.hidden : s.out + t_prev * s.out_t + b * s.out_b;
+    h_prev[r] = step == 0 ? s.h0 + b * s.hidden : s.out + t_prev * s.out_t + b * s.out_b;
     h_dot[r] = rounded != nullptr ? rounded + b * (s.hidden + s.hidden % 2) : nullptr;
     h_words[r] = words != nullptr ? words + b * ((s.hidden + 1) / 2) : nullptr;
-    gx[r] = s.gates_x + t * s.gates_t + b * s.gates_b;
+    gx[r] = s.gates_x + (step % s.chunk * s.batch + b) * gate_count(C) * s.hidden;
     h_out[r] = s.out + t * s.out_t + b * s.out_b;
     c[r] = s.c != nullptr ? s.c + b * s.hidden : nullptr;
   }
@@ -560,7 +560,7 @@ void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
     const int64_t o = j * block_units(G);
     const int64_t n = std::min(block_units(G), H - o);
     for_row_groups<kRows<GS>>(s.batch, [&](auto rows, int64_t b) {
-      row_group<C, decltype(rows)::value>(s, t, t_prev, step == 0, b, panel, pairs, rounded,
+      row_group<C, decltype(rows)::value>(s, step, t, t_prev, b, panel, pairs, rounded,
                                           words, o, n);
     });
   }
@@ -587,13 +587,20 @@ constexpr int kProjectRows = kLanes >= 16 ? 6 : kRows<G>;
 constexpr int64_t kProjectChunk = 48;
 
 // `o` and `n`: the block's first hidden unit and how many of its units there are
+// the input of row `row` of the chunk that starts at step `first_step`
+inline const float* input_row(const Projection& p, int64_t first_step, int64_t row) {
+  const int64_t step = first_step + row / p.batch;
+  const int64_t t = p.reverse ? p.steps - 1 - step : step;
+  return p.x + t * p.x_t + row % p.batch * p.x_b;
+}
+
 template <int G, int R>
-inline void project_rows(const Projection& p, const float* panel, int64_t row, int64_t o,
-                         int64_t n) {
+inline void project_rows(const Projection& p, const float* panel, int64_t first_step,
+                         int64_t row, int64_t o, int64_t n) {
   constexpr int S = static_cast<int>(vectors_per_gate(G));
   const int64_t H = p.hidden;
   const float* x[R];
-  for (int r = 0; r < R; ++r) x[r] = p.x + (row + r) * p.features;
+  for (int r = 0; r < R; ++r) x[r] = input_row(p, first_step, row + r);
   Vec acc[R][panel_vectors(G)];
   recurrent_product<panel_vectors(G), R>(panel, p.features, x, acc);
   for (int g = 0; g < G; ++g) {
@@ -614,29 +621,30 @@ inline void project_rows(const Projection& p, const float* panel, int64_t row, i
 }
 
 template <int G>
-void project_gates(const Projection& p, int64_t j0, int64_t j1) {
+void project_gates(const Projection& p, int64_t first_step, int64_t j0, int64_t j1) {
   constexpr int GS = panel_vectors(G);
-  for (int64_t row0 = 0; row0 < p.rows; row0 += kProjectChunk) {
-    const int64_t row1 = std::min(p.rows, row0 + kProjectChunk);
+  const int64_t rows = std::min(p.chunk, p.steps - first_step) * p.batch;
+  for (int64_t row0 = 0; row0 < rows; row0 += kProjectChunk) {
+    const int64_t row1 = std::min(rows, row0 + kProjectChunk);
     for (int64_t j = j0; j < j1; ++j) {
       const float* panel = p.packed + j * p.features * GS * kLanes;
       const int64_t o = j * block_units(G);
       const int64_t n = std::min(block_units(G), p.hidden - o);
-      for_row_groups<kProjectRows<GS>>(row1 - row0, [&](auto rows, int64_t row) {
-        project_rows<G, decltype(rows)::value>(p, panel, row0 + row, o, n);
+      for_row_groups<kProjectRows<GS>>(row1 - row0, [&](auto group, int64_t row) {
+        project_rows<G, decltype(group)::value>(p, panel, first_step, row0 + row, o, n);
       });
     }
   }
 }
 
-void project(const Projection& p, int64_t j0, int64_t j1) {
+void project(const Projection& p, int64_t first_step, int64_t j0, int64_t j1) {
   switch (gate_count(p.cell)) {
     case 4:
-      return project_gates<4>(p, j0, j1);
+      return project_gates<4>(p, first_step, j0, j1);
     case 3:
-      return project_gates<3>(p, j0, j1);
+      return project_gates<3>(p, first_step, j0, j1);
     default:
-      return project_gates<1>(p, j0, j1);
+      return project_gates<1>(p, first_step, j0, j1);
   }
 }
 

@@ -2,7 +2,7 @@
 //
 // Note [Recurrent schedule]
 // A call is a list of chains. A chain is a sequence of stages (the time steps of one layer
-// direction, or the one stage of its input projection); each stage is cut into the same slices
+// direction, each with its share of the input projection); each stage is cut into the same slices
 // (ranges of hidden-unit blocks). Stage t of a chain may start when every slice of stage t-1 is
 // done, and stage 0 when every chain it comes `after` is done: one synchronisation per step,
 // through the chain's own counter of done tasks, and nothing else.

@@ -78,6 +78,15 @@ CASES = [
     ("rnn_tanh", 8, 48, 2, False, 7, 5, False),
     ("rnn_relu", 10, 20, 2, True, 1, 7, False),
     ("rnn_relu", 6, 33, 1, False, 9, 5, True),
+    # A layer's input projection runs a chunk of steps at a time (ceil(48 / batch) steps, Note [CPU
+    # recurrent kernel]): sequences of several chunks and a partial last one, both directions (the
+    # backward one fills its chunks from the end), time- and batch-major, and a batch of more than
+    # 48 rows (one step per chunk).
+    ("lstm", 12, 33, 2, True, 5, 23, True),
+    ("gru", 12, 33, 2, True, 5, 23, False),
+    ("rnn_tanh", 12, 40, 3, True, 5, 23, True),
+    ("lstm", 7, 20, 1, False, 1, 101, False),
+    ("gru", 7, 20, 2, True, 50, 3, True),
 ]
 
 
@@ -140,9 +149,10 @@ def test_reverse_runs_backwards_in_time(kind: str) -> None:
     """`reverse` (one half of a split bidirectional layer) equals aten on the flipped input."""
     torch.manual_seed(3)
     module = make_module(kind, 8, 20, 1, False)
-    x, h0 = torch.randn(6, 3, 8), torch.randn(1, 3, 20)
-    c0 = torch.randn(1, 3, 20) if kind == "lstm" else None
-    assert_reverse_matches_flipped_reference(kind, module, x, h0, c0, batch_first=False)
+    for steps in (6, 37):  # one projection chunk (16 steps at batch 3), and three
+        x, h0 = torch.randn(steps, 3, 8), torch.randn(1, 3, 20)
+        c0 = torch.randn(1, 3, 20) if kind == "lstm" else None
+        assert_reverse_matches_flipped_reference(kind, module, x, h0, c0, batch_first=False)
 
 
 def test_unbatched_input() -> None:
