@@ -5,7 +5,6 @@
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
 #include "schedule_probe.h"
-#include "worker_team.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &chrion::build_info);
@@ -23,9 +22,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether the CPU kernels' cache holds a current packed form of this layer weight.");
   m.def("packed_weights_cached", &chrion::recurrent::packed_weights_cached,
         "How many packed recurrent weights the CPU kernels' cache holds.");
-  m.def("set_idle_spin_us", &chrion::recurrent::set_idle_spin_us, py::arg("us"),
-        "How long an idle helper of the recurrent kernels polls before it parks (process-wide).");
-  m.def("idle_spin_us", &chrion::recurrent::idle_spin_us);
   m.def(
       "probe_schedule",
       [](int64_t stages, int64_t blocks, int threads, int directions, bool balanced,
@@ -46,17 +42,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Tests: the recurrent schedule on synthetic chains whose blocks spin caller_us on the "
       "calling thread and helper_us on a helper; every claim as (chain, stage, first_block, "
       "end_block, by_caller, start, end).");
-  m.def(
-      "recurrent_threading",
-      [] {
-#ifdef _OPENMP
-        return std::string("openmp");
-#else
-        return std::string("helpers");
-#endif
-      },
-      "Whose threads a recurrent call of several threads runs on: the calling thread's OpenMP "
-      "team (openmp), or the kernels' own helper threads in a build without OpenMP (helpers).");
-  m.def("helper_threads_started", &chrion::recurrent::helper_threads_started,
-        "Helper threads the CPU recurrent kernels have started in this process.");
 }

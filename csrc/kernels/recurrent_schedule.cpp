@@ -1,8 +1,9 @@
 #include "recurrent_schedule.h"
 
-#ifdef _OPENMP
-#include <omp.h>
+#ifndef _OPENMP
+#error "the recurrent kernels run a call's threads as the caller's OpenMP team: build with -fopenmp (torch_chrion/_sources.py)"
 #endif
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -12,7 +13,6 @@
 #include <thread>
 
 #include "spin_pause.h"
-#include "worker_team.h"
 
 namespace chrion::recurrent {
 namespace {
@@ -81,7 +81,6 @@ struct ChainState {
 
 class Schedule {
  public:
-  // the chains are copied: a helper may still look at them after run_chains returned
   Schedule(const std::vector<Chain>& chains, int threads, int directions)
       : threads_(threads), chains_(chains), states_(chains.size()) {
     for (size_t i = 0; i < chains.size(); ++i) {
@@ -241,8 +240,8 @@ class Schedule {
     return false;
   }
 
-  // Whether the owner of `slice` is away at `stage`: it has not joined the job (a parked helper
-  // still waking up), or claimed no block of the stage before (descheduled, or still catching
+  // Whether the owner of `slice` is away at `stage`: it has not joined the job (a helper still
+  // waking up), or claimed no block of the stage before (descheduled, or still catching
   // up after a late join). Its slice is then taken at once, half of what is left per claim:
   // waiting out the grace at every step cost an absent helper's caller ~3 us per step on top
   // of doing the whole step itself. A returning owner claims its slice's next stage first, so
@@ -275,30 +274,23 @@ void run_chains(const std::vector<Chain>& chains, int threads, int directions) {
     Schedule(chains, 1, 1).work(0);
     return;
   }
-#ifdef _OPENMP
   // Note [Recurrent threads are the caller's team]
   // A call's threads are the calling thread's OpenMP team, the one its ATen operators use:
-  // rank = the team's thread number, the caller rank 0. Built on helpers of its own (worker_team.h,
-  // still the path of a build without OpenMP), the kernel shared the cores with that team's
-  // workers, which libgomp keeps spinning for milliseconds after every parallel region: a
-  // convolution or a GEMM placed wide just before a recurrent node left a worker spinning on
-  // the core the kernel's helper needed. In one process, alternating the two (bench A/B on
-  // this machine): the CRDNN through torch.compile 47.7 -> 42.6 ms, BiGRU 3x256 + Linear at
-  // batch 16 (its head GEMM wide) 27.2 -> 22.8 ms, the cpu_rnn rows without wide ATen ops
-  // within 1.3%. Only per call does the team meet (at the region's start and end); each step's
-  // synchronisation stays the schedule's own atomics, never an OpenMP barrier (which a throttled
-  // libgomp would turn into a sleep per step). A team smaller than asked (a nested region) is
-  // fine: the schedule lets the caller take the slices of ranks that never join. Every thread of
-  // the team has left the region when it ends, so the schedule lives on this stack.
+  // rank = the team's thread number, the caller rank 0. Built on helper threads of its own (its
+  // first design, because an OpenMP barrier per step sleeps in a throttled libgomp), the kernel
+  // shared the cores with that team's workers, which libgomp keeps spinning for milliseconds
+  // after every parallel region: a convolution or a GEMM placed wide just before a recurrent
+  // node left a worker spinning on the core the kernel's helper needed. In one process,
+  // alternating the two (bench A/B on this machine): the CRDNN through torch.compile 47.7 ->
+  // 42.6 ms, BiGRU 3x256 + Linear at batch 16 (its head GEMM wide) 27.2 -> 22.8 ms, the cpu_rnn
+  // rows without wide ATen ops within 1.3%. Only per call does the team meet (at the region's
+  // start and end); each step's synchronisation stays the schedule's own atomics, never an
+  // OpenMP barrier. A team smaller than asked (a nested region) is fine: the schedule lets the
+  // caller take the slices of ranks that never join. Every thread of the team has left the
+  // region when it ends, so the schedule lives on this stack.
   Schedule schedule(chains, threads, directions);
 #pragma omp parallel num_threads(threads)
   schedule.work(omp_get_thread_num());
-#else
-  // a helper may still be in `work` after the caller returns: the job is shared
-  auto schedule = std::make_shared<Schedule>(chains, threads, directions);
-  run_with_helpers(threads, std::make_shared<const std::function<void(int)>>(
-                                [schedule](int rank) { schedule->work(rank); }));
-#endif
 }
 
 }  // namespace chrion::recurrent

@@ -43,8 +43,9 @@ struct Chain {
   const void* context = nullptr;
 };
 
-/// Runs every chain on `threads` threads (the caller and threads-1 helpers, Note [Recurrent
-/// worker teams]) with `directions` home directions; returns when all are done. Throws
+/// Runs every chain on `threads` threads (the caller and threads-1 helpers: the rest of its
+/// OpenMP team, Note [Recurrent threads are the caller's team] in recurrent_schedule.cpp) with
+/// `directions` home directions; returns when all are done. Throws
 /// std::length_error for a chain of 65536 blocks or more.
 void run_chains(const std::vector<Chain>& chains, int threads, int directions);
 

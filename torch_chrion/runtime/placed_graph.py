@@ -45,19 +45,16 @@ def executor_extension() -> Any:
 
 @contextlib.contextmanager
 def spin_before_park(us: float) -> Iterator[None]:
-    """Lanes, callers and the recurrent kernels' helper threads poll ``us`` microseconds before
-    they park (0: at once) inside the block, process-wide (Note [Chrion spin before park] in
-    csrc/executor/lane.h, Note [Recurrent worker teams] in csrc/kernels/worker_team.h); the
-    settings before it are restored after."""
-    executor, kernels = executor_extension(), _extension.load("kernels")
-    before = executor.spin_before_park_us(), kernels.idle_spin_us()
+    """Lanes and callers poll ``us`` microseconds before they park (0: at once) inside the
+    block, process-wide (Note [Chrion spin before park] in csrc/executor/lane.h); the setting
+    before it is restored after."""
+    executor = executor_extension()
+    before = executor.spin_before_park_us()
     executor.set_spin_before_park_us(us)
-    kernels.set_idle_spin_us(us)
     try:
         yield
     finally:
-        executor.set_spin_before_park_us(before[0])
-        kernels.set_idle_spin_us(before[1])
+        executor.set_spin_before_park_us(before)
 
 
 def _output_assembler(
