@@ -14,9 +14,10 @@
 // Chunks rather than the whole sequence at once: the chunk's gates are still in L2 when its
 // steps read them, and a GEMM of a few dozen rows runs at 100+ GF/s on one core here where one
 // of 4,096 rows ran at 86 (its gates, 8 MiB, went out to L3 and came back for the time loop).
-// Measured on LSTM 3x128, batch 32, 128 steps (the projection half of the FLOPs): 37.5 -> 30.9
-// ms on one thread, 22.1 -> 19.0 on two; bidirectional GRU 512 at batch 32 -6%; batch 1, where
-// a chunk is the 48 steps it was, unchanged. Every row still goes through one GEMM pass of a
+// Measured on LSTM 3x128, batch 32, 128 steps (the projection half of the FLOPs), together with
+// the rational tanh of Note [Gate activations] (-5% alone): 37.5 -> 30.9 ms on one thread, 22.1
+// -> 19.0 on two; bidirectional GRU 512 at batch 32 -6%; batch 1, where a chunk is the 48
+// steps it was, unchanged. Every row still goes through one GEMM pass of a
 // chunk, never a product per step, and the gate buffer is a chunk long, not T.
 // The recurrent weights are packed once per weight tensor (packed_weights.h) into panels, one
 // per block of S*V hidden units (S = 1; a plain RNN's S is in Note [RNN blocks]):
