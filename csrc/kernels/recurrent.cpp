@@ -330,6 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         }
         float* gx = scratch + d * gate_floats;
         const int64_t features = layer_in.size(-1);
+        const bool backward = reverse || d == 1;
         w.projection = recurrent::Projection{cell,
                                              steps,
                                              batch,
@@ -339,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
                                              layer_in.data_ptr<float>(),
                                              row_t * features,
                                              row_b * features,
-                                             reverse || d == 1,
+                                             backward,
                                              w.packed_ih.data_ptr<float>(),
                                              data_or_null(w.bias_ih),
                                              data_or_null(w.bias_hh),
@@ -363,10 +364,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         // GRU: b_hn, applied inside r * (W_hn h + b_hn)
         s.hidden_bias = cell == Cell::gru && has_biases ? data_or_null(w.bias_hh) + 2 * hidden
                                                         : nullptr;
-        s.reverse = reverse || d == 1;
+        s.reverse = backward;
 
-      }
-      for (int64_t d = 0; d < dirs; ++d) {
         recurrent::Chain loop;
         loop.stages = steps;
         loop.blocks = blocks;
@@ -377,7 +376,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         }
         loop.balanced = balanced;
         loop.run = &run_stage;
-        loop.context = &work[layer * dirs + d];
+        loop.context = &w;
         chains.push_back(loop);
       }
     }

@@ -17,8 +17,8 @@
 // Measured on LSTM 3x128, batch 32, 128 steps (the projection half of the FLOPs), together with
 // the rational tanh of Note [Gate activations] (-5% alone): 37.5 -> 30.9 ms on one thread, 22.1
 // -> 19.0 on two; bidirectional GRU 512 at batch 32 -6%; batch 1, where a chunk is the 48
-// steps it was, unchanged. Every row still goes through one GEMM pass of a
-// chunk, never a product per step, and the gate buffer is a chunk long, not T.
+// steps it was, unchanged. Every row still goes through one GEMM pass of a chunk, never a
+// product per step, and the gate buffer is a chunk long, not T.
 // The recurrent weights are packed once per weight tensor (packed_weights.h) into panels, one
 // per block of S*V hidden units (S = 1; a plain RNN's S is in Note [RNN blocks]):
 // panel[j][k][g][s][0..V) = W_hh[g*H + (j*S + s)*V + v, k], zero-padded past H, so each step

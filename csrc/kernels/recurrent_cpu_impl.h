@@ -586,7 +586,6 @@ constexpr int kProjectRows = kLanes >= 16 ? 6 : kRows<G>;
 // Input rows per chunk: the chunk's inputs stay in L1/L2 while every block of the slice passes.
 constexpr int64_t kProjectChunk = 48;
 
-// `o` and `n`: the block's first hidden unit and how many of its units there are
 // the input of row `row` of the chunk that starts at step `first_step`
 inline const float* input_row(const Projection& p, int64_t first_step, int64_t row) {
   const int64_t step = first_step + row / p.batch;
@@ -594,6 +593,7 @@ inline const float* input_row(const Projection& p, int64_t first_step, int64_t r
   return p.x + t * p.x_t + row % p.batch * p.x_b;
 }
 
+// `o` and `n`: the block's first hidden unit and how many of its units there are
 template <int G, int R>
 inline void project_rows(const Projection& p, const float* panel, int64_t first_step,
                          int64_t row, int64_t o, int64_t n) {

@@ -1,7 +1,7 @@
 #include "recurrent_schedule.h"
 
 #ifndef _OPENMP
-#error "the recurrent kernels run a call's threads as the caller's OpenMP team: build with -fopenmp (torch_chrion/_sources.py)"
+#error "the recurrent kernels run a call's threads on the caller's OpenMP team: -fopenmp"
 #endif
 #include <omp.h>
 
@@ -255,7 +255,7 @@ class Schedule {
 
   int threads_;
   std::unique_ptr<Counter[]> joined_;  // per rank: 1 once it has entered `work`
-  std::vector<Chain> chains_;
+  const std::vector<Chain>& chains_;   // the caller's, alive until run_chains returns
   std::vector<ChainState> states_;
 };
 
