@@ -10,15 +10,13 @@ weights] in csrc/kernels/recurrent_cpu_impl.h), against two references:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from bf16_reference import run_bf16_reference, to_bf16
+from fresh_process import run_script
 from recurrent_reference import make_module, run_reference
 from test_recurrent_threads import intra_op_threads
 from torch import Tensor, nn
@@ -253,14 +251,7 @@ _ISA_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_other_instruction_sets(capability: str) -> None:
     """The AVX2 and portable builds of the bfloat16 product (their own widening code)."""
-    here = Path(__file__).resolve().parent
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(here.parents[1]), str(here), str(here.parent), env.get("PYTHONPATH", "")]
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_script(_ISA_SCRIPT, ATEN_CPU_CAPABILITY=capability)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[:2] == [capability.upper(), "widened"]
 

@@ -7,14 +7,11 @@ so a regression to the aten path cannot pass unnoticed.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import run_script
 from recurrent_reference import (
     TOL,
     assert_reverse_matches_flipped_reference,
@@ -315,12 +312,6 @@ _ISA_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_other_instruction_sets_match_aten(capability: str) -> None:
     """The AVX2 and portable builds of the kernel, chosen the way ATen chooses its own."""
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_script(_ISA_SCRIPT, ATEN_CPU_CAPABILITY=capability)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == capability.upper()

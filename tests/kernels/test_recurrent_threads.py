@@ -7,18 +7,15 @@ gives the one-thread result bit for bit, and that result equals aten's to float3
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import run_script
 from process_threads import os_threads
 from recurrent_reference import (
     TOL,
@@ -136,8 +133,8 @@ def test_threads_are_reused_across_calls() -> None:
 # In a fresh process (no OpenMP team grown yet): the threads one call starts.
 _THREADS_SCRIPT = textwrap.dedent(
     """
-    import os
     import torch
+    from process_threads import os_threads
     from torch_chrion.ops import ensure_loaded
     ensure_loaded()
     torch.set_num_threads(8)
@@ -145,9 +142,9 @@ _THREADS_SCRIPT = textwrap.dedent(
     m = torch.nn.GRU(8, 32, bidirectional=True)
     x, h0 = torch.randn(400, 2, 8), torch.randn(2, 2, 32)
     params = [w.detach() for w in m._flat_weights]
-    before = len(os.listdir("/proc/self/task"))
+    before = os_threads()
     torch.ops.chrion.gru(x, h0, params, True, 1, True, False, False)
-    print(len(os.listdir("/proc/self/task")) - before)
+    print(os_threads() - before)
     """
 )
 
@@ -156,17 +153,7 @@ def test_no_more_helpers_than_slices() -> None:
     """Eight intra-op threads on a layer worth two (a bidirectional layer whose steps are too
     small to split by rows): the call's team is the caller and one helper, not seven helpers
     that would only spin; and the result is still aten's."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", _THREADS_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(_THREADS_SCRIPT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) == 1
     torch.manual_seed(15)
