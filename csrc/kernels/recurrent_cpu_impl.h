@@ -554,7 +554,14 @@ void step_cell(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
   const bool bf16 = s.packed_pairs != nullptr;
   const float* rounded = bf16 ? rounded_state(s, t_prev, step == 0) : nullptr;
   const uint32_t* words = bf16 && has_bf16_dot() ? state_words(s, rounded) : nullptr;
-  for (int64_t j = j0; j < j1; ++j) {
+  // Odd steps run their blocks last to first: where a thread's share of W_hh outgrows its L2
+  // (LSTM 512 at batch 1 on two threads: 2 MiB against 1 MiB), each step then starts on the
+  // panels the step before ended with, still in L2. 2-5% faster there (LSTM 1x512, RNN 1x1024,
+  // GRU 2x256 at batch 1), no change where the share fits. The arithmetic of a block does not
+  // depend on when it runs.
+  const bool backwards = step % 2 == 1;
+  for (int64_t k = j0; k < j1; ++k) {
+    const int64_t j = backwards ? j0 + j1 - 1 - k : k;
     const float* panel = bf16 ? nullptr : s.packed + j * H * GS * kLanes;
     const uint16_t* pairs = bf16 ? s.packed_pairs + j * (H + H % 2) * GS * kLanes : nullptr;
     const int64_t o = j * block_units(G);
