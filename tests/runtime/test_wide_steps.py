@@ -93,7 +93,7 @@ def test_wide_convolutions_and_recurrent_layers_equal_eager():
 
 
 def test_a_graph_wide_end_to_end_equals_one_lane_bit_for_bit():
-    """A batch-1 LSTM and the views around it all wide (as plan.join_wide_views places them):
+    """A batch-1 LSTM and the views around it all wide (as plan.join_wide_neighbours places them):
     every step on the wide thread, the layers split over both lanes' threads; the chrion kernel
     is bit-identical for every thread count, the views compute nothing."""
     torch.manual_seed(0)

@@ -347,3 +347,29 @@ def test_the_directions_of_a_converted_bi_lstm_go_one_per_lane_not_both_wide(tmp
     # two layers of two directions side by side: 2 x 1.6 ms and the views, against 4 x 1.15
     assert found.makespan < 3.5 < 4 * 0.72 * 1.6 <= greedy.makespan
     assert all(found.device[k] in (0, 1) for k in directions)
+
+
+class LSTMWithState(torch.nn.Module):
+    """Two LSTM layers of 256 that also return their final states: each state joins the two
+    layers' (a small concatenation after the last layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(64, 256, num_layers=2)
+
+    def forward(self, x):
+        return self.lstm(x)
+
+
+def test_small_ops_around_wide_layers_run_on_their_thread_not_a_parked_lane():
+    torch.manual_seed(0)
+    gm = capture(LSTMWithState().eval(), (torch.randn(32, 1, 64),))
+    profile = RecurrentProfile(gm, layer_ms=0.44, wide_ms=0.30)
+    light = [n.name for n in schedulable_nodes(gm) if n.name not in profile.layers]
+    assert len(light) == 2 and all(
+        n.target is torch.ops.aten.cat.default for n in schedulable_nodes(gm) if n.name in light
+    )
+    plan = make_plan(gm, profile, ChrionSettings(devices=tuple(LANES)), costs=CALIBRATED)
+    # the states' concatenations compute (not views), but are too small for ATen to split:
+    # on a lane, each would wait for that lane's thread, parked while the second layer ran
+    assert plan.wide == {name: LANES for name in [*profile.layers, *light]}

@@ -9,6 +9,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import fx
 
 # Operator calls. A call_module/call_method node (left by a graph that was not fully lowered to
@@ -53,6 +54,28 @@ def computes_nothing(node: fx.Node) -> bool:
         and bool(schema.returns)
         and all(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
     )
+
+
+# ATen's internal::GRAIN_SIZE: parallel_for runs a range of fewer elements on the calling thread
+_GRAIN_SIZE = 32768
+
+
+def runs_alike_on_any_thread(node: fx.Node) -> bool:
+    """A view (computes_nothing), or an aten call whose inputs and outputs hold fewer than ATen's
+    grain size of elements in all: ATen does not split it across threads, so it costs the same
+    and gives the same result on a thread with any intra-op thread count."""
+    if computes_nothing(node):
+        return True
+    if node.op != "call_function" or getattr(node.target, "namespace", None) != "aten":
+        return False  # chrion's own kernels split rows across threads at any size
+    elements = 0
+    for value in [n.meta.get("val") for n in node.all_input_nodes] + [node.meta.get("val")]:
+        values = value if isinstance(value, (tuple, list)) else [value]
+        for v in values:
+            if not isinstance(v, torch.Tensor) or not isinstance(v.numel(), int):
+                return False  # unknown or symbolic: it may be large
+            elements += v.numel()
+    return elements < _GRAIN_SIZE
 
 
 def reads_only_first_output(node: fx.Node) -> bool:

@@ -19,9 +19,9 @@ beside it.
 Wide costs (``.wide_ms`` over ``.wide_lanes``, Note [Chrion wide placement] in task_graph.py)
 give a node a wide option when every lane they hold is scheduled and the wide cost is at most
 WIDE_MAX_RATIO of the node's cost on one of those lanes. Where any node has one, so does every
-view (``graph.nodes.computes_nothing``), at its one-lane cost: a view costs the same on any
-thread, and the views around a wide node may then run on its thread rather than hand its output
-to a lane that parked while it ran (plan.join_wide_views).
+view or node too small for ATen to split (``graph.nodes.runs_alike_on_any_thread``), at its
+one-lane cost: it costs the same on any thread, and those around a wide node may then run on its
+thread rather than hand its output to a lane that parked while it ran (plan.join_wide_neighbours).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import PlanError
-from ..graph.nodes import computes_nothing, is_schedulable, schedulable_nodes
+from ..graph.nodes import is_schedulable, runs_alike_on_any_thread, schedulable_nodes
 from .task_graph import SharesMemory, TaskGraph, cpu_lanes_share_memory
 
 # A node gets a wide option only where its wide cost is at most this fraction of its one-lane
@@ -143,7 +143,7 @@ def task_graph_from(
         ]
         if any(math.isfinite(ms) for ms in wide_cost):
             wide_cost = [
-                cost[k][first] if computes_nothing(n) and math.isinf(ms) else ms
+                cost[k][first] if math.isinf(ms) and runs_alike_on_any_thread(n) else ms
                 for k, (n, ms) in enumerate(zip(nodes, wide_cost, strict=True))
             ]
     graph = TaskGraph(

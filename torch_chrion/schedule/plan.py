@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from .. import jsonfile
 from ..errors import InfeasiblePlanError, PlanError
-from ..graph.nodes import computes_nothing, schedulable_nodes
+from ..graph.nodes import runs_alike_on_any_thread, schedulable_nodes
 from ..jsonfile import Nullable
 from ..settings import GRANULARITIES, OBJECTIVES
 from .from_graph import producer_of, task_graph_from
@@ -391,8 +391,8 @@ def make_plan(
                 f" latency is {exc.best_ms:.4f} ms",
                 best_ms=exc.best_ms,
             ) from exc
-        views = [computes_nothing(n) for n in schedulable_nodes(gm)]
-        schedule = join_wide_views(graph, schedule, views, costs)
+        alike = [runs_alike_on_any_thread(n) for n in schedulable_nodes(gm)]
+        schedule = join_wide_neighbours(graph, schedule, alike, costs)
     sim = simulate(graph, schedule, costs)
     if settings.slo_ms is not None and sim.makespan > settings.slo_ms:
         log.warning(
@@ -440,43 +440,54 @@ def make_plan(
     )
 
 
-def join_wide_views(
-    graph: TaskGraph, schedule: Schedule, views: Sequence[bool], costs: ExecutorCosts | None
-) -> Schedule:
-    """``schedule`` with the views next to its wide tasks (through other views) placed wide too,
-    unless that lengthens the replay with the executor's ``costs`` by more than the views' own
-    cost (all that running them beside other tasks could save, a few us: a join that costs more
-    has serialised real work).
+# the most a task may cost to be joined to a wide neighbour: what joining saves is a hand-off or
+# a parked lane's wake-up (a few to some 60 us), so a dearer task would only serialise work
+JOIN_MAX_MS = 0.02
 
-    A view (``views[i]``, graph.nodes.computes_nothing) costs the same on any thread and has a
-    wide option wherever a wide task does (from_graph.py). On a lane, one that reads a wide
-    task's output waits for that lane's thread to wake (it parked while the wide task ran: some
-    60 us each under load on the 2-core machine, against a 450 us LSTM layer), and one that
-    feeds a wide task hands it over from another thread; on the wide task's own thread, it
-    runs in place. The search does not see that saving (it schedules without the executor's
-    costs, and a view's wide option only ever ties), so it is made here: a batch-1 recurrent
-    model whose layers are wide then runs every step on one thread, as on one lane with all
-    the threads.
+
+def join_wide_neighbours(
+    graph: TaskGraph, schedule: Schedule, alike: Sequence[bool], costs: ExecutorCosts | None
+) -> Schedule:
+    """``schedule`` with the light tasks next to its wide tasks (through other light tasks)
+    placed wide too, unless that lengthens the replay with the executor's ``costs`` by more than
+    their own cost (all that running them beside other tasks could save, a few us: a join that
+    costs more has serialised real work).
+
+    A light task (``alike[i]``, graph.nodes.runs_alike_on_any_thread: a view, or an op too small
+    for ATen to split; and at most JOIN_MAX_MS) costs the same on any thread and has a wide option wherever a wide task
+    does (from_graph.py). On a lane, one that reads a wide task's output waits for that lane's
+    thread to wake (it parked while the wide task ran: some 60 us each under load on the 2-core
+    machine, against a 450 us LSTM layer), and one that feeds a wide task hands it over from
+    another thread; on the wide task's own thread, it runs in place. The search does not see
+    that saving (it schedules without the executor's costs, and a light task's wide option only
+    ever ties), so it is made here: a batch-1 recurrent model whose layers are wide then runs
+    every step on one thread, as on one lane with all the threads (the concatenations of the
+    layers' final states included: on the lanes, the ONNX path's 2-layer LSTM woke both).
     """
     wide = graph.wide_option
     if wide is None or wide not in schedule.device:
         return schedule
     placement = list(schedule.device)
     frontier = [i for i, option in enumerate(placement) if option == wide]
-    views_ms = 0.0
+    joined_ms = 0.0
     while frontier:
         i = frontier.pop()
         for j in (*graph.preds[i], *graph.succs[i]):
             # from a wide lane only: no accelerator's memory or transfers change
-            if views[j] and placement[j] in graph.wide_lanes and wide in graph.runnable_on[j]:
-                views_ms += float(graph.cost[j][placement[j]])
+            if (
+                alike[j]
+                and placement[j] in graph.wide_lanes
+                and wide in graph.runnable_on[j]
+                and graph.cost[j][placement[j]] <= JOIN_MAX_MS
+            ):
+                joined_ms += float(graph.cost[j][placement[j]])
                 placement[j] = wide
                 frontier.append(j)
-    if views_ms == 0.0:
+    if joined_ms == 0.0:
         return schedule
     candidate = schedule_placement(graph, placement)
     before = simulate(graph, schedule, costs).makespan
-    if simulate(graph, candidate, costs).makespan > before + views_ms:
+    if simulate(graph, candidate, costs).makespan > before + joined_ms:
         return schedule
     return rescore(
         graph, dataclasses.replace(schedule, device=candidate.device, order=candidate.order)
