@@ -225,11 +225,6 @@ int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidde
 // is done.
 constexpr int64_t kBalancedBatch = 4;
 
-// Input rows (steps x batch) per chunk of a layer's input projection (Note [CPU recurrent
-// kernel]): a pass over a W_ih panel serves this many rows, and the chunk's gates stay in L2 until
-// the time loop reads them.
-constexpr int64_t kChunkRows = 48;
-
 // One direction of one layer: what its projection and time loop read and write. The chains of
 // the schedule point here, so it stays put (and its tensors alive) until the call ends.
 struct DirectionWork {
@@ -297,7 +292,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     const int64_t row_b = bf ? steps : 1;
     // scratch: the gate projections of each direction's chunk, then each inner layer's output
     // (its own, so that h_n can be read off it after the call)
-    const int64_t chunk = std::clamp<int64_t>((kChunkRows + batch - 1) / batch, 1, steps);
+    const int64_t chunk =
+        std::clamp<int64_t>((recurrent::kChunkRows + batch - 1) / batch, 1, steps);
     const int64_t gate_floats = chunk * batch * gates * hidden;
     const int64_t seq_floats = rows * dirs * hidden;
     float* scratch = thread_scratch(dirs * gate_floats + (num_layers - 1) * seq_floats);

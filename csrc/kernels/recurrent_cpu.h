@@ -47,6 +47,13 @@ constexpr int64_t gate_count(Cell cell) {
   return cell == Cell::lstm ? 4 : cell == Cell::gru ? 3 : 1;
 }
 
+/// Input rows (steps x batch) that share one pass over a W_ih panel: a chunk of a layer's
+/// projection is ceil(kChunkRows / batch) steps (at least one), and the projection of a chunk
+/// holding more rows (a batch above this) passes each panel once per kChunkRows of them. The
+/// rows' inputs stay in L1/L2 while every block of the slice passes, and their gates in L2 until
+/// the time loop reads them.
+constexpr int64_t kChunkRows = 48;
+
 /// The input projection of one layer direction, one chunk of time steps at a time (Note [CPU
 /// recurrent kernel]): for the chunk's k-th step (t = its time) and batch entry b, row k*B + b
 /// of `gates` is x(t, b)·W_ihᵀ + biases.

@@ -590,8 +590,6 @@ void step(const Steps& s, int64_t step, int64_t j0, int64_t j1) {
 // (the panel is reused by every row, and the accumulators still fit the registers).
 template <int G>
 constexpr int kProjectRows = kLanes >= 16 ? 6 : kRows<G>;
-// Input rows per chunk: the chunk's inputs stay in L1/L2 while every block of the slice passes.
-constexpr int64_t kProjectChunk = 48;
 
 // the input of row `row` of the chunk that starts at step `first_step`
 inline const float* input_row(const Projection& p, int64_t first_step, int64_t row) {
@@ -631,8 +629,8 @@ template <int G>
 void project_gates(const Projection& p, int64_t first_step, int64_t j0, int64_t j1) {
   constexpr int GS = panel_vectors(G);
   const int64_t rows = std::min(p.chunk, p.steps - first_step) * p.batch;
-  for (int64_t row0 = 0; row0 < rows; row0 += kProjectChunk) {
-    const int64_t row1 = std::min(rows, row0 + kProjectChunk);
+  for (int64_t row0 = 0; row0 < rows; row0 += kChunkRows) {
+    const int64_t row1 = std::min(rows, row0 + kChunkRows);
     for (int64_t j = j0; j < j1; ++j) {
       const float* panel = p.packed + j * p.features * GS * kLanes;
       const int64_t o = j * block_units(G);
