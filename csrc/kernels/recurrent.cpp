@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
@@ -225,6 +226,28 @@ int recurrent_threads(int64_t steps, int64_t batch, int64_t gates, int64_t hidde
 // is done.
 constexpr int64_t kBalancedBatch = 4;
 
+// Note [Batch parts]
+// A one-direction layer on two or more threads is cut by batch rows rather than hidden units
+// once each thread gets a whole group of rows (CpuKernels::step_rows): each part of the batch is
+// a chain of its own, so a thread runs its part from the first step to the last and no step
+// waits for another core. Cut by hidden units, both threads meet at every step, and a core that
+// another process slows sets both threads' pace: with a busy process beside them on the two
+// cores here, parts took 0.55-0.8x the time of the cut by units (op level, alternating
+// processes: LSTM 3x128 batch 32, LSTM 2x256 batch 8 and 32, GRU 512 batch 32, LSTM 512 batch
+// 16, RNN 2x256 batch 16); on quiet cores they tie where W_hh fits a core's L2 and parts take
+// 1.03x where it does not (LSTM 512 and GRU 1024 at batch 8: a part streams all of W_hh from L3
+// at every step, not its share). Parts are cut at multiples of a group, so every row is computed
+// as in the whole batch and the results do not depend on the thread count.
+std::vector<int64_t> batch_parts(int64_t batch, int64_t dirs, int threads, int64_t group) {
+  const int64_t groups = (batch + group - 1) / group;
+  const int64_t parts = dirs == 1 ? std::clamp<int64_t>(groups, 1, threads) : 1;
+  std::vector<int64_t> first_row(parts + 1);
+  for (int64_t k = 0; k <= parts; ++k) {
+    first_row[k] = std::min(batch, group * (groups * k / parts));
+  }
+  return first_row;
+}
+
 // One direction of one layer: what its projection and time loop read and write. The chains of
 // the schedule point here, so it stays put (and its tensors alive) until the call ends.
 struct DirectionWork {
@@ -290,33 +313,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     // row (t, b) of a [T*B, n] view of a sequence: time-major t*B + b, batch-first b*T + t
     const int64_t row_t = bf ? 1 : batch;
     const int64_t row_b = bf ? steps : 1;
-    // scratch: the gate projections of each direction's chunk, then each inner layer's output
-    // (its own, so that h_n can be read off it after the call)
-    const int64_t chunk =
-        std::clamp<int64_t>((recurrent::kChunkRows + batch - 1) / batch, 1, steps);
-    const int64_t gate_floats = chunk * batch * gates * hidden;
-    const int64_t seq_floats = rows * dirs * hidden;
-    float* scratch = thread_scratch(dirs * gate_floats + (num_layers - 1) * seq_floats);
-    std::vector<at::Tensor> layer_out(num_layers);
-    std::vector<DirectionWork> work(num_layers * dirs);
-    std::vector<recurrent::Chain> chains;
-    chains.reserve(num_layers * dirs);
     const int64_t block = kernels.block_units(gates);
     const int64_t blocks = (hidden + block - 1) / block;
     const int threads = recurrent_threads(steps, batch, gates, hidden, dirs, blocks);
-    const bool balanced = batch >= kBalancedBatch || threads <= dirs;
+    // the first row of each part of the batch, and its end (Note [Batch parts])
+    const std::vector<int64_t> first_row =
+        batch_parts(batch, dirs, threads, kernels.step_rows(gates));
+    const int64_t parts = static_cast<int64_t>(first_row.size()) - 1;
+    const bool balanced = batch >= kBalancedBatch || threads <= dirs * parts;
+    // a chain per direction, or per part of the batch (one of them is 1)
+    const int64_t lanes = dirs * parts;
+    // scratch: the gate projections of each lane's chunk, then each inner layer's output (its
+    // own, so that h_n can be read off it after the call)
+    std::vector<int64_t> chunk(lanes), gates_at(lanes + 1, 0);
+    for (int64_t k = 0; k < lanes; ++k) {
+      const int64_t rows_k = first_row[k / dirs + 1] - first_row[k / dirs];
+      chunk[k] = std::clamp<int64_t>((recurrent::kChunkRows + rows_k - 1) / rows_k, 1, steps);
+      gates_at[k + 1] = gates_at[k] + chunk[k] * rows_k * gates * hidden;
+    }
+    const int64_t seq_floats = rows * dirs * hidden;
+    float* scratch = thread_scratch(gates_at[lanes] + (num_layers - 1) * seq_floats);
+    std::vector<at::Tensor> layer_out(num_layers);
+    std::vector<DirectionWork> work(num_layers * lanes);
+    std::vector<recurrent::Chain> chains;
+    chains.reserve(num_layers * lanes);
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       layer_out[layer] =
           layer + 1 < num_layers
-              ? at::from_blob(scratch + dirs * gate_floats + layer * seq_floats, seq_shape,
+              ? at::from_blob(scratch + gates_at[lanes] + layer * seq_floats, seq_shape,
                               x.options())
               : out;
       const at::Tensor& layer_in = layer == 0 ? x : layer_out[layer - 1];
       const int first_chain = static_cast<int>(chains.size());
-      for (int64_t d = 0; d < dirs; ++d) {
+      for (int64_t k = 0; k < lanes; ++k) {
+        const int64_t d = k % dirs;
+        const int64_t b0 = first_row[k / dirs];
+        const int64_t rows_k = first_row[k / dirs + 1] - b0;
         const int64_t index = layer * dirs + d;
         const at::TensorList p = params.slice(index * per_layer, per_layer);
-        DirectionWork& w = work[index];
+        DirectionWork& w = work[layer * lanes + k];
         w.kernels = &kernels;
         w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
         w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
@@ -324,16 +359,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
           w.bias_ih = p[2].contiguous();
           w.bias_hh = p[3].contiguous();
         }
-        float* gx = scratch + d * gate_floats;
+        float* gx = scratch + gates_at[k];
         const int64_t features = layer_in.size(-1);
         const bool backward = reverse || d == 1;
         w.projection = recurrent::Projection{cell,
                                              steps,
-                                             batch,
-                                             chunk,
+                                             rows_k,
+                                             chunk[k],
                                              features,
                                              hidden,
-                                             layer_in.data_ptr<float>(),
+                                             layer_in.data_ptr<float>() + b0 * row_b * features,
                                              row_t * features,
                                              row_b * features,
                                              backward,
@@ -344,15 +379,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         recurrent::Steps& s = w.steps;
         s.cell = cell;
         s.steps = steps;
-        s.batch = batch;
+        s.batch = rows_k;
         s.hidden = hidden;
         s.gates_x = gx;
-        s.chunk = chunk;
-        s.h0 = h_init.data_ptr<float>() + index * batch * hidden;
-        s.c = cn.defined() ? cn.data_ptr<float>() + index * batch * hidden : nullptr;
-        s.out = layer_out[layer].data_ptr<float>() + d * hidden;
+        s.chunk = chunk[k];
+        s.h0 = h_init.data_ptr<float>() + (index * batch + b0) * hidden;
+        s.c = cn.defined() ? cn.data_ptr<float>() + (index * batch + b0) * hidden : nullptr;
         s.out_t = row_t * dirs * hidden;
         s.out_b = row_b * dirs * hidden;
+        s.out = layer_out[layer].data_ptr<float>() + d * hidden + b0 * s.out_b;
         const bool pairs = w.packed_hh.scalar_type() == at::kBFloat16;
         s.packed = pairs ? nullptr : w.packed_hh.data_ptr<float>();
         s.packed_pairs =
@@ -365,9 +400,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         recurrent::Chain loop;
         loop.stages = steps;
         loop.blocks = blocks;
-        loop.home = static_cast<int>(d);
-        if (layer > 0) {  // after both directions of the layer below
-          loop.after[0] = first_chain - static_cast<int>(dirs);
+        loop.home = static_cast<int>(k);
+        if (layer > 0) {  // after both directions of the layer below, or its same part
+          loop.after[0] = first_chain - static_cast<int>(lanes) + (dirs == 2 ? 0 : k);
           loop.after[1] = dirs == 2 ? first_chain - 1 : -1;
         }
         loop.balanced = balanced;
@@ -376,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         chains.push_back(loop);
       }
     }
-    recurrent::run_chains(chains, threads, static_cast<int>(dirs));
+    recurrent::run_chains(chains, threads, static_cast<int>(lanes));
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       for (int64_t d = 0; d < dirs; ++d) {
         const int64_t last = reverse || d == 1 ? 0 : steps - 1;

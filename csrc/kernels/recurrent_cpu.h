@@ -27,8 +27,10 @@
 // kernels): the weights' trip through the cache is the cost, so nothing else is read twice.
 //
 // Threads: each time step (with its chunk's projection) is cut into slices of hidden-unit blocks
-// that the calling thread and its helpers compute (Note [Recurrent schedule]); a block is computed
-// by the same code whichever thread runs it, so the results do not depend on the thread count.
+// that the calling thread and its helpers compute (Note [Recurrent schedule]), or a batch into
+// parts that each run alone (Note [Batch parts] in recurrent.cpp); a block is computed by the same
+// code whichever thread runs it, and a row by the same arithmetic in any part, so the results do
+// not depend on the thread count.
 //
 // Each instruction set (AVX-512, AVX2, portable) compiles the same code
 // (recurrent_cpu_impl.h) with its own at::vec::Vectorized<float> in its own translation unit;
@@ -104,6 +106,11 @@ struct CpuKernels {
   const char* name;  ///< "AVX512", "AVX2" or "DEFAULT", as at::get_cpu_capability() names it
   /// hidden units per block of a cell with `gates` gates
   int64_t (*block_units)(int64_t gates);
+  /// batch rows of a cell with `gates` gates that share one pass over a block's W_hh panel in
+  /// `step`, which groups the batch so from its first row (the rest in one group): a part of
+  /// the batch cut at multiples of it groups its rows as the whole batch does, so computes them
+  /// alike
+  int64_t (*step_rows)(int64_t gates);
   /// floats in the packed form of a [G*H, columns] weight
   int64_t (*packed_size)(int64_t gates, int64_t hidden, int64_t columns);
   /// pack a contiguous [G*H, columns] weight (W_ih or W_hh) into `packed`

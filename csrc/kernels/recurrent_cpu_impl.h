@@ -61,6 +61,11 @@ constexpr int panel_vectors(int64_t gates) {
 
 int64_t block_units(int64_t gates) { return vectors_per_gate(gates) * kLanes; }
 
+int64_t step_rows(int64_t gates) {
+  return gates == 4 ? kRows<panel_vectors(4)> : gates == 3 ? kRows<panel_vectors(3)>
+                                                           : kRows<panel_vectors(1)>;
+}
+
 inline int64_t hidden_blocks(int64_t gates, int64_t hidden) {
   return (hidden + block_units(gates) - 1) / block_units(gates);
 }
@@ -222,11 +227,11 @@ constexpr int unroll_for(int gates, int rows) {
 }
 
 // acc[r][g] = h_r · (the panel's g-th vector of weights, for every column) for the rows in `h`
-// (R pointers to H floats): G vectors per column, a block's gates times its vectors per gate
-template <int G, int R>
+// (R pointers to H floats): G vectors per column, a block's gates times its vectors per gate.
+// U: the chains each sum is split into (the order of its additions, so its rounding)
+template <int G, int R, int U = unroll_for(G, R)>
 inline void recurrent_product(const float* panel, int64_t hidden, const float* const* h,
                               Vec (&acc)[R][G]) {
-  constexpr int U = unroll_for(G, R);
   Vec part[U][R][G];
   for (int u = 0; u < U; ++u)
     for (int r = 0; r < R; ++r)
@@ -607,7 +612,10 @@ inline void project_rows(const Projection& p, const float* panel, int64_t first_
   const float* x[R];
   for (int r = 0; r < R; ++r) x[r] = input_row(p, first_step, row + r);
   Vec acc[R][panel_vectors(G)];
-  recurrent_product<panel_vectors(G), R>(panel, p.features, x, acc);
+  // a full group's chains in the rest's group too: a row's gates do not depend on how the rows
+  // were grouped (the chunk's length, a part of the batch: recurrent.cpp)
+  constexpr int GS = panel_vectors(G);
+  recurrent_product<GS, R, unroll_for(GS, kProjectRows<GS>)>(panel, p.features, x, acc);
   for (int g = 0; g < G; ++g) {
     for (int v = 0; v < S && v * kLanes < n; ++v) {
       const int64_t at = g * H + o + v * kLanes;  // the vector's first column of the gates
@@ -653,7 +661,14 @@ void project(const Projection& p, int64_t first_step, int64_t j0, int64_t j1) {
   }
 }
 
-const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY), &block_units, &packed_size,
-                          &pack, &pack_pairs, &project, &step, &has_bf16_dot};
+const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY),
+                          &block_units,
+                          &step_rows,
+                          &packed_size,
+                          &pack,
+                          &pack_pairs,
+                          &project,
+                          &step,
+                          &has_bf16_dot};
 
 }  // namespace chrion::recurrent::CPU_CAPABILITY

@@ -11,7 +11,9 @@
 // share of the packed weights stays in its core's L2 from step to step and call to call. A
 // bidirectional layer on two threads is therefore split by direction (each thread runs one
 // direction alone, no per-step synchronisation at all); one direction on n threads is split by
-// rows (hidden units), n slices. A thread whose own slice is not ready claims blocks of a slice
+// rows (hidden units), n slices. A "direction" is any set of chains with threads of their own:
+// recurrent.cpp also passes the parts of a one-direction layer's batch as directions (Note
+// [Batch parts] in recurrent.cpp). A thread whose own slice is not ready claims blocks of a slice
 // that another thread owns once its stage has been open for kStealGrace: the whole slice, or,
 // in a balanced chain, one block at a time from its back while the owner works from the front
 // (Note [Two-ended slices] in recurrent_schedule.cpp), so the faster of two uneven cores does

@@ -1,8 +1,11 @@
 """chrion's CPU recurrent kernels on several threads (csrc/kernels/recurrent_schedule.h): with
 N intra-op threads on the calling thread, a layer's hidden units are split over the caller and
-N-1 helpers, the other threads of its OpenMP team (a bidirectional layer by direction). Each block
-of hidden units is computed by the same code whichever thread runs it, so every thread count
-gives the one-thread result bit for bit, and that result equals aten's to float32 tolerance.
+N-1 helpers, the other threads of its OpenMP team (a bidirectional layer by direction, a
+one-direction layer of a batch of two or more row groups by parts of the batch: Note [Batch
+parts] in recurrent.cpp). Each block of hidden units is computed by the same code whichever
+thread runs it, and a part of the batch groups its rows as the whole batch does, so every thread
+count gives the one-thread result bit for bit, and that result equals aten's to float32
+tolerance.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ SPLIT_CASES = [
     ("gru", 16, 64, 2, True, 8, 40),
     ("rnn_tanh", 10, 161, 1, True, 3, 30),
     ("rnn_relu", 8, 256, 2, False, 2, 7),
+    # parts of the batch: 8 + 5 rows at 2 threads, 4 + 4 + 5 at 3 (groups of 4 rows on
+    # AVX-512, of 3 on AVX2), each layer's part after the same part of the layer below
+    ("lstm", 16, 64, 2, False, 13, 11),
+    ("rnn_tanh", 12, 48, 3, False, 9, 8),
 ]
 
 
@@ -111,7 +118,8 @@ def test_helpers_joining_late_give_the_one_thread_result() -> None:
 def test_batch_first_and_reverse_on_two_threads() -> None:
     torch.manual_seed(11)
     module = make_module("lstm", 16, 128, 1, False)
-    x, h0, c0 = torch.randn(4, 12, 16), torch.randn(1, 4, 128), torch.randn(1, 4, 128)
+    # a batch of two row groups: parts of the batch read and write batch-first rows
+    x, h0, c0 = torch.randn(6, 12, 16), torch.randn(1, 6, 128), torch.randn(1, 6, 128)
     with intra_op_threads(2):
         assert_reverse_matches_flipped_reference("lstm", module, x, h0, c0, batch_first=True)
 
