@@ -6,10 +6,11 @@ Rows: recurrent models of bench/cpu_rnn.py's grid, one-direction layers at batch
 steps chrion's kernel cuts by parts of the batch on two threads, Note [Batch parts] in
 csrc/kernels/recurrent.cpp), a bidirectional one and a batch-1 one. Engines, as cpu_rnn.py builds
 them: ``chrion onnx`` (load_onnx's defaults, planned on the quiet cores), ``ort 1t`` and ``ort
-2t`` (onnxruntime's best of the two is the ratio's peer) and ``eager``. Each condition times the
-engines in interleaved rounds (bench_peers.time_engines); the neighbour is a Python process
-spinning in a loop, started after the quiet rounds and stopped after the busy ones. Ratios are
-chrion's latency over the peer's (< 1: chrion faster).
+2t`` (onnxruntime's best of the two is the ratio's peer) and ``eager``; and ``chrion 1 lane``
+(``load_onnx(path, devices=["cpu"])``: one lane with one thread, which never splits a step).
+Each condition times the engines in interleaved rounds (bench_peers.time_engines); the neighbour
+is a Python process spinning in a loop, started after the quiet rounds and stopped after the
+busy ones. Ratios are chrion onnx's latency over the peer's (< 1: chrion faster).
 
     python bench/busy_neighbour.py [--repeats 10] [--write]
 
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from torch_chrion.bench_peers import time_engines
+from torch_chrion.bench_peers import Engine, time_engines
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cpu_rnn import Row, cpu_name, engines_for, load_average  # noqa: E402
+from cpu_rnn import FEATURES, Row, cpu_name, engines_for, load_average  # noqa: E402
 
 ROWS = [
     Row("LSTM", 3, 128, False, 32, 128),
@@ -43,6 +44,15 @@ ROWS = [
     Row("LSTM", 2, 256, False, 1, 32),
 ]
 ENGINES = {"chrion onnx", "ort 1t", "ort 2t", "eager"}
+
+
+def one_lane(row: Row, folder: Path) -> Engine:
+    """load_onnx on one CPU lane with one thread (``devices=["cpu"]``): no step is split."""
+    import torch_chrion
+
+    path = folder / f"{row.kind}{row.layers}x{row.hidden}.onnx"  # engines_for exported it
+    x = torch.randn(row.steps, row.batch, FEATURES)
+    return Engine("chrion 1 lane", torch_chrion.load_onnx(str(path), devices=["cpu"]), (x,))
 
 
 def neighbour() -> subprocess.Popen:
@@ -62,17 +72,20 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="save bench/results/busy_neighbour.md")
     args = parser.parse_args()
     header = (
-        "| model (batch, seq) | quiet: chrion (ms) | vs ort best | vs eager "
-        "| busy: chrion (ms) | ort 1t | ort 2t | eager | vs ort best | vs eager |"
+        "| model (batch, seq) | quiet: chrion (ms) | vs ort best | vs eager | chrion 1 lane "
+        "| busy: chrion (ms) | ort 1t | ort 2t | eager | chrion 1 lane | vs ort best "
+        "| vs eager |"
     )
-    lines = [header, "|---" + "|---:" * 9 + "|"]
+    lines = [header, "|---" + "|---:" * 11 + "|"]
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for row in ROWS:
             engines, failed = engines_for(row, Path(tmp), ENGINES)
             if failed:
                 raise SystemExit(f"{row.name}: {failed}")
-            quiet = ratios(time_engines(engines, args.repeats))
+            engines.append(one_lane(row, Path(tmp)))
+            quiet_ms = time_engines(engines, args.repeats)
+            quiet = ratios(quiet_ms)
             busy_process = neighbour()
             try:
                 busy = time_engines(engines, args.repeats)
@@ -82,8 +95,9 @@ def main() -> None:
             chrion, vs_ort, vs_eager = ratios(busy)
             line = (
                 f"| {row.name} | {quiet[0]:.2f} | {quiet[1]:.2f}x | {quiet[2]:.2f}x "
-                f"| {chrion:.2f} | {busy['ort 1t']:.2f} | {busy['ort 2t']:.2f} "
-                f"| {busy['eager']:.2f} | {vs_ort:.2f}x | {vs_eager:.2f}x |"
+                f"| {quiet_ms['chrion 1 lane']:.2f} | {chrion:.2f} | {busy['ort 1t']:.2f} "
+                f"| {busy['ort 2t']:.2f} | {busy['eager']:.2f} | {busy['chrion 1 lane']:.2f} "
+                f"| {vs_ort:.2f}x | {vs_eager:.2f}x |"
             )
             lines.append(line)
             print(line, flush=True)
