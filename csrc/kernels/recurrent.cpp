@@ -248,19 +248,20 @@ std::vector<int64_t> batch_parts(int64_t batch, int64_t dirs, int threads, int64
   return first_row;
 }
 
-// One direction of one layer: what its projection and time loop read and write. The chains of
-// the schedule point here, so it stays put (and its tensors alive) until the call ends.
-struct DirectionWork {
+// One chain of one layer (a direction, or a part of the batch): what its projection and time loop
+// read and write. The chains of the schedule point here, so it stays put (and its tensors alive)
+// until the call ends.
+struct ChainWork {
   const recurrent::CpuKernels* kernels;
   recurrent::Projection projection;
   recurrent::Steps steps;
   at::Tensor packed_ih, packed_hh, bias_ih, bias_hh;
 };
 
-// Stage `step` of a layer direction's chain: the input projection of the blocks' next chunk of
+// Stage `step` of a layer's chain: the input projection of the blocks' next chunk of
 // steps when one starts here (Note [CPU recurrent kernel]), then the step.
 void run_stage(const void* work, int64_t step, int64_t first, int64_t end) {
-  const auto& w = *static_cast<const DirectionWork*>(work);
+  const auto& w = *static_cast<const ChainWork*>(work);
   if (step % w.steps.chunk == 0) w.kernels->project(w.projection, step, first, end);
   w.kernels->step(w.steps, step, first, end);
 }
@@ -322,36 +323,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     const int64_t parts = static_cast<int64_t>(first_row.size()) - 1;
     const bool balanced = batch >= kBalancedBatch || threads <= dirs * parts;
     // a chain per direction, or per part of the batch (one of them is 1)
-    const int64_t lanes = dirs * parts;
-    // scratch: the gate projections of each lane's chunk, then each inner layer's output (its
+    const int64_t layer_chains = dirs * parts;
+    // scratch: the gate projections of each chain's chunk, then each inner layer's output (its
     // own, so that h_n can be read off it after the call)
-    std::vector<int64_t> chunk(lanes), gates_at(lanes + 1, 0);
-    for (int64_t k = 0; k < lanes; ++k) {
+    std::vector<int64_t> chunk(layer_chains), gates_at(layer_chains + 1, 0);
+    for (int64_t k = 0; k < layer_chains; ++k) {
       const int64_t rows_k = first_row[k / dirs + 1] - first_row[k / dirs];
       chunk[k] = std::clamp<int64_t>((recurrent::kChunkRows + rows_k - 1) / rows_k, 1, steps);
       gates_at[k + 1] = gates_at[k] + chunk[k] * rows_k * gates * hidden;
     }
     const int64_t seq_floats = rows * dirs * hidden;
-    float* scratch = thread_scratch(gates_at[lanes] + (num_layers - 1) * seq_floats);
+    float* scratch = thread_scratch(gates_at[layer_chains] + (num_layers - 1) * seq_floats);
     std::vector<at::Tensor> layer_out(num_layers);
-    std::vector<DirectionWork> work(num_layers * lanes);
+    std::vector<ChainWork> work(num_layers * layer_chains);
     std::vector<recurrent::Chain> chains;
-    chains.reserve(num_layers * lanes);
+    chains.reserve(num_layers * layer_chains);
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       layer_out[layer] =
           layer + 1 < num_layers
-              ? at::from_blob(scratch + gates_at[lanes] + layer * seq_floats, seq_shape,
+              ? at::from_blob(scratch + gates_at[layer_chains] + layer * seq_floats, seq_shape,
                               x.options())
               : out;
       const at::Tensor& layer_in = layer == 0 ? x : layer_out[layer - 1];
       const int first_chain = static_cast<int>(chains.size());
-      for (int64_t k = 0; k < lanes; ++k) {
+      for (int64_t k = 0; k < layer_chains; ++k) {
         const int64_t d = k % dirs;
         const int64_t b0 = first_row[k / dirs];
         const int64_t rows_k = first_row[k / dirs + 1] - b0;
         const int64_t index = layer * dirs + d;
         const at::TensorList p = params.slice(index * per_layer, per_layer);
-        DirectionWork& w = work[layer * lanes + k];
+        ChainWork& w = work[layer * layer_chains + k];
         w.kernels = &kernels;
         w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
         w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
@@ -402,7 +403,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         loop.blocks = blocks;
         loop.home = static_cast<int>(k);
         if (layer > 0) {  // after both directions of the layer below, or its same part
-          loop.after[0] = first_chain - static_cast<int>(lanes) + (dirs == 2 ? 0 : k);
+          loop.after[0] = first_chain - static_cast<int>(layer_chains) + (dirs == 2 ? 0 : k);
           loop.after[1] = dirs == 2 ? first_chain - 1 : -1;
         }
         loop.balanced = balanced;
@@ -411,7 +412,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         chains.push_back(loop);
       }
     }
-    recurrent::run_chains(chains, threads, static_cast<int>(lanes));
+    recurrent::run_chains(chains, threads, static_cast<int>(layer_chains));
     for (int64_t layer = 0; layer < num_layers; ++layer) {
       for (int64_t d = 0; d < dirs; ++d) {
         const int64_t last = reverse || d == 1 ? 0 : steps - 1;
