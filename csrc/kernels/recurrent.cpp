@@ -321,6 +321,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     const std::vector<int64_t> first_row =
         batch_parts(batch, dirs, threads, kernels.step_rows(gates));
     const int64_t parts = static_cast<int64_t>(first_row.size()) - 1;
+    // the batch rows of chain k of a layer (its part's; every row for a direction)
+    const auto rows_of = [&](int64_t k) { return first_row[k / dirs + 1] - first_row[k / dirs]; };
     const bool balanced = batch >= kBalancedBatch || threads <= dirs * parts;
     // a chain per direction, or per part of the batch (one of them is 1)
     const int64_t layer_chains = dirs * parts;
@@ -328,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
     // own, so that h_n can be read off it after the call)
     std::vector<int64_t> chunk(layer_chains), gates_at(layer_chains + 1, 0);
     for (int64_t k = 0; k < layer_chains; ++k) {
-      const int64_t rows_k = first_row[k / dirs + 1] - first_row[k / dirs];
+      const int64_t rows_k = rows_of(k);
       chunk[k] = std::clamp<int64_t>((recurrent::kChunkRows + rows_k - 1) / rows_k, 1, steps);
       gates_at[k + 1] = gates_at[k] + chunk[k] * rows_k * gates * hidden;
     }
@@ -349,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
       for (int64_t k = 0; k < layer_chains; ++k) {
         const int64_t d = k % dirs;
         const int64_t b0 = first_row[k / dirs];
-        const int64_t rows_k = first_row[k / dirs + 1] - b0;
+        const int64_t rows_k = rows_of(k);
         const int64_t index = layer * dirs + d;
         const at::TensorList p = params.slice(index * per_layer, per_layer);
         ChainWork& w = work[layer * layer_chains + k];

@@ -454,11 +454,12 @@ def join_wide_neighbours(
     costs more has serialised real work).
 
     A light task (``alike[i]``, graph.nodes.runs_alike_on_any_thread: a view, or an op too small
-    for ATen to split; and at most JOIN_MAX_MS) costs the same on any thread and has a wide option wherever a wide task
-    does (from_graph.py). On a lane, one that reads a wide task's output waits for that lane's
-    thread to wake (it parked while the wide task ran: some 60 us each under load on the 2-core
-    machine, against a 450 us LSTM layer), and one that feeds a wide task hands it over from
-    another thread; on the wide task's own thread, it runs in place. The search does not see
+    for ATen to split; and at most JOIN_MAX_MS) costs the same on any thread and has a wide
+    option wherever a wide task does (from_graph.py). On a lane, one that reads a wide task's
+    output waits for that lane's thread to wake (it parked while the wide task ran: some 60 us
+    each under load on the 2-core machine, against a 450 us LSTM layer), and one that feeds a
+    wide task hands it over from another thread; on the wide task's own thread, it runs in
+    place. The search does not see
     that saving (it schedules without the executor's costs, and a light task's wide option only
     ever ties), so it is made here: a batch-1 recurrent model whose layers are wide then runs
     every step on one thread, as on one lane with all the threads (the concatenations of the
