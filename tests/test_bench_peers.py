@@ -57,3 +57,21 @@ def test_a_peer_backend_on_own_code_leaves_the_chrion_compiled_forward_in_chrion
     model = Net().eval()
     assert chrion_calls(own_code(model)) == 2
     assert chrion_calls(model) == 1  # the shared forward: the second call ran eagerly
+
+
+def test_time_rounds_keeps_each_engines_blocks_in_round_order() -> None:
+    from torch_chrion.bench_peers import time_rounds
+
+    calls = {"a": 0, "b": 0}
+
+    def count(name: str) -> None:
+        calls[name] += 1
+
+    engines = [Engine(name, lambda n=name: count(n), ()) for name in ("a", "b")]
+    rounds = time_rounds(engines, repeats=4, warmup=1, settle_ms=0.0, calls=2)
+    assert {name: [len(block) for block in blocks] for name, blocks in rounds.items()} == {
+        "a": [2, 2, 2, 2],
+        "b": [2, 2, 2, 2],
+    }
+    assert calls == {"a": 15, "b": 15}  # 5 rounds of 1 untimed + 2 timed calls
+    assert time_engines(engines, repeats=2, warmup=0, settle_ms=0.0, calls=1).keys() == {"a", "b"}

@@ -82,6 +82,32 @@ def settle(call: Callable[[], Any], settle_ms: float = SETTLE_MS) -> None:
         call()
 
 
+def time_rounds(
+    engines: list[Engine],
+    repeats: int,
+    warmup: int = 2,
+    settle_ms: float = SETTLE_MS,
+    calls: int = 3,
+) -> dict[str, list[list[float]]]:
+    """Wall-clock milliseconds of each engine's timed calls, one list per round, timed in
+    interleaved rounds: round r of every engine ran in the same seconds.
+
+    Each round gives every engine in turn a block: untimed calls for at least ``settle_ms``
+    (and at least one), then ``calls`` timed calls. The untimed part is there because engines
+    leave threads spinning after they return (Note [Settled blocks]). ``warmup`` rounds are
+    untimed.
+    """
+    rounds: dict[str, list[list[float]]] = {e.name: [] for e in engines}
+    with torch.no_grad():
+        for round_index in range(warmup + repeats):
+            for engine in engines:
+                settle(functools.partial(_call_ms, engine), settle_ms)
+                block = [_call_ms(engine) for _ in range(calls)]
+                if round_index >= warmup:
+                    rounds[engine.name].append(block)
+    return rounds
+
+
 def time_engines(
     engines: list[Engine],
     repeats: int,
@@ -89,22 +115,13 @@ def time_engines(
     settle_ms: float = SETTLE_MS,
     calls: int = 3,
 ) -> dict[str, float]:
-    """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds.
-
-    Each round gives every engine in turn a block: untimed calls for at least ``settle_ms``
-    (and at least one), then ``calls`` timed calls. The untimed part is there because engines
-    leave threads spinning after they return (Note [Settled blocks]). ``warmup`` rounds are
-    untimed.
-    """
-    times: dict[str, list[float]] = {e.name: [] for e in engines}
-    with torch.no_grad():
-        for round_index in range(warmup + repeats):
-            for engine in engines:
-                settle(functools.partial(_call_ms, engine), settle_ms)
-                block = [_call_ms(engine) for _ in range(calls)]
-                if round_index >= warmup:
-                    times[engine.name].extend(block)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median wall-clock milliseconds per call of each engine, timed in interleaved rounds
+    (``time_rounds``)."""
+    rounds = time_rounds(engines, repeats, warmup, settle_ms, calls)
+    return {
+        name: statistics.median(t for block in blocks for t in block)
+        for name, blocks in rounds.items()
+    }
 
 
 def time_ms(

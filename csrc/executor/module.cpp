@@ -1,8 +1,13 @@
 /// \file module.cpp
 /// \brief Python module of the executor extension: the Executor class and build_info().
+#include <pthread.h>
+#include <sched.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/extension.h>
+
+#include <atomic>
+#include <thread>
 
 #include "../build_info.h"
 #include "executor.h"
@@ -115,6 +120,52 @@ double boxed_call_ns(const std::string& name, const std::string& overload, const
   return double(trace_now_ns() - start) / double(iterations);
 }
 
+// Note [Cross-core round trip]
+// The host of a VM moves its vCPUs: on this 2-vCPU machine a cache line went from one vCPU to
+// the other and back in ~55 ns for seconds at a time, and in ~330 ns (cores of different CCDs)
+// for the next seconds or minutes. Every plan step that makes the two cores wait on each other
+// (a wide recurrent layer's per-step synchronisation, a hand-off between lanes) pays that, and
+// the same build's plans ran 15-30% slower in the far state. This measures it now: a thread
+// pinned to cpu_b answers the caller, pinned to cpu_a for the duration, `iterations` times.
+double cross_core_round_trip_ns(int cpu_a, int cpu_b, int64_t iterations) {
+  TORCH_CHECK_VALUE(iterations > 0, "iterations must be positive, got ", iterations);
+  cpu_set_t allowed;
+  TORCH_CHECK(pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed) == 0,
+              "cannot read the calling thread's CPUs");
+  auto usable = [&](int cpu) { return cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &allowed); };
+  TORCH_CHECK_VALUE(cpu_a != cpu_b && usable(cpu_a) && usable(cpu_b), "cpu_a=", cpu_a,
+                    " and cpu_b=", cpu_b, " must be two different CPUs this thread may run on");
+  auto pin = [](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+  };
+  constexpr int64_t kWarmup = 100;  // the peer's start is not a round trip
+  py::gil_scoped_release no_gil;
+  alignas(64) std::atomic<int64_t> turn{0};  // odd: the peer's move
+  std::thread peer([&] {
+    pin(cpu_b);
+    for (int64_t k = 0; k < kWarmup + iterations; ++k) {
+      while (turn.load(std::memory_order_acquire) != 2 * k + 1) {
+      }
+      turn.store(2 * k + 2, std::memory_order_release);
+    }
+  });
+  pin(cpu_a);
+  int64_t start = 0;
+  for (int64_t k = 0; k < kWarmup + iterations; ++k) {
+    if (k == kWarmup) start = trace_now_ns();
+    turn.store(2 * k + 1, std::memory_order_release);
+    while (turn.load(std::memory_order_acquire) != 2 * k + 2) {
+    }
+  }
+  const int64_t end = trace_now_ns();
+  peer.join();
+  pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+  return double(end - start) / double(iterations);
+}
+
 }  // namespace
 }  // namespace chrion
 
@@ -154,4 +205,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("boxed_call_ns", &chrion::boxed_call_ns, py::arg("op"), py::arg("overload"),
         py::arg("args"), py::arg("iterations"),
         "Mean ns of one boxed dispatcher call of op.overload(*args) in a bare C++ loop.");
+  m.def("cross_core_round_trip_ns", &chrion::cross_core_round_trip_ns, py::arg("cpu_a"),
+        py::arg("cpu_b"), py::arg("iterations"),
+        "Mean ns for a cache line to go from CPU cpu_a to cpu_b and back, measured now (Note "
+        "[Cross-core round trip]); the calling thread's CPUs are restored.");
 }

@@ -2,6 +2,7 @@
 built by hand from known costs with the model the module docstring states."""
 
 import math
+import os
 
 import pytest
 
@@ -101,3 +102,22 @@ def test_a_fast_minute_for_one_chain_is_not_a_shortage_of_cores():
     rounds["busy, side by side"] = [one + 2 * (b - one) / 1.3 for b in rounds["busy"]]
     cores = costs_from_timings(calibrate.timings_from_rounds(rounds), 0.002, 48, 0.05).cores
     assert cores == pytest.approx(1.3)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to bounce between")
+def test_the_cross_core_round_trip_pins_only_for_its_duration_and_names_bad_cpus():
+    from torch_chrion.runtime.placed_graph import executor_extension
+
+    extension = executor_extension()
+    before = os.sched_getaffinity(0)
+    a, b = sorted(before)[:2]
+    ns = extension.cross_core_round_trip_ns(a, b, 2000)
+    # a cache line's round trip between two cores of one machine: tens to a few hundred ns
+    assert 10.0 < ns < 100_000.0
+    assert os.sched_getaffinity(0) == before  # the caller's CPUs, restored
+    outside = max(before) + 1
+    for bad in ((a, a), (a, outside), (-1, b)):
+        with pytest.raises(ValueError, match=f"cpu_a={bad[0]} and cpu_b={bad[1]}"):
+            extension.cross_core_round_trip_ns(*bad, 10)
+    with pytest.raises(ValueError, match="iterations"):
+        extension.cross_core_round_trip_ns(a, b, 0)
