@@ -168,11 +168,9 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     probe = [round_trip_probe(cpus)] if len(cpus) > 1 else []
     rounds = time_rounds(engines + probe, args.repeats, warmup=20)
-    near = near_rounds(rounds[probe[0].name]) if probe else []
-    trip_ns = sorted(
-        statistics.median(block) * 1e6 / ROUND_TRIPS
-        for block in rounds.get("cross-core round trip", [])
-    )
+    probe_blocks = rounds[probe[0].name] if probe else []
+    near = near_rounds(probe_blocks) if probe else []
+    trip_ns = sorted(statistics.median(block) * 1e6 / ROUND_TRIPS for block in probe_blocks)
 
     def median_of(name: str, kept: list[int]) -> float:
         return statistics.median(t for r in kept for t in rounds[name][r])
