@@ -459,11 +459,11 @@ def join_wide_neighbours(
     output waits for that lane's thread to wake (it parked while the wide task ran: some 60 us
     each under load on the 2-core machine, against a 450 us LSTM layer), and one that feeds a
     wide task hands it over from another thread; on the wide task's own thread, it runs in
-    place. The search does not see
-    that saving (it schedules without the executor's costs, and a light task's wide option only
-    ever ties), so it is made here: a batch-1 recurrent model whose layers are wide then runs
-    every step on one thread, as on one lane with all the threads (the concatenations of the
-    layers' final states included: on the lanes, the ONNX path's 2-layer LSTM woke both).
+    place. The search does not see that saving (it schedules without the executor's costs, and a
+    light task's wide option only ever ties), so it is made here: a batch-1 recurrent model
+    whose layers are wide then runs every step on one thread, as on one lane with all the
+    threads (the concatenations of the layers' final states included: on the lanes, the ONNX
+    path's 2-layer LSTM woke both).
     """
     wide = graph.wide_option
     if wide is None or wide not in schedule.device:
