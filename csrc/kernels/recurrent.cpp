@@ -356,11 +356,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         const at::TensorList p = params.slice(index * per_layer, per_layer);
         ChainWork& w = work[layer * layer_chains + k];
         w.kernels = &kernels;
-        w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
-        w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
-        if (has_biases) {
-          w.bias_ih = p[2].contiguous();
-          w.bias_hh = p[3].contiguous();
+        if (k < dirs) {
+          w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
+          w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
+          if (has_biases) {
+            w.bias_ih = p[2].contiguous();
+            w.bias_hh = p[3].contiguous();
+          }
+        } else {  // a later part of the batch: its direction's weights, packed once per call
+          const ChainWork& first = work[layer * layer_chains + d];
+          w.packed_ih = first.packed_ih;
+          w.packed_hh = first.packed_hh;
+          w.bias_ih = first.bias_ih;
+          w.bias_hh = first.bias_hh;
         }
         float* gx = scratch + gates_at[k];
         const int64_t features = layer_in.size(-1);
