@@ -1,15 +1,17 @@
 """The GPU check of issue #16 in one command (under 8 minutes on one GPU): tests/gpu, then per
-model GPU-only eager PyTorch, onnxruntime's CUDA provider (when installed), and torch_chrion's
-latency plan and memory plan (SLO 1.2x GPU-only latency) on the host CPU + cuda:0, each with
-its latency, the plan's prediction and the GPU memory it holds. Engines are timed in
-interleaved rounds after warm-up.
+model GPU-only eager PyTorch, the same captured in one CUDA graph (static inputs, replayed per
+call: what PyTorch offers against launch overhead), onnxruntime's CUDA provider (when
+installed), and torch_chrion's latency plan (with its CUDA lane's segments replayed as CUDA
+graphs, the default, and without) and memory plan (SLO 1.2x GPU-only latency) on the host
+CPU + cuda:0, each with its latency, the plan's prediction and the GPU memory it holds.
+Engines are timed in interleaved rounds after warm-up; warnings (a segment that could not be
+captured) are listed with the results.
 
 Models: the demo speech model, a stacked LSTM, a bidirectional GRU, a conv + bi-LSTM speech
 model and a seq2seq attention decoder. Without a GPU it says so, runs what needs none
 (tests/gpu, skipped; every model through torch_chrion on two CPU lanes against eager) and
 writes nothing. ``--write`` saves
-bench/results/gpu_<gpu>_<date>.md. CUDA graphs of GPU lanes are not implemented, so there is no
-such column.
+bench/results/gpu_<gpu>_<date>.md.
 
     python bench/gpu_suite.py [--repeats 30] [--write]
 """
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,15 +125,48 @@ def onnxruntime_cuda(model: nn.Module, inputs: tuple, folder: Path) -> Engine | 
     return Engine("onnxruntime CUDA", lambda: session.run(None, feed), (), cuda=False)
 
 
+def graphed(model: nn.Module, inputs: tuple) -> Callable:
+    """``model`` captured in one CUDA graph: copies its inputs into the captured ones, replays,
+    returns the captured outputs (torch.cuda.graphs' recipe: warm-up on a side stream)."""
+    static = [x.clone() for x in inputs]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            model(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        outputs = model(*static)
+
+    def run(*values: torch.Tensor) -> object:
+        for held, value in zip(static, values, strict=True):
+            held.copy_(value)
+        graph.replay()
+        return outputs
+
+    return run
+
+
 def measure_model(name: str, model: nn.Module, inputs: tuple, repeats: int) -> list[str]:
     """One model's table rows (markdown)."""
     model = model.eval()
     cuda_inputs = tuple(x.cuda() for x in inputs)
     eager, eager_bytes = gpu_bytes(lambda: _on_gpu(model), cuda_inputs)
     eager_ms = time_engines([Engine("eager", eager, cuda_inputs, cuda=True)], repeats)["eager"]
+    try:
+        in_graph, graph_bytes = gpu_bytes(lambda: graphed(_on_gpu(model), cuda_inputs), cuda_inputs)
+        graph_failure = None
+    except Exception as exc:  # noqa: BLE001 - a model PyTorch cannot capture is a result
+        in_graph, graph_bytes = None, 0
+        graph_failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     devices = ("cpu", "cuda:0")
     latency, latency_bytes = gpu_bytes(
         lambda: compile_graph(model, inputs, ChrionSettings(devices=devices)), inputs
+    )
+    no_graphs, no_graphs_bytes = gpu_bytes(
+        lambda: compile_graph(model, inputs, ChrionSettings(devices=devices, cuda_graphs=False)),
+        inputs,
     )
     slo = SLO_FACTOR * eager_ms
     memory, memory_bytes = gpu_bytes(
@@ -142,8 +178,11 @@ def measure_model(name: str, model: nn.Module, inputs: tuple, repeats: int) -> l
     engines = [
         Engine("eager cuda:0", eager, cuda_inputs, cuda=True),
         Engine("chrion latency plan", latency, inputs, cuda=True),
+        Engine("chrion latency plan, no CUDA graphs", no_graphs, inputs, cuda=True),
         Engine("chrion memory plan", memory, inputs, cuda=True),
     ]
+    if in_graph is not None:
+        engines.append(Engine("eager cuda:0 in one CUDA graph", in_graph, cuda_inputs, cuda=True))
     with tempfile.TemporaryDirectory() as folder:
         ort_engine = onnxruntime_cuda(model, inputs, Path(folder))
         if ort_engine is not None:
@@ -165,10 +204,16 @@ def measure_model(name: str, model: nn.Module, inputs: tuple, repeats: int) -> l
             if plan
             else "-"
         )
-        return f"| {engine} | {ms:.3f} | {ms / measured['eager cuda:0']:.2f} | {predicted} | {gpu} | {placed} |"
+        ratio = ms / measured["eager cuda:0"]
+        return f"| {engine} | {ms:.3f} | {ratio:.2f} | {predicted} | {gpu} | {placed} |"
 
     rows.append(row("eager cuda:0", eager_bytes, None))
+    if in_graph is not None:
+        rows.append(row("eager cuda:0 in one CUDA graph", graph_bytes, None))
+    else:
+        rows.append(f"| eager cuda:0 in one CUDA graph | capture failed: {graph_failure} |")
     rows.append(row("chrion latency plan", latency_bytes, latency.plan))
+    rows.append(row("chrion latency plan, no CUDA graphs", no_graphs_bytes, no_graphs.plan))
     rows.append(row("chrion memory plan", memory_bytes, memory.plan) + f" SLO {slo:.3f} ms")
     if ort_engine is not None:
         rows.append(row("onnxruntime CUDA", None, None))
@@ -218,14 +263,20 @@ def main() -> None:
         "",
         f"Command: `python bench/gpu_suite.py {' '.join(sys.argv[1:])}`; median of {args.repeats}"
         " calls, engines interleaved. GPU MiB = held after load + peak of one call. Memory plan"
-        f" SLO = {SLO_FACTOR}x GPU-only eager latency. CUDA graphs of GPU lanes: not implemented.",
+        f" SLO = {SLO_FACTOR}x GPU-only eager latency. torch_chrion's plans replay their CUDA"
+        " lane's segments as CUDA graphs (cuda_graphs=True, the default) unless the row says"
+        " otherwise.",
         "",
         f"tests/gpu: {tests}",
         "",
     ]
     for name, model, inputs in models():
-        lines += measure_model(name, model, inputs, args.repeats)
-        print("\n".join(lines[-9:]), flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lines += measure_model(name, model, inputs, args.repeats)
+        said = sorted({str(w.message) for w in caught if "torch_chrion" in str(w.message)})
+        lines += [f"- warning: {message}" for message in said] + ([""] if said else [])
+        print("\n".join(lines[-12:]), flush=True)
     lines.append(f"Suite time: {time.monotonic() - started:.0f} s.")
     print(lines[-1])
     if args.write:

@@ -370,8 +370,9 @@ def _setting_flags(parser: argparse.ArgumentParser, planning: bool) -> None:
         doc = docs[field.name].replace("%", "%%")
         if field.default is not None:
             doc += f" (default: {field.default})"
-        if kind == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=doc)
+        if kind == "bool":  # --no-<flag> turns off a setting that is on by default
+            action = argparse.BooleanOptionalAction if field.default else "store_true"
+            parser.add_argument(flag, action=action, default=None, help=doc)
         elif kind.startswith("tuple"):
             parser.add_argument(flag, nargs="+", metavar="LANE", help=doc)
         else:

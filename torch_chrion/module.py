@@ -413,6 +413,12 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         If/Loop/Scan), not as one dispatcher call: counted and shown, never hidden."""
         return list(self._entries[self._primary_signature].executable.python_nodes)
 
+    def device_graphs(self) -> list[dict[str, Any]]:
+        """The example inputs' executable's device graph segments (``cuda_graphs``; Note [Device
+        graph segments] in runtime/device_graphs.py): per segment its nodes, lane, captures,
+        replays, eager calls and failure (None, or why it could not be captured)."""
+        return self._entries[self._primary_signature].executable.device_graphs()
+
     def captured_graph(self) -> torch.fx.GraphModule:
         """The aten graph captured for the example inputs (what the plan places)."""
         return self._primary_graph
@@ -849,6 +855,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             cpu_threads=self.settings.cpu_threads,
             plan=plan,
             wide=plan.wide,
+            device_graphs=self.settings.cuda_graphs,
         )
         executable.enable_trace(self._trace)
         self.stats["executables_built"] += 1

@@ -109,6 +109,12 @@ class ChrionSettings:
             only, accumulating in float32 (half the weight bytes a time step streams); W_ih,
             biases, gates and cell state stay float32. Outputs then differ from float32 by up to
             about 1e-2 (README). CUDA lanes run the same rounded weights in float32.
+        cuda_graphs: capture each run of a CUDA lane's nodes (consecutive in plan order, reading
+            nothing from other lanes after its first node) into a CUDA graph, captured on the
+            second call of an input shape and replayed from then on, so a batch-1 recurrent
+            layer on the GPU pays no launch per time step (Note [Device graph segments] in
+            runtime/device_graphs.py). Each segment holds its inputs' copies and its
+            intermediates between calls.
     """
 
     objective: str = "latency"
@@ -123,6 +129,7 @@ class ChrionSettings:
     profile_repeats: int = 10
     profile_budget_s: float = 30.0
     recurrent_dtype: str = "float32"
+    cuda_graphs: bool = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ChrionSettings:
         # before the generated __init__, so a misspelt keyword gets the same OptionError (with
@@ -174,8 +181,9 @@ class ChrionSettings:
             object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             raise OptionError(f"cache_dir must be a path or None, got {self.cache_dir!r}")
-        if not isinstance(self.strict, bool):
-            raise OptionError(f"strict must be True or False, got {self.strict!r}")
+        for name in ("strict", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @classmethod
     def from_options(

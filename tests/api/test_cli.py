@@ -254,6 +254,18 @@ def test_every_setting_is_a_flag():
         assert (flag in profile_help) == (field.name not in ("objective", "slo_ms", "strict"))
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [([], True), (["--no-cuda-graphs"], False), (["--cuda-graphs"], True)],
+)
+def test_a_setting_on_by_default_is_turned_off_with_no(flags, expected):
+    from torch_chrion.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["plan", "model.onnx", "-o", "plan.json", *flags])
+    assert _settings(args).cuda_graphs is expected
+    assert _settings(build_parser().parse_args(["plan", "m.onnx", "-o", "p.json"])).strict is False
+
+
 @pytest.mark.parametrize("kind", ["npy", "npz"])
 def test_run_on_input_data_matches_onnxruntime(stacked_lstm_onnx, tmp_path, kind):
     model, _ = stacked_lstm_onnx

@@ -34,6 +34,7 @@ def test_misspelt_keyword_suggests_the_option():
         ({"profile_repeats": "10"}, "profile_repeats must be an integer >= 1, got '10'"),
         ({"seq_chunks": 1.5}, "seq_chunks must be an integer >= 1"),
         ({"strict": "yes"}, "strict must be True or False, got 'yes'"),
+        ({"cuda_graphs": 1}, "cuda_graphs must be True or False, got 1"),
         ({"cache_dir": 3}, "cache_dir must be a path or None, got 3"),
         ({"devices": ["gpu:0"]}, "unknown lane 'gpu:0': a lane looks like"),
         ({"devices": []}, "devices must name at least one lane"),

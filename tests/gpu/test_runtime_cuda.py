@@ -92,17 +92,21 @@ def test_concurrent_calls_with_a_cuda_lane_equal_serial_results():
     gm = aten_graph(model, *model.example_inputs())
     module = PlacedGraph(gm, random_placement(gm, ["cpu:0", "cpu:1", "cuda:0"], 5))
     inputs = [model.example_inputs() for _ in range(8)]
-    serial = [module(*x) for x in inputs]
+    assert mismatches_from_threads(module, inputs, [module(*x) for x in inputs]) == [0] * 6
+
+
+def mismatches_from_threads(module, inputs, expected):
+    """Per thread of 6, how many of its 50 calls (inputs in turn) differed from ``expected``."""
 
     def worker(t):
         bad = 0
         for i in range(50):
             k = (t + i) % len(inputs)
-            bad += not torch.allclose(module(*inputs[k]), serial[k], **TOL)
+            bad += not torch.allclose(module(*inputs[k]), expected[k], **TOL)
         return bad
 
     with ThreadPoolExecutor(6) as pool:
-        assert list(pool.map(worker, range(6))) == [0] * 6
+        return list(pool.map(worker, range(6)))
 
 
 def _gpu_bytes_held(model, placement_of):
@@ -160,3 +164,58 @@ def test_host_consumers_of_gpu_values_wait_for_the_copy_to_land():
     for _ in range(5):  # TF32 off: the autouse fixture
         torch.testing.assert_close(module(x), f(x.cuda()).cpu(), **TOL)
     assert module.transfer_stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize(
+    "model_class", [StackedLSTM, BiGRUWithState, Seq2SeqAttention, SpeechConvBiGRU]
+)
+@pytest.mark.parametrize("lanes", [["cuda:0"], ["cpu", "cuda:0"]], ids=len)
+def test_cuda_graph_segments_match_eager_on_every_call(model_class, lanes):
+    """Note [Device graph segments]: the first call of a shape runs eagerly, the second captures
+    and replays, later calls replay; new inputs every call."""
+    torch.manual_seed(0)
+    model = model_class().eval()
+    gm = aten_graph(model, *model.example_inputs())
+    module = PlacedGraph(
+        gm, random_placement(gm, lanes, 2), random_order(gm, 2), device_graphs=True
+    )
+    for _ in range(4):
+        inputs = model.example_inputs()
+        with torch.no_grad():
+            expected = model(*inputs)
+        torch.testing.assert_close(module(*inputs), expected, **TOL)
+    segments = module.device_graphs()
+    assert segments
+    for s in segments:
+        assert (s["failure"], s["captures"], s["replays"]) == (None, 1, 3), s
+    module.stop()
+
+
+def test_concurrent_calls_replaying_cuda_graphs_equal_serial_results():
+    torch.manual_seed(0)
+    model = SpeechConvBiGRU().eval()
+    gm = aten_graph(model, *model.example_inputs())
+    module = PlacedGraph(
+        gm, random_placement(gm, ["cpu:0", "cpu:1", "cuda:0"], 5), device_graphs=True
+    )
+    inputs = [model.example_inputs() for _ in range(8)]
+    with torch.no_grad():
+        eager = [model(*x) for x in inputs]
+    assert mismatches_from_threads(module, inputs, eager) == [0] * 6
+    assert all(s["failure"] is None and s["replays"] > 0 for s in module.device_graphs())
+
+
+def test_torch_compile_on_the_gpu_replays_cuda_graphs_by_default():
+    import torch_chrion  # noqa: F401  registers the backend
+
+    torch.manual_seed(0)
+    model = StackedLSTM().eval()
+    compiled = torch.compile(model, backend="chrion", options={"devices": ["cuda:0"]})
+    from torch_chrion.dynamo import compiled_modules
+
+    for _ in range(4):
+        (x,) = model.example_inputs()
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), **TOL)
+    segments = compiled_modules()[-1].device_graphs()
+    assert segments and all(s["failure"] is None and s["replays"] >= 2 for s in segments)

@@ -61,7 +61,8 @@ def _home_device(fn: Callable[..., Any]) -> torch.device | None:
     return None
 
 
-def _shares_memory(a: Tensor, b: Tensor) -> bool:
+def shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage."""
     if a.device != b.device:
         return False
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
@@ -168,7 +169,7 @@ def _unaliased(outputs: list[Tensor], inputs: Sequence[Tensor]) -> list[Tensor]:
     fresh tensors (an If branch may return an outer value as it is)."""
     fresh: list[Tensor] = []
     for out in outputs:
-        if any(_shares_memory(out, t) for t in (*inputs, *fresh)):
+        if any(shares_memory(out, t) for t in (*inputs, *fresh)):
             out = out.clone()
         fresh.append(out)
     return fresh

@@ -49,6 +49,7 @@ import torch.utils._pytree as pytree
 from ..errors import PlanError, UnsupportedOperatorError
 from ..graph.nodes import fetch_attr, is_schedulable, node_callable
 from ..ops.python_call import is_python_call, lookup
+from .device_graphs import RECURRENT_PARAMS, CapturedSegment
 from .lanes import LaneSpec, lane_specs, parse_lane
 
 
@@ -193,12 +194,12 @@ class _Lowering:
             self.producer_rank[s] = rank
         return first
 
-    def _weight(self, node: torch.fx.Node, physical: str) -> Any:
-        key = (node.target, physical)
+    def _weight(self, node: torch.fx.Node, lane: int) -> Any:
+        key = (node.target, self.lanes[lane].physical)
         if key not in self.weights:
             value = fetch_attr(self.gm, node.target)
             if isinstance(value, torch.Tensor):
-                value = value.detach().to(physical)
+                value = value.detach().to(self.lanes[lane].device)
             self.weights[key] = value
         return self.weights[key]
 
@@ -243,7 +244,7 @@ class _Lowering:
     def _arg(self, value: Any, lane: int, rank: int) -> tuple:
         if isinstance(value, torch.fx.Node):
             if value.op == "get_attr":
-                return ("c", self._weight(value, self.lanes[lane].physical))
+                return ("c", self._weight(value, lane))
             return self._value(value, lane, rank)
         if isinstance(value, (list, tuple)) and any(isinstance(v, torch.fx.Node) for v in value):
             return ("l", [self._arg(v, lane, rank) for v in value])
@@ -262,8 +263,8 @@ class _Lowering:
                 args.append(self._arg(node.kwargs[argument.name], lane, rank))
             else:
                 args.append(("d",))
-        if schema.name in _RECURRENT and self.lanes[lane].device.type == "cuda":
-            _flatten_for_cudnn(node, args[_RECURRENT[schema.name]])
+        if schema.name in RECURRENT_PARAMS and self.lanes[lane].device.type == "cuda":
+            _flatten_for_cudnn(node, args[RECURRENT_PARAMS[schema.name]])
         return {
             "kind": "op",
             "op": schema.name,
@@ -284,13 +285,14 @@ class _Lowering:
                 refs.append(self._value(leaf, lane, rank))
                 template.append(None)
             elif isinstance(leaf, torch.fx.Node):
-                template.append(self._weight(leaf, self.lanes[lane].physical))
+                template.append(self._weight(leaf, lane))
             elif isinstance(leaf, torch.device):
                 template.append(device)
             else:
                 template.append(leaf)
         fn = node_callable(self.gm, node)
-        self.python_nodes.append(node.name)
+        if not isinstance(fn, CapturedSegment):  # replays a device graph: not the model's Python
+            self.python_nodes.append(node.name)
         return {
             "kind": "python",
             "op": getattr(node.target, "__name__", str(node.target)),
@@ -435,16 +437,18 @@ class _Lowering:
 
 
 # chrion:: recurrent operator -> position of its `params` argument
-_RECURRENT = {"chrion::lstm": 3, "chrion::gru": 2, "chrion::rnn": 2}
-
-
 def _flatten_for_cudnn(node: torch.fx.Node, params_arg: tuple) -> None:
+    if params_arg[0] != "l" or any(item[0] != "c" for item in params_arg[1]):
+        return
+    flatten_for_cudnn(node, [item[1] for item in params_arg[1]])
+
+
+def flatten_for_cudnn(node: torch.fx.Node, weights: list[torch.Tensor]) -> None:
     """Put a recurrent node's CUDA weights into one cuDNN-layout buffer, as
     nn.RNNBase.flatten_parameters does: otherwise cuDNN compacts them on every call (time and
     GPU memory). Only weights (constants) are touched; the values do not change."""
-    if params_arg[0] != "l" or any(item[0] != "c" for item in params_arg[1]):
+    if not weights or not all(w.is_cuda for w in weights):
         return
-    weights = [item[1] for item in params_arg[1]]
     kind = node.target._schema.name.split("::")[1]
     offset = 1 if kind == "lstm" else 0  # lstm has c0 before params
     num_layers, bidirectional, batch_first = node.args[4 + offset : 7 + offset]

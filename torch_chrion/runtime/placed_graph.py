@@ -17,7 +17,9 @@ from torch import nn
 
 from .. import _extension
 from ..errors import ModelError, PlanError
-from .lowering import lower
+from .device_graphs import CapturedSegment, CudaCapture, RecordedCapture, group_segments
+from .lanes import parse_lane
+from .lowering import flatten_for_cudnn, lower
 from .trace import MemorySample, TraceEvent, save_chrome_trace
 
 
@@ -96,6 +98,9 @@ class PlacedGraph(nn.Module):
         wide: node name -> the CPU lanes it holds, its placed lane first (a Plan's ``wide``):
             such a node runs with the intra-op threads of all of them while they run nothing
             else (Note [Chrion wide steps] in csrc/executor/program.cpp).
+        device_graphs: run each segment of a device lane's nodes (consecutive in plan order,
+            Note [Device graph segments] in runtime/device_graphs.py) as one captured graph
+            replayed per call: CUDA graphs on CUDA lanes. ``device_graphs()`` lists the segments.
         fuse_elementwise: run each chain of small elementwise CPU nodes (add, sub, mul, neg,
             relu, consecutive on one lane, each read only by the next) as one step; results
             are bitwise those of the unfused calls (Note [Chrion elementwise chains] in
@@ -127,8 +132,19 @@ class PlacedGraph(nn.Module):
         plan: object | None = None,
         wide: Mapping[str, Sequence[str]] | None = None,
         fuse_elementwise: bool = True,
+        device_graphs: bool = False,
     ) -> None:
         super().__init__()
+        self._segments: list[CapturedSegment] = []
+        if device_graphs:
+            captures = {
+                lane: RecordedCapture if lane.startswith("fake") else CudaCapture
+                for lane in set(placement.values())
+                if lane.startswith("fake") or parse_lane(lane).type != "cpu"
+            }
+            gm, placement, order, self._segments = group_segments(
+                gm, placement, order, captures, prepare=flatten_for_cudnn
+            )
         lowered = lower(gm, placement, order, cpu_threads, wide, fuse_elementwise)
         extension = executor_extension()
         try:
@@ -162,6 +178,13 @@ class PlacedGraph(nn.Module):
     def fused_chains(self) -> list[list[str]]:
         """Node names of each chain of elementwise nodes run as one step, first node first."""
         return [list(chain) for chain in self._executor.fused_chains()]
+
+    def device_graphs(self) -> list[dict[str, Any]]:
+        """Each segment run as a device graph: its ``nodes`` (plan order), ``lane``, input
+        signatures captured (``captures``), ``replays``, ``eager_calls`` (first calls of a
+        signature, and every call after a failed capture) and ``failure`` (None, or why the
+        capture failed). Its step is named ``device_graph_<first node>`` in traces."""
+        return [segment.status() for segment in self._segments]
 
     def enable_trace(self, enabled: bool = True) -> None:
         """Record every step's start and end per lane on the following calls."""
