@@ -36,7 +36,7 @@ from . import _onnx2torch
 from ._onnx2torch import OnnxMapping
 from .opsets import NodeKey, missing_converters, opset_imports, schema_version
 from .outputs import ValueTable, emit_outputs
-from .scope import OnnxScope
+from .scope import OnnxScope, is_constant_identity
 from .shapes import with_value_info
 
 # the model's opsets while a conversion runs, for converters that convert subgraphs
@@ -159,11 +159,7 @@ def _build(
     root.add_module("initializers", initializers)
     fx_graph = fx.Graph()
 
-    def load_initializer(name: str):  # noqa: ANN202
-        tensor = onnx_graph.initializers.get(name)
-        return None if tensor is None else tensor.to_torch()
-
-    table = ValueTable(fx_graph, initializers, load_initializer)
+    table = ValueTable(fx_graph, initializers, onnx_graph.constant)
     initializer_names = {init.name for init in graph.initializer}
     used: set[str] = set()
     for index, value in enumerate(graph.input):
@@ -208,6 +204,8 @@ def _convert_nodes(
     converted = []
     failures: list[str] = []
     for unique_name, onnx_node in onnx_graph.nodes.items():
+        if is_constant_identity(onnx_node, onnx_graph):
+            continue  # its readers read the constant itself (OnnxScope), not a per-call copy
         key = _node_key(onnx_node, opsets, graph_name)
         try:
             converter = _onnx2torch.get_converter(key.domain, key.op_type, key.version)

@@ -2,22 +2,26 @@
 
 onnx2torch's converters (and ours) read weights, biases and shape arguments from
 ``graph.initializers`` and input ranks from ``graph.value_info``. A real model also keeps
-constants elsewhere: outputs of Constant nodes (what exporters emit for folded weights), and,
-inside If / Loop / Scan bodies, initializers and Constant outputs of the enclosing graphs.
+constants elsewhere: outputs of Constant nodes (what exporters emit for folded weights),
+Identity nodes of a constant (what torch.onnx emits for each further use of a shared weight: a
+decoder GRU unrolled over eight steps read its weights through seven), and, inside If / Loop /
+Scan bodies, initializers and Constant outputs of the enclosing graphs.
 :class:`OnnxScope` presents all of those as initializers, and the enclosing graphs' value_info
 as the subgraph's own, so every converter resolves them alike, with no converter changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
-from ._onnx2torch import OnnxGraph, OnnxTensor
+from ._onnx2torch import OnnxGraph, OnnxNode, OnnxTensor
 from .opsets import is_default_domain
 
 
@@ -38,13 +42,23 @@ def constant_node_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
+def is_constant_identity(node: OnnxNode, graph: OnnxGraph) -> bool:
+    """An Identity node whose input is a constant of ``graph`` (so its output is one too)."""
+    return (
+        node.operation_type == "Identity"
+        and is_default_domain(node.domain)
+        and bool(node.output_values)
+        and node.output_values[0] in graph.initializers
+    )
+
+
 class OnnxScope(OnnxGraph):
     """One graph (the main graph or a subgraph) with the constants and value_info of every
     enclosing scope in view.
 
     ``initializers`` holds, in order of precedence: the graph's own initializers, the outputs
     of its Constant nodes, then the constants of the enclosing scopes that no name of this
-    graph shadows. ``value_info`` likewise adds the enclosing scopes' entries for the names
+    graph shadows; and the output of every Identity node of one of those. ``value_info`` likewise adds the enclosing scopes' entries for the names
     this graph reads from them.
     """
 
@@ -63,9 +77,36 @@ class OnnxScope(OnnxGraph):
                 if value is not None:
                     constants[node.output[0]] = OnnxTensor(value)
         constants.update(self._initializers)
+        for node in graph.node:  # nodes are in topological order: chains of Identity resolve
+            if (
+                node.op_type == "Identity"
+                and is_default_domain(node.domain)
+                and node.output
+                and node.input[0] in constants
+            ):
+                constants[node.output[0]] = constants[node.input[0]]
         value_info.update(self._value_info)
         self._initializers = constants
         self._value_info = value_info
+        self._derived: dict[Hashable, Any] = {}
+
+    def derive(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """``make()`` once per ``key``: what converters derive from this graph's constants, by
+        what it was derived from, so that nodes reading the same constant share one tensor (one
+        copy in memory and in the cache, packed once by the recurrent kernels, whose cache is
+        keyed by tensor): a decoder unrolled over eight steps reads its GRU weights eight
+        times."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
+    def constant(self, name: str) -> torch.Tensor | None:
+        """The tensor of constant ``name`` (one tensor per constant, whatever its names), or
+        None."""
+        tensor = self._initializers.get(name)
+        if tensor is None:
+            return None
+        return self.derive(("constant", id(tensor)), tensor.to_torch)
 
     @property
     def initializers(self) -> Mapping[str, OnnxTensor]:

@@ -18,8 +18,9 @@ single output, otherwise a tuple with one entry per declared output (None for an
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from onnx2torch.onnx_graph import OnnxGraph
@@ -155,16 +156,25 @@ def parse_spec(node: OnnxNode, opset: int) -> RecurrentSpec:
     )
 
 
+def shared(graph: OnnxGraph, key: Hashable, make: Callable[[], Any]) -> Any:
+    """``make()`` once per ``key`` in ``graph`` (OnnxScope.derive), else every time."""
+    derive = getattr(graph, "derive", None)
+    return make() if derive is None else derive(key, make)
+
+
 def constant_inputs(node: OnnxNode, graph: OnnxGraph) -> dict[str, Tensor]:
     """The node's inputs (other than X) known at conversion time, by slot name."""
     consts = {}
     for slot, name in zip(INPUT_SLOTS[node.operation_type], node.input_values, strict=False):
         if slot == "x" or not name:
             continue
-        try:
-            value = get_const_value(name, graph)
-        except KeyError:
-            continue
+        constant = getattr(graph, "constant", None)  # one tensor per constant (OnnxScope)
+        value = constant(name) if constant is not None else None
+        if value is None:
+            try:
+                value = get_const_value(name, graph)
+            except KeyError:
+                continue
         if isinstance(value, torch.Tensor):
             consts[slot] = value
     return consts
@@ -286,16 +296,27 @@ class _OnnxRecurrent(nn.Module, OnnxToTorchModule):
 
 
 class OnnxRecurrentKernel(_OnnxRecurrent):
-    """An ONNX recurrent node run as one ``torch.ops.chrion.lstm/gru/rnn`` call."""
+    """An ONNX recurrent node run as one ``torch.ops.chrion.lstm/gru/rnn`` call.
 
-    def __init__(self, spec: RecurrentSpec, consts: dict[str, Tensor], steps: int | None) -> None:
+    ``derive(key, make)`` makes the converted weights (``shared`` in the node's graph, so nodes
+    on the same constants share them); by default each node makes its own."""
+
+    def __init__(
+        self,
+        spec: RecurrentSpec,
+        consts: dict[str, Tensor],
+        steps: int | None,
+        derive: Callable[[Hashable, Callable[[], Any]], Any] = lambda key, make: make(),
+    ) -> None:
         super().__init__(spec, consts, steps)
         ensure_loaded()  # the chrion:: kernels, built once per machine
         self.has_biases = "b" in spec.present
         self.n_params = 0
         if "w" in consts and "r" in consts and ("b" in consts or not self.has_biases):
-            params = torch_flat_weights(
-                spec.op, consts["w"], consts["r"], consts.get("b"), spec.num_directions
+            w, r, b = consts["w"], consts["r"], consts.get("b")
+            params = derive(
+                ("flat weights", spec.op, spec.num_directions, id(w), id(r), id(b)),
+                lambda: torch_flat_weights(spec.op, w, r, b, spec.num_directions),
             )
             for k, param in enumerate(params):
                 self.register_buffer(f"param_{k}", param)
@@ -442,8 +463,10 @@ def convert_recurrent(node: OnnxNode, graph: OnnxGraph, opset: int) -> Operation
         )
     consts = constant_inputs(node, graph)
     steps = static_steps(node, graph, spec.layout)
-    kind = OnnxRecurrentKernel if fits_torch_kernels(spec, consts, steps) else OnnxRecurrentLoop
-    module = kind(spec, consts, steps)
+    if fits_torch_kernels(spec, consts, steps):
+        module = OnnxRecurrentKernel(spec, consts, steps, functools.partial(shared, graph))
+    else:
+        module = OnnxRecurrentLoop(spec, consts, steps)
     # Only runtime inputs travel: onnx2torch mistakes an empty input name for the node's own
     # omitted output ('' is registered as a node output), so no '' may appear here.
     slots = INPUT_SLOTS[op]
