@@ -1,8 +1,10 @@
 """End-to-end latency of torch_chrion against the engines users run today, in one process:
 eager PyTorch on CPU (and CUDA when present), torch.compile (inductor) and onnxruntime.
 
-Models: the bundled demo speech model and the recurrent models of tests/models.py, exported to
-ONNX. Prints a table of median latency and each peer's ratio to chrion (> 1: chrion is faster),
+Models: the bundled demo speech model, the recurrent models of tests/models.py and the
+architectures of bench/architectures.py (an LSTM language model, a CRNN text recogniser, a
+DeepSpeech2-like acoustic model, an RNNoise-like denoiser and a seq2seq attention decoder),
+exported to ONNX. Prints a table of median latency and each peer's ratio to chrion (> 1: chrion is faster),
 and with ``--write`` saves it to bench/results/end_to_end_<device>.md, with the machine's load
 average, since other jobs may share it.
 
@@ -22,7 +24,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from models import BiGRUWithState, SpeechConvBiGRU, StackedLSTM  # noqa: E402
+from models import (  # noqa: E402
+    CRNN,
+    BiGRUWithState,
+    DeepSpeech2,
+    LSTMLanguageModel,
+    RNNoise,
+    Seq2SeqAttention,
+    SpeechConvBiGRU,
+    StackedLSTM,
+)
 
 from torch_chrion.bench_peers import run_peers  # noqa: E402
 from torch_chrion.demo import DEMO_ONNX  # noqa: E402
@@ -46,6 +57,20 @@ def models(
     big_lstm = StackedLSTM(features=64, hidden=256, layers=2)
     bigru = BiGRUWithState(features=64, hidden=128, layers=2)
     speech = SpeechConvBiGRU(features=40, channels=128, hidden=128)
+    architectures = [
+        ("LSTM language model 2x512, vocab 10k, T=35, B=4", LSTMLanguageModel(), "lm"),
+        ("CRNN text recogniser, 32x128 image", CRNN(), "crnn"),
+        ("DeepSpeech2-like, 3x bi-GRU 256, 100 frames", DeepSpeech2(), "ds2"),
+        ("RNNoise-like denoiser, 100 frames", RNNoise(), "rnnoise"),
+        (
+            "seq2seq attention decoder, S=20, T=8, B=1",
+            Seq2SeqAttention(vocab=500, embed=128, hidden=256),
+            "seq2seq",
+        ),
+    ]
+    inputs = {
+        "seq2seq": lambda m: m.example_inputs(20, 8, 1),
+    }
     return [
         ("demo speech LSTM (2x bi-LSTM 128, T=64)", DEMO_ONNX, {"features": [64, 1, 40]}, None),
         (
@@ -65,6 +90,19 @@ def models(
             export(speech, speech.example_inputs(100, 1), folder / "speech.onnx"),
             {},
             speech,
+        ),
+        *(
+            (
+                name,
+                export(
+                    model.eval(),
+                    inputs.get(tag, lambda m: m.example_inputs())(model),
+                    folder / f"{tag}.onnx",
+                ),
+                {},
+                model,
+            )
+            for name, model, tag in architectures
         ),
     ]
 

@@ -2,7 +2,11 @@
 
 Small on purpose (the suite runs on 2 cores), but shaped like the real thing: stacked and
 bidirectional layers, initial states, attention, a conv front end, a hand-written cell loop and
-data-dependent control flow.
+data-dependent control flow. Last, architectures that production models are built like (an LSTM
+language model, a CRNN text recogniser, a DeepSpeech2-like acoustic model, an RNNoise-like
+denoiser), whose defaults are the sizes they ship at, or a little under for a 2-core machine
+(bench/end_to_end.py); tests make them smaller. Weights are random: latency does not depend on
+them.
 """
 
 from __future__ import annotations
@@ -193,3 +197,110 @@ class SpeechBiLSTM(nn.Module):
             dynamic_axes={"x": {1: "frames"}, "y": {1: "frames"}},
         )
         return path
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding, a 2-layer LSTM and a softmax projection over the vocabulary (the PyTorch
+    word_language_model example's "medium" model)."""
+
+    def __init__(self, vocab: int = 10000, width: int = 512, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.lstm = nn.LSTM(width, width, layers)
+        self.decoder = nn.Linear(width, vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (T, B) token ids
+        out, _ = self.lstm(self.embed(tokens))
+        return torch.log_softmax(self.decoder(out), dim=-1)
+
+    def example_inputs(self, steps: int = 35, batch: int = 4) -> tuple[Tensor, ...]:
+        return (torch.randint(0, self.embed.num_embeddings, (steps, batch)),)
+
+
+class CRNN(nn.Module):
+    """Text-line recognition (Shi et al.): a VGG-style convolution stack over a 32-pixel-high
+    image, its columns read by a 2-layer bidirectional LSTM, per-column character logits."""
+
+    def __init__(self, classes: int = 37, hidden: int = 256) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, pool: tuple[int, int] | None, norm: bool) -> list:
+            layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+            layers += [nn.BatchNorm2d(c_out)] if norm else []
+            layers += [nn.ReLU()]
+            layers += [nn.MaxPool2d(pool)] if pool else []
+            return layers
+
+        self.cnn = nn.Sequential(
+            *block(1, 64, (2, 2), False),
+            *block(64, 128, (2, 2), False),
+            *block(128, 256, None, True),
+            *block(256, 256, (2, 1), False),
+            *block(256, 256, None, True),
+            *block(256, 256, (2, 1), False),
+        )
+        self.rnn = nn.LSTM(256 * 2, hidden, 2, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, image: Tensor) -> Tensor:  # (B, 1, 32, W)
+        features = self.cnn(image)  # (B, 256, 2, W / 4)
+        b, c, h, w = features.shape
+        columns = features.reshape(b, c * h, w).permute(2, 0, 1)  # (W / 4, B, 512)
+        out, _ = self.rnn(columns)
+        return self.head(out)
+
+    def example_inputs(self, width: int = 128, batch: int = 1) -> tuple[Tensor, ...]:
+        return (torch.randn(batch, 1, 32, width),)
+
+
+class DeepSpeech2(nn.Module):
+    """Speech recognition (Amodei et al.): two strided 2-D convolutions over a spectrogram, three
+    bidirectional GRUs, per-frame character logits (hidden 256 here; 800+ in the paper)."""
+
+    def __init__(self, bins: int = 81, hidden: int = 256, layers: int = 3, classes: int = 29):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, (41, 11), stride=(2, 2), padding=(20, 5)),
+            nn.BatchNorm2d(32),
+            nn.Hardtanh(0, 20),
+            nn.Conv2d(32, 32, (21, 11), stride=(2, 1), padding=(10, 5)),
+            nn.BatchNorm2d(32),
+            nn.Hardtanh(0, 20),
+        )
+        height = (bins + 1) // 2
+        height = (height + 1) // 2
+        self.rnn = nn.GRU(32 * height, hidden, layers, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, spectrogram: Tensor) -> Tensor:  # (B, 1, bins, frames)
+        x = self.conv(spectrogram)
+        b, c, h, t = x.shape
+        out, _ = self.rnn(x.reshape(b, c * h, t).permute(2, 0, 1))
+        return torch.log_softmax(self.head(out), dim=-1)
+
+    def example_inputs(self, frames: int = 100, batch: int = 1) -> tuple[Tensor, ...]:
+        return (torch.randn(batch, 1, 81, frames),)
+
+
+class RNNoise(nn.Module):
+    """Noise suppression (Valin): three small GRUs over 42 band features per 10 ms frame, fed
+    each other's states, and per-band gains; streaming-sized (batch 1)."""
+
+    def __init__(self, features: int = 42, bands: int = 22) -> None:
+        super().__init__()
+        self.input_dense = nn.Linear(features, 24)
+        self.vad_gru = nn.GRU(24, 24, batch_first=True)
+        self.vad = nn.Linear(24, 1)
+        self.noise_gru = nn.GRU(24 + 24 + features, 48, batch_first=True)
+        self.denoise_gru = nn.GRU(24 + 48 + features, 96, batch_first=True)
+        self.gains = nn.Linear(96, bands)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, frames, features)
+        dense = torch.tanh(self.input_dense(x))
+        vad_state, _ = self.vad_gru(dense)
+        noise_state, _ = self.noise_gru(torch.cat([dense, vad_state, x], dim=-1))
+        denoise_state, _ = self.denoise_gru(torch.cat([vad_state, noise_state, x], dim=-1))
+        return torch.sigmoid(self.gains(denoise_state)), torch.sigmoid(self.vad(vad_state))
+
+    def example_inputs(self, frames: int = 100, batch: int = 1) -> tuple[Tensor, ...]:
+        return (torch.randn(batch, frames, 42),)

@@ -10,8 +10,12 @@ import onnx
 import pytest
 import torch
 from models import (
+    CRNN,
     BiGRUWithState,
     DataDependentIf,
+    DeepSpeech2,
+    LSTMLanguageModel,
+    RNNoise,
     Seq2SeqAttention,
     SpeechConvBiGRU,
     StackedLSTM,
@@ -172,3 +176,22 @@ def test_a_weight_read_through_identity_nodes_is_one_constant(exported):
         traced = make_fx(gm, tracing_mode="real")(*inputs)
     clones = [n for n in traced.graph.nodes if n.target is torch.ops.aten.clone.default]
     assert not [n for n in clones if n.args[0].op == "get_attr"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LSTMLanguageModel(vocab=300, width=48),
+        lambda: CRNN(classes=11, hidden=24),
+        lambda: DeepSpeech2(hidden=24, layers=2),
+        RNNoise,
+    ],
+    ids=["lstm_lm", "crnn", "deepspeech2", "rnnoise"],
+)
+def test_production_like_architectures_match(make, tmp_path):
+    """The architectures bench/end_to_end.py times (smaller here), converted exactly."""
+    torch.manual_seed(0)
+    model = make().eval()
+    inputs = model.example_inputs()
+    path = export(model, inputs, "legacy-opset17", tmp_path / "model.onnx")
+    assert_matches(path, model, inputs)
