@@ -177,3 +177,17 @@ def test_segments_are_not_counted_as_python_nodes():
     module = PlacedGraph(gm, dict.fromkeys(names, "fake:0"), device_graphs=True)
     assert module.python_nodes == []
     assert len(module.device_graphs()) == 1
+
+
+def test_signatures_seen_once_are_not_remembered_without_bound(monkeypatch):
+    monkeypatch.setattr(device_graphs, "MAX_WARMED", 3)
+    gm, names = chain_graph()
+    module = PlacedGraph(gm, dict.fromkeys(names, "fake:0"), device_graphs=True)
+    segment = module._segments[0]
+    for length in range(2, 12):
+        module(torch.randn(length))
+    assert len(segment._warmed) <= 3
+    for _ in range(2):  # a shape seen twice in a row is still captured
+        x = torch.randn(20)
+        torch.testing.assert_close(module(x), reference(x))
+    assert module.device_graphs()[0]["captures"] == 1

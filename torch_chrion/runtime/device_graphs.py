@@ -54,6 +54,7 @@ from ..graph.nodes import is_schedulable
 from ..ops.python_call import is_python_call, shares_memory
 
 MAX_CAPTURES = 8  # input signatures captured per segment; more run eagerly
+MAX_WARMED = 64  # signatures run once and remembered, waiting for a second call
 
 # recurrent operators, and the position of their list of weights
 RECURRENT_PARAMS = {"chrion::lstm": 3, "chrion::gru": 2, "chrion::rnn": 2}
@@ -223,6 +224,8 @@ class CapturedSegment:
         if self.failure is not None or len(self._captures) >= MAX_CAPTURES:
             return None
         if key not in self._warmed:
+            if len(self._warmed) >= MAX_WARMED:  # a stream of lengths each seen once
+                self._warmed.clear()
             self._warmed.add(key)
             return None
         self._warmed.discard(key)
