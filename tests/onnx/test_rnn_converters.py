@@ -24,6 +24,7 @@ import torch_chrion.onnx.converters.rnn as rnn_converters
 from torch_chrion.errors import ModelError, UnsupportedOperatorError
 from torch_chrion.onnx import _onnx2torch
 from torch_chrion.onnx.convert import model_to_module
+from torch_chrion.onnx.scope import OnnxScope
 
 ort.set_default_logger_severity(3)
 
@@ -186,7 +187,7 @@ def convert_node(model: onnx.ModelProto) -> object:
     version = model.opset_import[0].version
     schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=version)
     converter = _onnx2torch.get_converter("", node.op_type, schema.since_version)
-    graph = _onnx2torch.OnnxGraph(model.graph)
+    graph = OnnxScope(model.graph)  # what every converter gets (convert.py)
     return converter(graph.nodes[next(iter(graph.nodes))], graph)
 
 

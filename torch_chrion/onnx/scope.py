@@ -58,8 +58,8 @@ class OnnxScope(OnnxGraph):
 
     ``initializers`` holds, in order of precedence: the graph's own initializers, the outputs
     of its Constant nodes, then the constants of the enclosing scopes that no name of this
-    graph shadows; and the output of every Identity node of one of those. ``value_info`` likewise adds the enclosing scopes' entries for the names
-    this graph reads from them.
+    graph shadows; and the output of every Identity node of one of those. ``value_info``
+    likewise adds the enclosing scopes' entries for the names this graph reads from them.
     """
 
     def __init__(self, graph: onnx.GraphProto, parent: OnnxScope | None = None) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import operator
 import threading
 import warnings
@@ -255,9 +256,7 @@ class CapturedSegment:
         return _Captured(capture, inputs, outputs)
 
 
-def _lane_order(
-    gm: torch.fx.GraphModule, placement: Mapping[str, str], order: Sequence[str] | None
-) -> list[str]:
+def _lane_order(gm: torch.fx.GraphModule, order: Sequence[str] | None) -> list[str]:
     if order is not None:
         return list(order)
     return [n.name for n in gm.graph.nodes if is_schedulable(n)]
@@ -284,7 +283,7 @@ def find_segments(
 ) -> list[list[torch.fx.Node]]:
     """The segments of ``device_lanes`` (Note [Device graph segments]), each in plan order."""
     by_name = {n.name: n for n in gm.graph.nodes}
-    names = _lane_order(gm, placement, order)
+    names = _lane_order(gm, order)
     position = {name: i for i, name in enumerate(names)}
     found: list[list[torch.fx.Node]] = []
     for lane in device_lanes:
@@ -315,7 +314,8 @@ def find_segments(
 
 
 def _recurrent(node: torch.fx.Node) -> bool:
-    return node.target._schema.name in RECURRENT_PARAMS  # type: ignore[union-attr]
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and target._schema.name in RECURRENT_PARAMS
 
 
 def _topological_units(
@@ -337,18 +337,24 @@ def _topological_units(
                 other = unit_of.get(value, value)
                 if other != key:
                     waits[key].add(other)
-    done: set = set()
+    readers: dict[Any, list] = {key: [] for key in groups}
+    for key, keys in waits.items():
+        for other in keys:
+            readers[other].append(key)
+    left = {key: len(keys) for key, keys in waits.items()}
+    by_first = {first[key]: key for key in groups}  # a group's first node's index is its own
+    ready = [first[key] for key in groups if not left[key]]
+    heapq.heapify(ready)
     ordered: list[list[torch.fx.Node]] = []
-    pending = sorted(groups, key=first.__getitem__)
-    while pending:
-        for key in pending:
-            if waits[key] <= done:
-                ordered.append(groups[key])
-                done.add(key)
-                pending.remove(key)
-                break
-        else:  # find_segments rules cycles out
-            raise AssertionError("device graph segments form a cycle")
+    while ready:  # the ready group that comes first in the graph, each time
+        key = by_first[heapq.heappop(ready)]
+        ordered.append(groups[key])
+        for reader in readers[key]:
+            left[reader] -= 1
+            if not left[reader]:
+                heapq.heappush(ready, first[reader])
+    if len(ordered) != len(groups):  # find_segments rules cycles out
+        raise AssertionError("device graph segments form a cycle")
     return ordered
 
 
@@ -365,7 +371,7 @@ def group_segments(
     the segment's first call. ``gm`` is not changed."""
     segments = find_segments(gm, placement, order, list(capture_for))
     if not segments:
-        return gm, dict(placement), _lane_order(gm, placement, order), []
+        return gm, dict(placement), _lane_order(gm, order), []
     unit_of: dict[torch.fx.Node, int] = {}
     for index, members in enumerate(segments):
         for node in members:
@@ -425,7 +431,7 @@ def group_segments(
     members = {n.name for s in segments for n in s}
     new_placement = {k: v for k, v in placement.items() if k not in members}
     new_order: list[str] = []
-    for name in _lane_order(gm, placement, order):
+    for name in _lane_order(gm, order):
         if name in renamed:
             new_placement[renamed[name]] = placement[name]
             new_order.append(renamed[name])
@@ -447,14 +453,10 @@ def _weights_preparer(
     def run(args: Sequence[Any]) -> None:
         value = dict(zip(placeholders, args, strict=True))
         for node in module.graph.nodes:
-            if node.op != "call_function" or not _recurrent_op(node):
+            if node.op != "call_function" or not _recurrent(node):
                 continue
             params = node.args[RECURRENT_PARAMS[node.target._schema.name]]
             if all(p in value and isinstance(value[p], Tensor) for p in params):
                 prepare(node, [value[p] for p in params])
 
     return run
-
-
-def _recurrent_op(node: torch.fx.Node) -> bool:
-    return isinstance(node.target, torch._ops.OpOverload) and _recurrent(node)

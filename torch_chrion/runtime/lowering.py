@@ -436,7 +436,6 @@ class _Lowering:
         return self._copy_to(leaf.name, ref, want, lane, rank)
 
 
-# chrion:: recurrent operator -> position of its `params` argument
 def _flatten_for_cudnn(node: torch.fx.Node, params_arg: tuple) -> None:
     if params_arg[0] != "l" or any(item[0] != "c" for item in params_arg[1]):
         return

@@ -18,7 +18,7 @@ from torch import nn
 from .. import _extension
 from ..errors import ModelError, PlanError
 from .device_graphs import CapturedSegment, CudaCapture, RecordedCapture, group_segments
-from .lanes import parse_lane
+from .lanes import lane_specs
 from .lowering import flatten_for_cudnn, lower
 from .trace import MemorySample, TraceEvent, save_chrome_trace
 
@@ -138,9 +138,9 @@ class PlacedGraph(nn.Module):
         self._segments: list[CapturedSegment] = []
         if device_graphs:
             captures = {
-                lane: RecordedCapture if lane.startswith("fake") else CudaCapture
-                for lane in set(placement.values())
-                if lane.startswith("fake") or parse_lane(lane).type != "cpu"
+                lane.name: RecordedCapture if lane.fake else CudaCapture
+                for lane in lane_specs(placement.values())
+                if lane.physical != "cpu"
             }
             gm, placement, order, self._segments = group_segments(
                 gm, placement, order, captures, prepare=flatten_for_cudnn

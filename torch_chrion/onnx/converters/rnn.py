@@ -36,6 +36,7 @@ from torch import nn
 from ...errors import ModelError, UnsupportedOperatorError
 from ...ops import ensure_loaded
 from .._onnx2torch import register_converter
+from ..scope import OnnxScope
 from .rnn_cells import (
     Activation,
     CellConfig,
@@ -156,20 +157,13 @@ def parse_spec(node: OnnxNode, opset: int) -> RecurrentSpec:
     )
 
 
-def shared(graph: OnnxGraph, key: Hashable, make: Callable[[], Any]) -> Any:
-    """``make()`` once per ``key`` in ``graph`` (OnnxScope.derive), else every time."""
-    derive = getattr(graph, "derive", None)
-    return make() if derive is None else derive(key, make)
-
-
-def constant_inputs(node: OnnxNode, graph: OnnxGraph) -> dict[str, Tensor]:
+def constant_inputs(node: OnnxNode, graph: OnnxScope) -> dict[str, Tensor]:
     """The node's inputs (other than X) known at conversion time, by slot name."""
     consts = {}
     for slot, name in zip(INPUT_SLOTS[node.operation_type], node.input_values, strict=False):
         if slot == "x" or not name:
             continue
-        constant = getattr(graph, "constant", None)  # one tensor per constant (OnnxScope)
-        value = constant(name) if constant is not None else None
+        value = graph.constant(name)  # one tensor per constant, whatever its names
         if value is None:
             try:
                 value = get_const_value(name, graph)
@@ -298,15 +292,15 @@ class _OnnxRecurrent(nn.Module, OnnxToTorchModule):
 class OnnxRecurrentKernel(_OnnxRecurrent):
     """An ONNX recurrent node run as one ``torch.ops.chrion.lstm/gru/rnn`` call.
 
-    ``derive(key, make)`` makes the converted weights (``shared`` in the node's graph, so nodes
-    on the same constants share them); by default each node makes its own."""
+    ``derive(key, make)`` makes the converted weights (``OnnxScope.derive`` of the node's
+    graph, so nodes on the same constants share them)."""
 
     def __init__(
         self,
         spec: RecurrentSpec,
         consts: dict[str, Tensor],
         steps: int | None,
-        derive: Callable[[Hashable, Callable[[], Any]], Any] = lambda key, make: make(),
+        derive: Callable[[Hashable, Callable[[], Any]], Any],
     ) -> None:
         super().__init__(spec, consts, steps)
         ensure_loaded()  # the chrion:: kernels, built once per machine
@@ -436,12 +430,13 @@ class OnnxRecurrentLoop(_OnnxRecurrent):
         return self._outputs(y_all, torch.stack(hs, 0), c_all)
 
 
-def convert_recurrent(node: OnnxNode, graph: OnnxGraph, opset: int) -> OperationConverterResult:
+def convert_recurrent(node: OnnxNode, graph: OnnxScope, opset: int) -> OperationConverterResult:
     """Convert one ONNX LSTM / GRU / RNN node (the converter registered for every opset).
 
     Args:
         node: the recurrent node.
-        graph: its graph (for constant inputs and static shapes).
+        graph: its graph (for constant inputs and static shapes), the OnnxScope every
+            converter gets (convert.py).
         opset: the operator version the converter was registered for (used in messages).
 
     Returns:
@@ -464,7 +459,7 @@ def convert_recurrent(node: OnnxNode, graph: OnnxGraph, opset: int) -> Operation
     consts = constant_inputs(node, graph)
     steps = static_steps(node, graph, spec.layout)
     if fits_torch_kernels(spec, consts, steps):
-        module = OnnxRecurrentKernel(spec, consts, steps, functools.partial(shared, graph))
+        module = OnnxRecurrentKernel(spec, consts, steps, graph.derive)
     else:
         module = OnnxRecurrentLoop(spec, consts, steps)
     # Only runtime inputs travel: onnx2torch mistakes an empty input name for the node's own
