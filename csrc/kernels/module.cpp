@@ -18,10 +18,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "How recurrent_dtype=\"bfloat16\" multiplies W_hh on this CPU: vdpbf16ps (AVX512-BF16) or "
       "widened to float32.");
-  m.def("packed_weights_hold", &chrion::recurrent::packed_weights_hold,
-        "Whether the CPU kernels' cache holds a current packed form of this layer weight.");
-  m.def("packed_weights_cached", &chrion::recurrent::packed_weights_cached,
-        "How many packed recurrent weights the CPU kernels' cache holds.");
+  m.def("packed_weights_hold", &chrion::packed_weights_hold,
+        "Whether the CPU kernels' cache holds a current packed form of this weight.");
+  m.def("packed_weights_cached", &chrion::packed_weights_cached,
+        "How many packed weights the CPU kernels' cache holds.");
   m.def(
       "probe_schedule",
       [](int64_t stages, int64_t blocks, int threads, int directions, bool balanced,

@@ -1,5 +1,6 @@
-// Layer weights (W_ih and W_hh) packed once per weight tensor, not once per call (Note [CPU
-// recurrent kernel] in recurrent_cpu.h).
+// Weights packed once per weight tensor, not once per call: the recurrent layers' W_ih and W_hh
+// (Note [CPU recurrent kernel] in recurrent_cpu.h) and dense products' weights in oneDNN's
+// layout (Note [CPU dense products] in dense.cpp).
 //
 // Note [Packed weights follow the model]
 // A packed copy is keyed by the weight's TensorImpl and is valid while that tensor is alive and
@@ -15,15 +16,24 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/FunctionRef.h>
 
-#include "recurrent_cpu.h"
+namespace chrion {
 
-namespace chrion::recurrent {
+/// What made a packed form: a packer (any address naming it) and its parameter (the gate count,
+/// say). A weight's cached form is reused only for an equal key.
+struct PackingKey {
+  const void* packer;
+  int64_t parameter;
+  bool operator==(const PackingKey& other) const {
+    return packer == other.packer && parameter == other.parameter;
+  }
+};
 
-/// The packed form of a layer weight (W_ih [gates*H, features] or W_hh [gates*H, H], float32,
-/// CPU; a bfloat16 W_hh is packed in pairs of columns, Note [bf16 recurrent weights]) for
-/// `kernels`.
-at::Tensor packed_gate_weights(const at::Tensor& weight, int64_t gates, const CpuKernels& kernels);
+/// `weight` as `pack` packs it: the cached form while it is current, else packed now (and
+/// cached, unless `weight` is an inference tensor).
+at::Tensor packed_weight(const at::Tensor& weight, PackingKey key,
+                         c10::function_ref<at::Tensor(const at::Tensor&)> pack);
 
 /// Whether the cache holds a current packed form of `weight` (tests: chrion's kernel ran).
 bool packed_weights_hold(const at::Tensor& weight);
@@ -31,4 +41,4 @@ bool packed_weights_hold(const at::Tensor& weight);
 /// How many packed weights the cache holds (entries of freed weights included until swept).
 int64_t packed_weights_cached();
 
-}  // namespace chrion::recurrent
+}  // namespace chrion

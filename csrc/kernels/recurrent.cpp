@@ -36,6 +36,32 @@ namespace {
 
 using recurrent::Cell;
 
+at::Tensor pack_gate_weights(const at::Tensor& weight, int64_t gates,
+                             const recurrent::CpuKernels& kernels) {
+  const int64_t hidden = weight.size(0) / gates;
+  const int64_t columns = weight.size(1);
+  const at::Tensor w = weight.contiguous();
+  if (w.scalar_type() == at::kBFloat16) {  // W_hh (Note [bf16 recurrent weights])
+    at::Tensor pairs =
+        at::empty({kernels.packed_size(gates, hidden, columns + columns % 2)}, w.options());
+    kernels.pack_pairs(static_cast<const uint16_t*>(w.const_data_ptr()), gates, hidden, columns,
+                       static_cast<uint16_t*>(pairs.data_ptr()));
+    return pairs;
+  }
+  at::Tensor packed = at::empty({kernels.packed_size(gates, hidden, columns)}, w.options());
+  kernels.pack(w.data_ptr<float>(), gates, hidden, columns, packed.data_ptr<float>());
+  return packed;
+}
+
+// The packed form of a layer weight (W_ih [gates*H, features] or W_hh [gates*H, H], float32; a
+// bfloat16 W_hh is packed in pairs of columns, Note [bf16 recurrent weights]) for `kernels`,
+// packed once per weight (Note [Packed weights follow the model] in packed_weights.h).
+at::Tensor packed_gate_weights(const at::Tensor& weight, int64_t gates,
+                               const recurrent::CpuKernels& kernels) {
+  return packed_weight(weight, PackingKey{&kernels, gates},
+                       [&](const at::Tensor& w) { return pack_gate_weights(w, gates, kernels); });
+}
+
 const char* op_name(Cell cell) {
   return cell == Cell::lstm ? "lstm" : cell == Cell::gru ? "gru" : "rnn";
 }
@@ -357,8 +383,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_cpu(Cell cell, const at::Tens
         ChainWork& w = work[layer * layer_chains + k];
         w.kernels = &kernels;
         if (k < dirs) {
-          w.packed_ih = recurrent::packed_gate_weights(p[0], gates, kernels);
-          w.packed_hh = recurrent::packed_gate_weights(p[1], gates, kernels);
+          w.packed_ih = packed_gate_weights(p[0], gates, kernels);
+          w.packed_hh = packed_gate_weights(p[1], gates, kernels);
           if (has_biases) {
             w.bias_ih = p[2].contiguous();
             w.bias_hh = p[3].contiguous();

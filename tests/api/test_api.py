@@ -127,3 +127,27 @@ def test_bad_options_are_clear_errors(stacked_lstm_onnx):
 def test_missing_file_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="nope.onnx"):
         torch_chrion.load_onnx(tmp_path / "nope.onnx", example_inputs=(torch.zeros(1),))
+
+
+def test_a_language_model_head_runs_as_one_dense_product_equal_to_onnxruntime(tmp_path):
+    """The vocabulary projection (ONNX MatMul + Add against initializers) becomes one
+    chrion::dense node with its bias, large enough for the CPU kernel's oneDNN path
+    (tests/kernels/test_dense.py), and the model still equals onnxruntime and eager."""
+    from models import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(vocab=2000, width=128).eval()
+    (tokens,) = model.example_inputs()  # 35 x 4: a 140 x 128 x 2000 product
+    path = tmp_path / "lm.onnx"
+    torch.onnx.export(
+        model, (tokens,), str(path), dynamo=False, opset_version=17, input_names=["x"]
+    )
+    chrion = torch_chrion.load_onnx(path, example_inputs=(tokens,), devices=["cpu:0", "cpu:1"])
+    graph = chrion.captured_graph()
+    (dense,) = [n for n in graph.graph.nodes if n.target is torch.ops.chrion.dense.default]
+    assert dense.args[2] is not None
+    assert not [n for n in graph.graph.nodes if n.target is torch.ops.aten.add.Tensor]
+    with torch.no_grad():
+        out = chrion(tokens)
+        torch.testing.assert_close(out, model(tokens), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, _onnxruntime(path, tokens), rtol=1e-4, atol=1e-4)

@@ -191,3 +191,29 @@ def test_callbacks_restored_after_a_reset_still_leave_other_backends_their_graph
     with torch.no_grad():
         torch.compile(_Recurrent(nn.GRU, False).eval(), backend=recording)(torch.randn(5, 1, 12))
     assert torch.gru not in seen
+
+
+class RecurrentWithWideHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(32, 128)
+        self.head = nn.Linear(128, 1024)
+
+    def forward(self, x):
+        return torch.relu(self.head(self.lstm(x)[0]))
+
+
+def test_a_linear_head_compiles_to_a_dense_product_equal_to_eager():
+    """nn.Linear (aten.addmm of a transposed parameter) becomes one chrion::dense node, large
+    enough for the CPU kernel's oneDNN path (tests/kernels/test_dense.py)."""
+    import torch_chrion.dynamo as chrion_dynamo
+
+    torch.manual_seed(0)
+    model = RecurrentWithWideHead().eval()
+    x = torch.randn(96, 2, 32)  # 192 rows: a 192 x 128 x 1024 product
+    reset_dynamo()
+    compiled = torch.compile(model, backend="chrion", options={"devices": ["cpu"]})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    graph = chrion_dynamo.compiled_modules()[-1].captured_graph()
+    assert [n for n in graph.graph.nodes if n.target is torch.ops.chrion.dense.default]

@@ -1,4 +1,4 @@
-"""chrion:: recurrent operators on CUDA (cuDNN) against eager PyTorch on the same device."""
+"""chrion:: operators on CUDA (cuDNN, cuBLAS) against eager PyTorch on the same device."""
 
 import torch
 
@@ -18,3 +18,13 @@ def test_chrion_lstm_on_cuda_matches_eager():
         )
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(h, ref_h)
+
+
+def test_chrion_dense_on_cuda_matches_the_product():
+    ensure_loaded()
+    torch.manual_seed(0)
+    x = torch.randn(2, 70, 512, device="cuda")
+    w = torch.randn(512, 1000, device="cuda")
+    b = torch.randn(1000, device="cuda")
+    torch.testing.assert_close(torch.ops.chrion.dense(x, w, b), x @ w + b, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(torch.ops.chrion.dense(x, w.t().contiguous().t(), None), x @ w)

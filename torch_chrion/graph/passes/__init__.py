@@ -4,6 +4,7 @@ from .bf16_recurrent_weights import bf16_recurrent_weights
 from .channels_last_convolutions import channels_last_convolutions
 from .check_portable import check_portable
 from .copy_aliased_outputs import copy_aliased_outputs
+from .dense_products import dense_products
 from .fold_batch_norm import fold_batch_norm
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
@@ -17,6 +18,7 @@ __all__ = [
     "channels_last_convolutions",
     "check_portable",
     "copy_aliased_outputs",
+    "dense_products",
     "fold_batch_norm",
     "fold_input_free",
     "functionalize_mutations",
@@ -28,4 +30,4 @@ __all__ = [
 # The rewrites that make the graph faster on CPU and keep its values, in the order both capture
 # paths (graph/capture.py, dynamo.py) run them: a folded batch norm leaves its convolution's
 # output to the pools and layout that follow.
-SPEED_REWRITES = (fold_batch_norm, max_pool_windows, channels_last_convolutions)
+SPEED_REWRITES = (fold_batch_norm, max_pool_windows, channels_last_convolutions, dense_products)

@@ -1,0 +1,122 @@
+"""chrion::dense (csrc/kernels/dense.cpp): equal to aten's product in float64 to float32
+rounding, on both of its CPU paths (ATen below the oneDNN threshold, oneDNN's reordered weight
+above it); the reordered weight follows in-place writes and rebinding; bad shapes are errors
+naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torch_chrion._extension import load
+from torch_chrion.ops import ensure_loaded
+
+# multiply-adds per thread from which the CPU kernel takes oneDNN (kOneDnnMinWork in dense.cpp)
+ONEDNN_MIN_WORK = 1 << 23
+
+
+def dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    ensure_loaded()
+    return torch.ops.chrion.dense(x, w, b)
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    y = x.double() @ w.double()
+    return (y if b is None else y + b.double()).float()
+
+
+def assert_rounding_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b) -> None:
+    """Within float32 rounding of a K-term sum of unit-scale products (aten's own float32 result
+    is held to the same bound, so the bound is no looser than aten needs)."""
+    expected = reference(x, w, b)
+    atol = 4e-7 * x.shape[-1] ** 0.5 * 8
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=atol)
+    aten = x @ w if b is None else x @ w + b
+    torch.testing.assert_close(aten, expected, rtol=1e-5, atol=atol)
+
+
+def onednn_rows(k: int, n: int) -> int:
+    """Rows enough for the oneDNN path at this process's thread count, with a margin."""
+    return 2 * -(-ONEDNN_MIN_WORK * torch.get_num_threads() // (k * n))
+
+
+def packed(w: torch.Tensor) -> bool:
+    return load("kernels").packed_weights_hold(w)
+
+
+# the input's leading shape, given the rows the oneDNN path needs
+SHAPES = {
+    "1d-aten": lambda rows: (),
+    "2d-aten": lambda rows: (3,),
+    "3d-aten": lambda rows: (2, 5),
+    "2d-onednn": lambda rows: (rows,),
+    "3d-onednn": lambda rows: (2, rows),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("case", list(SHAPES))
+def test_dense_equals_the_product_on_both_paths(bias, case):
+    torch.manual_seed(0)
+    k, n = 256, 384
+    lead = SHAPES[case](onednn_rows(k, n))
+    x = torch.randn(*lead, k)
+    w = torch.randn(k, n)
+    b = torch.randn(n) if bias else None
+    y = dense(x, w, b)
+    assert y.shape == (*lead, n)
+    assert_rounding_close(y, x, w, b)
+    assert packed(w) == case.endswith("onednn")  # the path the size asked for ran
+
+
+def test_a_strided_input_and_a_transposed_weight():
+    torch.manual_seed(1)
+    k, n = 256, 512
+    rows = onednn_rows(k, n)
+    x = torch.randn(rows, 2 * k)[:, ::2]  # every other column
+    w = torch.randn(n, k).t()  # nn.Linear's weight as torch.compile folds its transpose
+    b = torch.randn(n)
+    assert_rounding_close(dense(x, w, b), x, w, b)
+    assert packed(w)
+
+
+def test_the_reordered_weight_follows_in_place_writes_and_rebinding():
+    torch.manual_seed(2)
+    k, n = 256, 512
+    x = torch.randn(onednn_rows(k, n), k)
+    layer = torch.nn.Parameter(torch.randn(k, n), requires_grad=False)
+    first = dense(x, layer, None)
+    assert packed(layer)
+    other = torch.randn(k, n)
+    with torch.no_grad():
+        layer.copy_(other)  # what load_state_dict does: bumps the version counter
+    assert not packed(layer)
+    second = dense(x, layer, None)
+    assert_rounding_close(second, x, other, None)
+    assert not torch.allclose(first, second)
+    layer.data = torch.randn(k, n)  # rebinding: a new data pointer
+    assert_rounding_close(dense(x, layer, None), x, layer.detach(), None)
+
+
+def test_an_inference_tensor_weight_takes_aten_and_stays_exact():
+    torch.manual_seed(3)
+    k, n = 256, 512
+    with torch.inference_mode():
+        x, w = torch.randn(onednn_rows(k, n), k), torch.randn(k, n)
+        y = dense(x, w, None)
+    assert_rounding_close(y, x, w, None)
+    assert not packed(w)  # nothing to key a cached reordering on
+
+
+@pytest.mark.parametrize(
+    "x,w,b,message",
+    [
+        ((3, 5), (4, 6), None, "input of shape [3, 5] has 5 features, the weight takes 4"),
+        ((3, 4), (4,), None, "weight must be [in_features, out_features], got shape [4]"),
+        ((3, 4), (4, 6), (5,), "bias must be [6], got shape [5]"),
+    ],
+)
+def test_bad_shapes_are_errors_naming_the_argument(x, w, b, message):
+    bias = None if b is None else torch.randn(b)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        dense(torch.randn(x), torch.randn(w), bias)
