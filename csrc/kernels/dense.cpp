@@ -18,15 +18,14 @@
 // device and dtype runs addmm / mm (cuBLAS on CUDA).
 
 #include <ATen/ATen.h>
-#include <ATen/Config.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "onednn_ops.h"
 #include "packed_weights.h"
 
 namespace chrion {
@@ -62,61 +61,36 @@ at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
   return out.view(output_shape(input, weight));
 }
 
-#if AT_MKLDNN_ENABLED()
-
 bool onednn_pays(const at::Tensor& input, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias) {
   const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
-  if (!at::globalContext().userEnabledMkldnn() || !f32(input) || !f32(weight) ||
-      (bias && !f32(*bias)) || weight.is_inference()) {
+  if (!onednn::usable() || !f32(input) || !f32(weight) || (bias && !f32(*bias)) ||
+      weight.is_inference()) {
     return false;
   }
   const int64_t work = input.numel() * weight.size(1);  // M * K * N
   return work >= kOneDnnMinWork * at::get_num_threads();
 }
 
-c10::OperatorHandle mkldnn_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
-
 // `weight` [K, N] as oneDNN's reordered [N, K] inner-product weight (for any batch size)
 at::Tensor onednn_weight(const at::Tensor& weight) {
-  static const c10::OperatorHandle reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
-  torch::jit::Stack stack{weight.t().contiguous(), c10::IValue()};
-  reorder.callBoxed(stack);
-  return stack.at(0).toTensor();
+  static const c10::OperatorHandle reorder = onednn::op("mkldnn::_reorder_linear_weight");
+  return onednn::call(reorder, {weight.t().contiguous(), c10::IValue()});
 }
 
 // any address names the packing (PackingKey)
 constexpr char kOneDnnPacking = 0;
 
-at::Tensor onednn_dense(const at::Tensor& input, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias) {
-  static const c10::OperatorHandle product = mkldnn_op("mkldnn::_linear_pointwise");
-  const at::Tensor packed = packed_weight(weight, PackingKey{&kOneDnnPacking, 0}, onednn_weight);
-  torch::jit::Stack stack{
-      input.contiguous(), packed,
-      bias ? c10::IValue(bias->contiguous()) : c10::IValue(), std::string("none"),
-      c10::List<std::optional<at::Scalar>>(), c10::IValue()};  // no fused activation
-  product.callBoxed(stack);
-  return stack.at(0).toTensor();
-}
-
 at::Tensor cpu_dense(const at::Tensor& input, const at::Tensor& weight,
                      const std::optional<at::Tensor>& bias) {
   check_arguments(input, weight, bias);
   if (!onednn_pays(input, weight, bias)) return aten_dense(input, weight, bias);
-  return onednn_dense(input, weight, bias);
+  static const c10::OperatorHandle product = onednn::op("mkldnn::_linear_pointwise");
+  const at::Tensor packed = packed_weight(weight, PackingKey{&kOneDnnPacking, 0}, onednn_weight);
+  return onednn::call(product, {input.contiguous(), packed,
+                                bias ? c10::IValue(bias->contiguous()) : c10::IValue(),
+                                std::string("none"), onednn::no_scalars(), c10::IValue()});
 }
-
-#else
-
-at::Tensor cpu_dense(const at::Tensor& input, const at::Tensor& weight,
-                     const std::optional<at::Tensor>& bias) {
-  return aten_dense(input, weight, bias);
-}
-
-#endif
 
 }  // namespace
 

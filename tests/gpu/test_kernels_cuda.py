@@ -28,3 +28,14 @@ def test_chrion_dense_on_cuda_matches_the_product():
     b = torch.randn(1000, device="cuda")
     torch.testing.assert_close(torch.ops.chrion.dense(x, w, b), x @ w + b, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(torch.ops.chrion.dense(x, w.t().contiguous().t(), None), x @ w)
+
+
+def test_chrion_conv2d_on_cuda_matches_the_convolution():
+    ensure_loaded()
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, device="cuda")
+    b = torch.randn(16, device="cuda")
+    expected = torch.relu(torch.conv2d(x, w, b, 1, 1))
+    got = torch.ops.chrion.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, True)
+    torch.testing.assert_close(got, expected)

@@ -1,5 +1,5 @@
 """The ``torch.ops.chrion`` operator library: recurrent layers as single operators, ``dense``
-(products against constant weights, Note [CPU dense products] in csrc/kernels/dense.cpp),
+and ``conv2d`` (products against constant weights, packed once on CPU: packed_products.py),
 ``python_call``, one node running a Python callable (ONNX If / Loop / Scan), and
 ``lstm_packed_cell_state`` (packed sequences under torch.compile).
 
@@ -7,14 +7,14 @@
 kernels that shape propagation, make_fx and torch.export use, and defines ``python_call``.
 """
 
-from . import dense, packed_state, python_call, recurrent
+from . import packed_products, packed_state, python_call, recurrent
 
 
 def ensure_loaded() -> None:
     """Load the chrion:: kernels and define chrion::python_call and
     chrion::lstm_packed_cell_state (once per process)."""
     recurrent.ensure_loaded()
-    dense.ensure_loaded()
+    packed_products.ensure_loaded()
     python_call.register_operator()
     packed_state.register_operator()
 

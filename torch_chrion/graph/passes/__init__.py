@@ -9,6 +9,7 @@ from .fold_batch_norm import fold_batch_norm
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
 from .max_pool_windows import max_pool_windows
+from .packed_convolutions import packed_convolutions
 from .split_recurrent import split_recurrent
 from .unpin_copies import unpin_copies
 
@@ -23,11 +24,19 @@ __all__ = [
     "fold_input_free",
     "functionalize_mutations",
     "max_pool_windows",
+    "packed_convolutions",
     "split_recurrent",
     "unpin_copies",
 ]
 
 # The rewrites that make the graph faster on CPU and keep its values, in the order both capture
 # paths (graph/capture.py, dynamo.py) run them: a folded batch norm leaves its convolution's
-# output to the pools and layout that follow.
-SPEED_REWRITES = (fold_batch_norm, max_pool_windows, channels_last_convolutions, dense_products)
+# output to the pools and layout that follow, and packed_convolutions takes the channels-last
+# convolutions that channels_last_convolutions leaves.
+SPEED_REWRITES = (
+    fold_batch_norm,
+    max_pool_windows,
+    channels_last_convolutions,
+    packed_convolutions,
+    dense_products,
+)

@@ -1,7 +1,8 @@
-"""chrion::dense (csrc/kernels/dense.cpp): equal to aten's product in float64 to float32
-rounding, on both of its CPU paths (ATen below the oneDNN threshold, oneDNN's reordered weight
-above it); the reordered weight follows in-place writes and rebinding; bad shapes are errors
-naming the argument."""
+"""chrion::dense and chrion::conv2d (csrc/kernels/dense.cpp, convolution.cpp): equal to aten's
+product / convolution in float64 to float32 rounding, on both of their CPU paths (ATen, and
+oneDNN with the weight reordered once: dense above a size, conv2d for channels-last input); the
+reordered weight follows in-place writes and rebinding; bad shapes are errors naming the
+argument."""
 
 from __future__ import annotations
 
@@ -120,3 +121,66 @@ def test_bad_shapes_are_errors_naming_the_argument(x, w, b, message):
     bias = None if b is None else torch.randn(b)
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         dense(torch.randn(x), torch.randn(w), bias)
+
+
+def conv2d(x, w, b, stride, padding, dilation, groups, relu) -> torch.Tensor:
+    ensure_loaded()
+    return torch.ops.chrion.conv2d(x, w, b, stride, padding, dilation, groups, relu)
+
+
+def conv2d_reference(x, w, b, stride, padding, dilation, groups, relu) -> torch.Tensor:
+    bias = None if b is None else b.double()
+    y = torch.conv2d(x.double(), w.double(), bias, stride, padding, dilation, groups)
+    return (y.relu() if relu else y).float()
+
+
+GEOMETRIES = {  # (in, out, kernel, stride, padding, dilation, groups)
+    "3x3": (16, 32, (3, 3), [1, 1], [1, 1], [1, 1], 1),
+    "one-channel": (1, 24, (3, 3), [1, 1], [1, 1], [1, 1], 1),
+    "strided-dilated": (8, 16, (5, 3), [2, 3], [2, 1], [1, 2], 1),
+    "grouped": (16, 32, (3, 3), [1, 1], [0, 0], [1, 1], 4),
+}
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["onednn", "aten"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_conv2d_equals_the_convolution_on_both_paths(geometry, bias, relu, channels_last):
+    torch.manual_seed(4)
+    c_in, c_out, kernel, stride, padding, dilation, groups = GEOMETRIES[geometry]
+    x = torch.randn(2, c_in, 12, 17)
+    if channels_last:
+        x = x.clone(memory_format=torch.channels_last)  # strided so even with one channel
+    w = torch.randn(c_out, c_in // groups, *kernel)
+    b = torch.randn(c_out) if bias else None
+    args = (stride, padding, dilation, groups, relu)
+    y = conv2d(x, w, b, *args)
+    expected = conv2d_reference(x, w, b, *args)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+    assert y.stride() == torch.conv2d(x, w, b, stride, padding, dilation, groups).stride()
+    assert packed(w) == channels_last  # the path the layout asked for ran
+
+
+def test_the_reordered_convolution_weight_follows_in_place_writes():
+    torch.manual_seed(5)
+    x = torch.randn(1, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    w = torch.nn.Parameter(torch.randn(16, 8, 3, 3), requires_grad=False)
+    args = ([1, 1], [1, 1], [1, 1], 1, False)
+    conv2d(x, w, None, *args)
+    assert packed(w)
+    with torch.no_grad():
+        w.mul_(-2.0)
+    torch.testing.assert_close(
+        conv2d(x, w, None, *args),
+        conv2d_reference(x, w.detach(), None, *args),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+def test_conv2d_shape_errors_name_the_argument():
+    with pytest.raises(ValueError, match="input has 3 channels, the weight takes 4"):
+        conv2d(
+            torch.randn(1, 3, 5, 5), torch.randn(2, 4, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, False
+        )

@@ -1,0 +1,25 @@
+// ATen's oneDNN operators (mkldnn::_linear_pointwise, _convolution_pointwise and the weight
+// reorders they read), called through the dispatcher: torch's installed headers do not declare
+// them, and a boxed call needs no signature of ours to match theirs.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace chrion::onednn {
+
+/// Whether ATen was built with oneDNN and the user has not turned it off
+/// (torch.backends.mkldnn.enabled).
+bool usable();
+
+/// The operator `name` ("mkldnn::_linear_pointwise"); throws if ATen lacks it.
+c10::OperatorHandle op(const char* name);
+
+/// `op` called with `arguments`: its (first) returned tensor.
+at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack arguments);
+
+/// The empty `Scalar?[] scalars` argument of a pointwise op without a fused activation's
+/// parameters.
+c10::IValue no_scalars();
+
+}  // namespace chrion::onednn
