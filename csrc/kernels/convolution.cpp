@@ -1,4 +1,5 @@
-// chrion::conv2d: a 2-D convolution against a constant weight, optionally followed by a ReLU
+// chrion::conv2d: a 2-D convolution against a constant weight, optionally followed by an
+// activation: "relu", "leaky_relu" (args: negative slope) or "hardtanh" (args: min, max)
 // (graph/passes/packed_convolutions.py makes these from aten.convolution nodes).
 //
 // Note [CPU packed convolutions]
@@ -6,11 +7,11 @@
 // layout on every call. With the weight reordered once, channels-last input, two threads of the
 // benchmark VM (AMD EPYC, Zen 4), the CRNN's convolutions took 8-25% less (64->128 channels on
 // 16x64: 780 -> 661 us; 256->256 on 4x32: 821 -> 610 us), its one-channel first layer half
-// (150 -> 71 us); a ReLU fused into the convolution saves its own pass over the output (33-70
-// us each there). So the CPU kernel takes oneDNN's pointwise convolution with the weight reordered
+// (150 -> 71 us); an activation fused into the convolution saves its own pass over the output
+// (33-70 us for each ReLU there). So the CPU kernel takes oneDNN's pointwise convolution with the weight reordered
 // once per weight tensor (Note [Packed weights follow the model] in packed_weights.h) for a
 // float32 channels-last input, which channels_last_convolutions gives every constant-weight 2-D
-// convolution; any other input, dtype or device runs aten.convolution (and relu), as does an
+// convolution; any other input, dtype or device runs aten.convolution (and the activation), as does an
 // inference-tensor weight (no version counter to key the cache on). Results differ by rounding
 // only (each sum in oneDNN's order for the layout); the output is channels-last, as ATen's is
 // for a channels-last input.
@@ -41,14 +42,31 @@ void check_arguments(const at::Tensor& input, const at::Tensor& weight, at::IntA
                     weight.size(1) * groups, " (", weight.size(1), " x ", groups, " groups)");
 }
 
+void check_activation(c10::string_view activation, at::ArrayRef<double> args) {
+  const bool known = ((activation == "none" || activation == "relu") && args.empty()) ||
+                     (activation == "leaky_relu" && args.size() == 1) ||
+                     (activation == "hardtanh" && args.size() == 2);
+  TORCH_CHECK_VALUE(known, "chrion::conv2d: unknown activation '", activation, "' with ",
+                    args.size(), " arguments (none, relu, leaky_relu [slope], hardtanh [min, max])");
+}
+
+// the activation (check_activation) applied in place to a convolution's fresh output
+at::Tensor activate(at::Tensor out, c10::string_view activation, at::ArrayRef<double> args) {
+  if (activation == "relu") return out.relu_();
+  if (activation == "leaky_relu") return at::leaky_relu_(out, args[0]);
+  if (activation == "hardtanh") return at::hardtanh_(out, args[0], args[1]);
+  return out;
+}
+
 at::Tensor aten_conv2d(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       bool relu) {
+                       c10::string_view activation, at::ArrayRef<double> args) {
   check_arguments(input, weight, stride, padding, dilation, groups);
+  check_activation(activation, args);
   at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation,
                                    /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
-  return relu ? out.relu_() : out;
+  return activate(out, activation, args);
 }
 
 // what a reordered weight depends on besides the weight: one key per geometry (PackingKey)
@@ -66,12 +84,13 @@ constexpr char kOneDnnPacking = 0;  // any address names the packing (PackingKey
 at::Tensor cpu_conv2d(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      bool relu) {
+                      c10::string_view activation, at::ArrayRef<double> args) {
   check_arguments(input, weight, stride, padding, dilation, groups);
+  check_activation(activation, args);
   const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
   if (!onednn::usable() || !f32(input) || !f32(weight) || (bias && !f32(*bias)) ||
       weight.is_inference() || input.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
-    return aten_conv2d(input, weight, bias, stride, padding, dilation, groups, relu);
+    return aten_conv2d(input, weight, bias, stride, padding, dilation, groups, activation, args);
   }
   static const c10::OperatorHandle reorder = onednn::op("mkldnn::_reorder_convolution_weight");
   static const c10::OperatorHandle convolve = onednn::op("mkldnn::_convolution_pointwise");
@@ -81,9 +100,10 @@ at::Tensor cpu_conv2d(const at::Tensor& input, const at::Tensor& weight,
       [&](const at::Tensor& w) {
         return onednn::call(reorder, {w.contiguous(), p, s, d, groups, c10::IValue()});
       });
+  c10::List<std::optional<at::Scalar>> scalars;
+  for (double a : args) scalars.push_back(at::Scalar(a));
   return onednn::call(convolve, {input, packed, bias ? c10::IValue(*bias) : c10::IValue(), p, s,
-                                 d, groups, std::string(relu ? "relu" : "none"),
-                                 onednn::no_scalars(), c10::IValue()});
+                                 d, groups, std::string(activation), scalars, c10::IValue()});
 }
 
 }  // namespace
@@ -91,7 +111,7 @@ at::Tensor cpu_conv2d(const at::Tensor& input, const at::Tensor& weight,
 TORCH_LIBRARY_FRAGMENT(chrion, m) {
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
-      "int[] dilation, int groups, bool relu) -> Tensor");
+      "int[] dilation, int groups, str activation, float[] activation_args) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(chrion, CompositeExplicitAutograd, m) { m.impl("conv2d", aten_conv2d); }

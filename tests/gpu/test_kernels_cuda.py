@@ -37,5 +37,5 @@ def test_chrion_conv2d_on_cuda_matches_the_convolution():
     w = torch.randn(16, 8, 3, 3, device="cuda")
     b = torch.randn(16, device="cuda")
     expected = torch.relu(torch.conv2d(x, w, b, 1, 1))
-    got = torch.ops.chrion.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, True)
+    got = torch.ops.chrion.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [])
     torch.testing.assert_close(got, expected)

@@ -25,33 +25,44 @@ def count(gm, target) -> int:
 
 
 class Blocks(nn.Module):
-    """Conv + ReLU, conv + BatchNorm + ReLU, and a conv whose ReLU is not its only reader."""
+    """Conv + ReLU, conv + BatchNorm + LeakyReLU, conv + hardtanh, conv + clamp, and a conv
+    whose ReLU is not its only reader."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(1, 8, 3, padding=1)
         self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False)
         self.norm = nn.BatchNorm2d(8)
-        self.c = nn.Conv2d(8, 4, (3, 1), stride=(2, 1))
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 3, padding=1)
+        self.e = nn.Conv2d(8, 4, (3, 1), stride=(2, 1))
         with torch.no_grad():
             self.norm.running_mean.normal_()
             self.norm.running_var.uniform_(0.5, 2)
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        y = torch.relu(self.norm(self.b(y)))
-        z = self.c(y)
+        y = torch.nn.functional.leaky_relu(self.norm(self.b(y)), 0.2)
+        y = torch.nn.functional.hardtanh(self.c(y), 0.0, 2.0)
+        y = torch.clamp(self.d(y), -1.0, 1.5)
+        z = self.e(y)
         return torch.relu(z) + z
 
 
-def test_convolutions_become_conv2d_nodes_with_their_relu_equal_to_eager():
+def test_convolutions_become_conv2d_nodes_with_their_activation_equal_to_eager():
     torch.manual_seed(0)
     model = Blocks().eval()
     x = torch.randn(2, 1, 12, 16)
     gm = capture(model, (x,))
     nodes = conv2d_nodes(gm)
-    assert len(nodes) == 3 and count(gm, aten.convolution.default) == 0
-    assert [n.args[7] for n in nodes] == [True, True, False]  # the third's ReLU is shared
+    assert count(gm, aten.convolution.default) == 0
+    assert [(n.args[7], n.args[8]) for n in nodes] == [
+        ("relu", []),
+        ("leaky_relu", [0.2]),
+        ("hardtanh", [0.0, 2.0]),
+        ("hardtanh", [-1.0, 1.5]),
+        ("none", []),  # its ReLU is not its only reader
+    ]
     assert count(gm, aten.relu.default) == 1
     with torch.no_grad():
         for _ in range(2):

@@ -123,15 +123,25 @@ def test_bad_shapes_are_errors_naming_the_argument(x, w, b, message):
         dense(torch.randn(x), torch.randn(w), bias)
 
 
-def conv2d(x, w, b, stride, padding, dilation, groups, relu) -> torch.Tensor:
+def conv2d(x, w, b, stride, padding, dilation, groups, activation) -> torch.Tensor:
     ensure_loaded()
-    return torch.ops.chrion.conv2d(x, w, b, stride, padding, dilation, groups, relu)
+    name, args = activation
+    return torch.ops.chrion.conv2d(x, w, b, stride, padding, dilation, groups, name, args)
 
 
-def conv2d_reference(x, w, b, stride, padding, dilation, groups, relu) -> torch.Tensor:
+ACTIVATIONS = {
+    "none": lambda y: y,
+    "relu": torch.relu,
+    "leaky_relu": lambda y, slope: torch.nn.functional.leaky_relu(y, slope),
+    "hardtanh": lambda y, low, high: torch.clamp(y, low, high),
+}
+
+
+def conv2d_reference(x, w, b, stride, padding, dilation, groups, activation) -> torch.Tensor:
     bias = None if b is None else b.double()
     y = torch.conv2d(x.double(), w.double(), bias, stride, padding, dilation, groups)
-    return (y.relu() if relu else y).float()
+    name, args = activation
+    return ACTIVATIONS[name](y, *args).float()
 
 
 GEOMETRIES = {  # (in, out, kernel, stride, padding, dilation, groups)
@@ -143,10 +153,14 @@ GEOMETRIES = {  # (in, out, kernel, stride, padding, dilation, groups)
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["onednn", "aten"])
-@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize(
+    "activation",
+    [("none", []), ("relu", []), ("leaky_relu", [0.2]), ("hardtanh", [-0.5, 1.5])],
+    ids=lambda a: a[0],
+)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
-def test_conv2d_equals_the_convolution_on_both_paths(geometry, bias, relu, channels_last):
+def test_conv2d_equals_the_convolution_on_both_paths(geometry, bias, activation, channels_last):
     torch.manual_seed(4)
     c_in, c_out, kernel, stride, padding, dilation, groups = GEOMETRIES[geometry]
     x = torch.randn(2, c_in, 12, 17)
@@ -154,7 +168,7 @@ def test_conv2d_equals_the_convolution_on_both_paths(geometry, bias, relu, chann
         x = x.clone(memory_format=torch.channels_last)  # strided so even with one channel
     w = torch.randn(c_out, c_in // groups, *kernel)
     b = torch.randn(c_out) if bias else None
-    args = (stride, padding, dilation, groups, relu)
+    args = (stride, padding, dilation, groups, activation)
     y = conv2d(x, w, b, *args)
     expected = conv2d_reference(x, w, b, *args)
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
@@ -166,7 +180,7 @@ def test_the_reordered_convolution_weight_follows_in_place_writes():
     torch.manual_seed(5)
     x = torch.randn(1, 8, 10, 10).contiguous(memory_format=torch.channels_last)
     w = torch.nn.Parameter(torch.randn(16, 8, 3, 3), requires_grad=False)
-    args = ([1, 1], [1, 1], [1, 1], 1, False)
+    args = ([1, 1], [1, 1], [1, 1], 1, ("none", []))
     conv2d(x, w, None, *args)
     assert packed(w)
     with torch.no_grad():
@@ -179,8 +193,17 @@ def test_the_reordered_convolution_weight_follows_in_place_writes():
     )
 
 
-def test_conv2d_shape_errors_name_the_argument():
-    with pytest.raises(ValueError, match="input has 3 channels, the weight takes 4"):
-        conv2d(
-            torch.randn(1, 3, 5, 5), torch.randn(2, 4, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, False
-        )
+@pytest.mark.parametrize(
+    "x,w,activation,message",
+    [
+        ((1, 3, 5, 5), (2, 4, 3, 3), ("none", []), "input has 3 channels, the weight takes 4"),
+        ((1, 4, 5, 5), (2, 4, 3, 3), ("gelu", []), "unknown activation 'gelu' with 0 arguments"),
+        ((1, 4, 5, 5), (2, 4, 3, 3), ("leaky_relu", []), "unknown activation 'leaky_relu'"),
+    ],
+)
+@pytest.mark.parametrize("channels_last", [True, False], ids=["onednn", "aten"])
+def test_conv2d_errors_name_the_argument(x, w, activation, message, channels_last):
+    x = torch.randn(x)
+    x = x.clone(memory_format=torch.channels_last) if channels_last else x
+    with pytest.raises(ValueError, match=message):
+        conv2d(x, torch.randn(w), None, [1, 1], [0, 0], [1, 1], 1, activation)

@@ -7,8 +7,10 @@ Schemas:
     dense(input, weight, bias) -> output
         input [..., K] @ weight [K, N] (+ bias [N]), the layout aten.mm reads a constant weight
         in; output [..., N]
-    conv2d(input, weight, bias, stride, padding, dilation, groups, relu) -> output
-        aten.convolution (2-D, not transposed), then relu if ``relu``
+    conv2d(input, weight, bias, stride, padding, dilation, groups, activation, activation_args)
+        -> output
+        aten.convolution (2-D, not transposed), then ``activation``: "none", "relu",
+        "leaky_relu" (args: negative slope) or "hardtanh" (args: min, max)
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _conv2d_fake(
     padding: list[int],
     dilation: list[int],
     groups: int,
-    relu: bool,
+    activation: str,
+    activation_args: list[float],
 ) -> torch.Tensor:
     # aten's own meta kernel: the output's shape and memory format as every device's kernel
     return aten.convolution(input, weight, bias, stride, padding, dilation, False, [0, 0], groups)
