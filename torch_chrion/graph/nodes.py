@@ -33,6 +33,15 @@ def fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     return functools.reduce(getattr, target.split("."), gm)
 
 
+def constant_tensor(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
+    """The strided tensor a get_attr argument reads, else None (a computed value, a scalar)."""
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        value = fetch_attr(gm, str(arg.target))
+        if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+            return value
+    return None
+
+
 def node_callable(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any]:
     """What a schedulable node calls with its args and kwargs: the function, the submodule of a
     call_module node, or, for call_method, a function of (self, *args)."""

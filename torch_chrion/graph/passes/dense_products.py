@@ -21,7 +21,7 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
-from ..nodes import fetch_attr
+from ..nodes import constant_tensor
 
 aten = torch.ops.aten
 
@@ -32,14 +32,6 @@ PREFIX = "_chrion_dense_weight_"
 _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
-def _constant(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
-    if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        value = fetch_attr(gm, str(arg.target))
-        if isinstance(value, torch.Tensor) and value.layout == torch.strided:
-            return value
-    return None
-
-
 def _transposed_constant(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
     """The transpose a ``t`` (or 2-D ``transpose`` / ``permute``) node of a constant reads."""
     if not isinstance(arg, fx.Node) or arg.op != "call_function":
@@ -48,13 +40,13 @@ def _transposed_constant(gm: fx.GraphModule, arg: object) -> torch.Tensor | None
         arg.target is aten.transpose.int and sorted(arg.args[1:]) in ([0, 1], [-2, -1], [-1, 0])
     )
     swaps = swaps or (arg.target is aten.permute.default and list(arg.args[1]) in ([1, 0], [-1, 0]))
-    value = _constant(gm, arg.args[0]) if swaps else None
+    value = constant_tensor(gm, arg.args[0]) if swaps else None
     return value.t() if value is not None and value.dim() == 2 else None
 
 
 def _weight(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
     """The constant float32 ``[K, N]`` weight ``arg`` reads (itself or transposed), if large."""
-    value = _constant(gm, arg)
+    value = constant_tensor(gm, arg)
     value = _transposed_constant(gm, arg) if value is None else value
     if value is None or value.dim() != 2 or value.dtype != torch.float32:
         return None
@@ -73,7 +65,7 @@ def _weight_node(gm: fx.GraphModule, arg: fx.Node, value: torch.Tensor) -> fx.No
 
 
 def _bias(gm: fx.GraphModule, arg: object, columns: int) -> bool:
-    value = _constant(gm, arg)
+    value = constant_tensor(gm, arg)
     return value is not None and value.dtype == torch.float32 and value.shape == (columns,)
 
 

@@ -19,21 +19,14 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
-from ..nodes import fetch_attr
+from ..nodes import constant_tensor
 
 aten = torch.ops.aten
 
 
-def _float32_constant(gm: fx.GraphModule, arg: object, dims: int | None) -> bool:
-    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
-        return False
-    value = fetch_attr(gm, str(arg.target))
-    return (
-        isinstance(value, torch.Tensor)
-        and value.layout == torch.strided
-        and value.dtype == torch.float32
-        and (dims is None or value.dim() == dims)
-    )
+def _float32_constant(gm: fx.GraphModule, arg: object, dims: int) -> bool:
+    value = constant_tensor(gm, arg)
+    return value is not None and value.dtype == torch.float32 and value.dim() == dims
 
 
 def _rewritable(gm: fx.GraphModule, node: fx.Node) -> bool:
