@@ -58,15 +58,24 @@ at::Tensor activate(at::Tensor out, c10::string_view activation, at::ArrayRef<do
   return out;
 }
 
+// ATen's convolution and the activation (arguments checked)
+at::Tensor aten_convolution(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            c10::string_view activation, at::ArrayRef<double> args) {
+  at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation,
+                                   /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
+  return activate(out, activation, args);
+}
+
 at::Tensor aten_conv2d(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        c10::string_view activation, at::ArrayRef<double> args) {
   check_arguments(input, weight, stride, padding, dilation, groups);
   check_activation(activation, args);
-  at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation,
-                                   /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
-  return activate(out, activation, args);
+  return aten_convolution(input, weight, bias, stride, padding, dilation, groups, activation,
+                          args);
 }
 
 // what a reordered weight depends on besides the weight: one key per geometry (PackingKey)
@@ -87,10 +96,10 @@ at::Tensor cpu_conv2d(const at::Tensor& input, const at::Tensor& weight,
                       c10::string_view activation, at::ArrayRef<double> args) {
   check_arguments(input, weight, stride, padding, dilation, groups);
   check_activation(activation, args);
-  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
-  if (!onednn::usable() || !f32(input) || !f32(weight) || (bias && !f32(*bias)) ||
-      weight.is_inference() || input.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
-    return aten_conv2d(input, weight, bias, stride, padding, dilation, groups, activation, args);
+  if (!onednn::takes(input, weight, bias) ||
+      input.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
+    return aten_convolution(input, weight, bias, stride, padding, dilation, groups, activation,
+                            args);
   }
   static const c10::OperatorHandle reorder = onednn::op("mkldnn::_reorder_convolution_weight");
   static const c10::OperatorHandle convolve = onednn::op("mkldnn::_convolution_pointwise");

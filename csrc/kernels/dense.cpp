@@ -53,21 +53,23 @@ std::vector<int64_t> output_shape(const at::Tensor& input, const at::Tensor& wei
   return shape;
 }
 
-at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias) {
-  check_arguments(input, weight, bias);
+// ATen's product (arguments checked)
+at::Tensor aten_product(const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
   const at::Tensor rows = input.reshape({-1, weight.size(0)});
   const at::Tensor out = bias ? at::addmm(*bias, rows, weight) : at::mm(rows, weight);
   return out.view(output_shape(input, weight));
 }
 
+at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias) {
+  check_arguments(input, weight, bias);
+  return aten_product(input, weight, bias);
+}
+
 bool onednn_pays(const at::Tensor& input, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias) {
-  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
-  if (!onednn::usable() || !f32(input) || !f32(weight) || (bias && !f32(*bias)) ||
-      weight.is_inference()) {
-    return false;
-  }
+  if (!onednn::takes(input, weight, bias)) return false;
   const int64_t work = input.numel() * weight.size(1);  // M * K * N
   return work >= kOneDnnMinWork * at::get_num_threads();
 }
@@ -84,7 +86,7 @@ constexpr char kOneDnnPacking = 0;
 at::Tensor cpu_dense(const at::Tensor& input, const at::Tensor& weight,
                      const std::optional<at::Tensor>& bias) {
   check_arguments(input, weight, bias);
-  if (!onednn_pays(input, weight, bias)) return aten_dense(input, weight, bias);
+  if (!onednn_pays(input, weight, bias)) return aten_product(input, weight, bias);
   static const c10::OperatorHandle product = onednn::op("mkldnn::_linear_pointwise");
   const at::Tensor packed = packed_weight(weight, PackingKey{&kOneDnnPacking, 0}, onednn_weight);
   return onednn::call(product, {input.contiguous(), packed,

@@ -2,8 +2,6 @@
 
 #include <ATen/Config.h>
 
-#include <optional>
-
 namespace chrion::onednn {
 
 bool usable() {
@@ -12,6 +10,12 @@ bool usable() {
 #else
   return false;
 #endif
+}
+
+bool takes(const at::Tensor& input, const at::Tensor& weight,
+           const std::optional<at::Tensor>& bias) {
+  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
+  return usable() && f32(input) && f32(weight) && (!bias || f32(*bias)) && !weight.is_inference();
 }
 
 c10::OperatorHandle op(const char* name) {

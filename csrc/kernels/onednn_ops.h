@@ -6,11 +6,19 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
+
 namespace chrion::onednn {
 
 /// Whether ATen was built with oneDNN and the user has not turned it off
 /// (torch.backends.mkldnn.enabled).
 bool usable();
+
+/// Whether a product of these operands can take oneDNN against a cached reordered weight:
+/// oneDNN usable, every operand float32, and a weight that is no inference tensor (it has a
+/// version counter for the cache to key on, Note [Packed weights follow the model]).
+bool takes(const at::Tensor& input, const at::Tensor& weight,
+           const std::optional<at::Tensor>& bias);
 
 /// The operator `name` ("mkldnn::_linear_pointwise"); throws if ATen lacks it.
 c10::OperatorHandle op(const char* name);
