@@ -151,3 +151,22 @@ def test_a_language_model_head_runs_as_one_dense_product_equal_to_onnxruntime(tm
         out = chrion(tokens)
         torch.testing.assert_close(out, model(tokens), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out, _onnxruntime(path, tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_a_gemm_layer_runs_as_a_dense_product_on_two_lanes_equal_to_onnxruntime(tmp_path):
+    """nn.Linear on a 2-D input exports as ONNX Gemm(transB=1): the converted graph reads the
+    weight through a transpose, which becomes the dense node's own weight attribute. With two
+    CPU lanes the profiler times nodes side by side on a copy of the graph, which once refused
+    that attribute (a view of a parameter that requires grad cannot be deep-copied)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Tanh()).eval()
+    x = torch.randn(3, 256)
+    path = tmp_path / "gemm.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    chrion = torch_chrion.load_onnx(path, example_inputs=(x,), devices=["cpu:0", "cpu:1"])
+    graph = chrion.captured_graph()
+    assert [n for n in graph.graph.nodes if n.target is torch.ops.chrion.dense.default]
+    with torch.no_grad():
+        out = chrion(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, _onnxruntime(path, x), rtol=1e-5, atol=1e-5)

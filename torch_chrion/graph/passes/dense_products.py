@@ -41,7 +41,10 @@ def _transposed_constant(gm: fx.GraphModule, arg: object) -> torch.Tensor | None
     )
     swaps = swaps or (arg.target is aten.permute.default and list(arg.args[1]) in ([1, 0], [-1, 0]))
     value = constant_tensor(gm, arg.args[0]) if swaps else None
-    return value.t() if value is not None and value.dim() == 2 else None
+    # detached: a view of a parameter that requires grad is no leaf, and the profiler's copy of
+    # the graph (copy.deepcopy) refuses non-leaf tensors; the view still shares the parameter's
+    # version counter, which the kernel's packed weight follows
+    return value.detach().t() if value is not None and value.dim() == 2 else None
 
 
 def _weight(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
