@@ -2,37 +2,39 @@
 // a constant weight (graph/passes/dense_products.py makes these from aten.mm / addmm nodes).
 //
 // Note [CPU dense products]
-// ATen multiplies float32 matrices on the CPU with MKL's sgemm, which on the AMD EPYC (Zen 4)
-// benchmark VM runs large products well below oneDNN's inner product against a weight reordered
-// once into oneDNN's blocked layout. Two threads, a 140x512x10000 vocabulary projection: addmm
-// 10.3-12.0 ms, oneDNN with the reordered weight 6.8-7.2 ms (onnxruntime's MatMul+Add 7.7 ms);
-// 64x1024x1024: 0.87 against 0.62 ms. Below a few million multiply-adds oneDNN's fixed cost per
-// call (15-25 us) loses: 1x512x500 took 24 us in addmm and 29-33 in oneDNN; one thread needs
-// about twice the work of two before oneDNN wins (bench figures: scratch runs of
-// `mkldnn._linear_pointwise` against `addmm`, recorded in the #15 notes). So the CPU kernel
-// takes oneDNN from kOneDnnMinWork multiply-adds per thread, per call (a graph with symbolic
-// lengths sees every size), and ATen below, where the results differ by rounding only (each sum
-// in another order). The reordered weight is cached per weight tensor and follows in-place
-// writes (Note [Packed weights follow the model] in packed_weights.h); an inference-tensor
-// weight, which has no version counter to key that cache on, stays with ATen. Every other
-// device and dtype runs addmm / mm (cuBLAS on CUDA).
+// ATen multiplies float32 matrices on the CPU with MKL, which on the AMD EPYC (Zen 4) benchmark
+// VM runs its generic code ("def" kernels): a 1x512x500 product (a decoder step's output
+// layer) took 23 us where streaming its 1 MB weight takes about 10. So on CPU the product runs
+// the recurrent kernels' input projection (Note [CPU recurrent kernel] in recurrent_cpu.h): the
+// weight packed once into panels of one-gate blocks (cached per weight tensor and following
+// in-place writes, Note [Packed weights follow the model] in packed_weights.h), each panel
+// streamed once per chunk of up to 48 input rows, the bias added on the way out. Microseconds
+// on this VM, two threads, MxKxN: addmm / oneDNN against a once-reordered weight (this kernel
+// before) / panels: 1x512x500 23 / 25 / 11; 8x512x500 70 / 54 / 29; 1x1024x1024 73 / 53 / 29;
+// 64x1024x1024 1295 / 643 / 612; 128x512x10000 (a vocabulary projection) 10857 / 6509 / 6354;
+// 1024x512x500 2608 / 2428 / 2442. One thread: 1x512x10000 1675 / 651 / 345; 256x512x10000
+// 29166 / 23748 / 25936 (oneDNN's one win, 9%). Tiles (a chunk of rows times a block of
+// outputs) are shared out over the threads, so a narrow weight of many rows uses every thread
+// too; a tile is computed alike by any thread, so results do not depend on the thread count.
+// They differ from ATen's by rounding only (each sum in another order). An inference-tensor
+// weight (no version counter to key the cache on) would be packed on every call, so it stays
+// with ATen, as does every other device and dtype (cuBLAS on CUDA).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
-#include <string>
 #include <vector>
 
-#include "onednn_ops.h"
 #include "packed_weights.h"
+#include "recurrent_cpu.h"
 
 namespace chrion {
 namespace {
 
-// multiply-adds per thread from which oneDNN's reordered-weight product beats MKL here
-constexpr int64_t kOneDnnMinWork = int64_t{1} << 23;
+using recurrent::CpuKernels;
 
 void check_arguments(const at::Tensor& input, const at::Tensor& weight,
                      const std::optional<at::Tensor>& bias) {
@@ -67,31 +69,92 @@ at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
   return aten_product(input, weight, bias);
 }
 
-bool onednn_pays(const at::Tensor& input, const at::Tensor& weight,
+bool panels_take(const at::Tensor& input, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias) {
-  if (!onednn::takes(input, weight, bias)) return false;
-  const int64_t work = input.numel() * weight.size(1);  // M * K * N
-  return work >= kOneDnnMinWork * at::get_num_threads();
+  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
+  if (!f32(input) || !f32(weight) || (bias && !f32(*bias)) || weight.is_inference()) return false;
+  // Panels pad the outputs to whole blocks (64 floats with AVX-512): 96 outputs compute 128.
+  // Beyond one chunk of rows that work shows (1024x1024x96: 1327 us, addmm 1093); within one,
+  // streaming the weight is the cost and panels still win (8x1024x96: 15 us, addmm 38).
+  const int64_t units = recurrent::cpu_kernels().block_units(1);
+  const int64_t outputs = weight.size(1);
+  const int64_t padded = (outputs + units - 1) / units * units;
+  const int64_t rows = weight.size(0) == 0 ? 0 : input.numel() / weight.size(0);
+  return 4 * padded <= 5 * outputs || rows <= recurrent::kChunkRows;
 }
 
-// `weight` [K, N] as oneDNN's reordered [N, K] inner-product weight (for any batch size)
-at::Tensor onednn_weight(const at::Tensor& weight) {
-  static const c10::OperatorHandle reorder = onednn::op("mkldnn::_reorder_linear_weight");
-  return onednn::call(reorder, {weight.t().contiguous(), c10::IValue()});
+// `weight` [K, N] packed as the recurrent kernels pack a one-gate layer weight [N, K]
+at::Tensor panel_weight(const at::Tensor& weight) {
+  const CpuKernels& kernels = recurrent::cpu_kernels();
+  const at::Tensor w = weight.t().contiguous();
+  const int64_t outputs = weight.size(1);
+  const int64_t features = weight.size(0);
+  at::Tensor packed = at::empty({kernels.packed_size(1, outputs, features)}, w.options());
+  kernels.pack(w.const_data_ptr<float>(), 1, outputs, features, packed.data_ptr<float>());
+  return packed;
 }
 
-// any address names the packing (PackingKey)
-constexpr char kOneDnnPacking = 0;
+// A thread's tiles cost at least this many bytes of weight streamed (a multiply-add counted as
+// 2 bytes: about this CPU's ratio of cache bandwidth to multiply-add rate), so that a small
+// product is not cut into parts that cost less than waking a thread.
+constexpr int64_t kBytesPerThread = int64_t{256} << 10;
+
+at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias) {
+  const CpuKernels& kernels = recurrent::cpu_kernels();
+  // the recurrent kernels key their packings by gate count, never -1
+  const at::Tensor packed = packed_weight(weight, PackingKey{&kernels, -1}, panel_weight);
+  const int64_t features = weight.size(0);
+  const int64_t outputs = weight.size(1);
+  const at::Tensor x = input.reshape({-1, features}).contiguous();
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({x.size(0), outputs}, x.options());
+  const int64_t rows = x.size(0);
+  if (rows == 0 || outputs == 0) return out.view(output_shape(input, weight));
+
+  recurrent::Projection p{};
+  p.cell = recurrent::Cell::rnn_tanh;  // one gate; the projection applies no activation
+  p.steps = rows;                      // a row per step, batch 1
+  p.batch = 1;
+  // chunks of equal rows (100 rows: 34, 34, 32), each at most kChunkRows, so tiles cost alike
+  const int64_t chunks = (rows + recurrent::kChunkRows - 1) / recurrent::kChunkRows;
+  p.chunk = (rows + chunks - 1) / chunks;
+  p.features = features;
+  p.hidden = outputs;
+  p.x = x.const_data_ptr<float>();
+  p.x_t = features;
+  p.x_b = 0;
+  p.reverse = false;
+  p.packed = packed.const_data_ptr<float>();
+  p.bias_ih = bias ? b.const_data_ptr<float>() : nullptr;
+  p.bias_hh = nullptr;
+
+  // tiles: a chunk of rows (tile / blocks) times a block of outputs (tile % blocks)
+  const int64_t units = kernels.block_units(1);
+  const int64_t blocks = (outputs + units - 1) / units;
+  const int64_t tile_cost =
+      std::max(features * units * int64_t{4}, 2 * p.chunk * features * units);
+  const int64_t grain = std::max<int64_t>(1, kBytesPerThread / tile_cost);
+  float* gates = out.data_ptr<float>();
+  at::parallel_for(0, chunks * blocks, grain, [&](int64_t begin, int64_t end) {
+    recurrent::Projection part = p;
+    for (int64_t tile = begin; tile < end;) {
+      const int64_t chunk = tile / blocks;
+      const int64_t first = tile % blocks;
+      const int64_t last = std::min(blocks, first + (end - tile));
+      part.gates = gates + chunk * p.chunk * outputs;  // gates rows count from the chunk's
+      kernels.project(part, chunk * p.chunk, first, last);
+      tile += last - first;
+    }
+  });
+  return out.view(output_shape(input, weight));
+}
 
 at::Tensor cpu_dense(const at::Tensor& input, const at::Tensor& weight,
                      const std::optional<at::Tensor>& bias) {
   check_arguments(input, weight, bias);
-  if (!onednn_pays(input, weight, bias)) return aten_product(input, weight, bias);
-  static const c10::OperatorHandle product = onednn::op("mkldnn::_linear_pointwise");
-  const at::Tensor packed = packed_weight(weight, PackingKey{&kOneDnnPacking, 0}, onednn_weight);
-  return onednn::call(product, {input.contiguous(), packed,
-                                bias ? c10::IValue(bias->contiguous()) : c10::IValue(),
-                                std::string("none"), onednn::no_scalars(), c10::IValue()});
+  if (!panels_take(input, weight, bias)) return aten_product(input, weight, bias);
+  return panel_product(input, weight, bias);
 }
 
 }  // namespace

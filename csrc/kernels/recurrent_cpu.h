@@ -70,8 +70,9 @@ struct Projection {
   int64_t x_t, x_b;
   bool reverse;         ///< step k is t = T-1-k
   const float* packed;  ///< W_ih packed by `pack` for this instruction set
-  /// b_ih and b_hh [G*H], or null (no biases). GRU: b_hh's n part is left out (the time loop
-  /// applies it inside r * (W_hn h + b_hn)).
+  /// b_ih and b_hh [G*H], or null (no biases; b_hh alone null: one bias, as chrion::dense
+  /// passes). GRU: b_hh's n part is left out (the time loop applies it inside
+  /// r * (W_hn h + b_hn)).
   const float* bias_ih;
   const float* bias_hh;
   float* gates;  ///< [chunk*B, G*H] out

@@ -624,7 +624,9 @@ inline void project_rows(const Projection& p, const float* panel, int64_t first_
       if (p.bias_ih != nullptr) {
         bias = load(p.bias_ih + at, valid);
         // GRU: b_hn is applied by the time loop, inside r * (W_hn h + b_hn)
-        if (!(p.cell == Cell::gru && g == 2)) bias = bias + load(p.bias_hh + at, valid);
+        if (p.bias_hh != nullptr && !(p.cell == Cell::gru && g == 2)) {
+          bias = bias + load(p.bias_hh + at, valid);
+        }
       }
       for (int r = 0; r < R; ++r) {
         store(acc[r][g * S + v] + bias, p.gates + (row + r) * G * H + at, valid);

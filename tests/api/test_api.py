@@ -131,8 +131,8 @@ def test_missing_file_is_a_model_error(tmp_path):
 
 def test_a_language_model_head_runs_as_one_dense_product_equal_to_onnxruntime(tmp_path):
     """The vocabulary projection (ONNX MatMul + Add against initializers) becomes one
-    chrion::dense node with its bias, large enough for the CPU kernel's oneDNN path
-    (tests/kernels/test_dense.py), and the model still equals onnxruntime and eager."""
+    chrion::dense node with its bias, which the CPU kernel runs against its packed panels
+    (tests/kernels/test_packed_products.py), and the model still equals onnxruntime and eager."""
     from models import LSTMLanguageModel
 
     torch.manual_seed(0)

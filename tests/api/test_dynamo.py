@@ -204,8 +204,8 @@ class RecurrentWithWideHead(nn.Module):
 
 
 def test_a_linear_head_compiles_to_a_dense_product_equal_to_eager():
-    """nn.Linear (aten.addmm of a transposed parameter) becomes one chrion::dense node, large
-    enough for the CPU kernel's oneDNN path (tests/kernels/test_dense.py)."""
+    """nn.Linear (aten.addmm of a transposed parameter) becomes one chrion::dense node, which
+    the CPU kernel runs against its packed panels (tests/kernels/test_packed_products.py)."""
     import torch_chrion.dynamo as chrion_dynamo
 
     torch.manual_seed(0)

@@ -1,8 +1,9 @@
 """chrion::dense and chrion::conv2d (csrc/kernels/dense.cpp, convolution.cpp): equal to aten's
-product / convolution in float64 to float32 rounding, on both of their CPU paths (ATen, and
-oneDNN with the weight reordered once: dense above a size, conv2d for channels-last input); the
-reordered weight follows in-place writes and rebinding; bad shapes are errors naming the
-argument."""
+product / convolution in float64 to float32 rounding, on each of their CPU paths (dense: the
+recurrent kernels' panels, the weight packed once, with rows and output blocks split over the
+threads, or ATen; conv2d: oneDNN with the weight reordered once for channels-last input, or
+ATen); the packed weight follows in-place writes and rebinding; bad shapes are errors naming
+the argument."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from torch_chrion._extension import load
 from torch_chrion.ops import ensure_loaded
 
-# multiply-adds per thread from which the CPU kernel takes oneDNN (kOneDnnMinWork in dense.cpp)
-ONEDNN_MIN_WORK = 1 << 23
+# input rows of one pass over the weight's panels (recurrent::kChunkRows)
+CHUNK_ROWS = 48
 
 
 def dense(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -36,55 +37,71 @@ def assert_rounding_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b) 
     torch.testing.assert_close(aten, expected, rtol=1e-5, atol=atol)
 
 
-def onednn_rows(k: int, n: int) -> int:
-    """Rows enough for the oneDNN path at this process's thread count, with a margin."""
-    return 2 * -(-ONEDNN_MIN_WORK * torch.get_num_threads() // (k * n))
-
-
 def packed(w: torch.Tensor) -> bool:
     return load("kernels").packed_weights_hold(w)
 
 
-# the input's leading shape, given the rows the oneDNN path needs
+# the input's leading shape: one row, a few, several passes over the panels in chunks of equal
+# rows (100 rows: 34, 34, 32) that the threads share with the output blocks, none
 SHAPES = {
-    "1d-aten": lambda rows: (),
-    "2d-aten": lambda rows: (3,),
-    "3d-aten": lambda rows: (2, 5),
-    "2d-onednn": lambda rows: (rows,),
-    "3d-onednn": lambda rows: (2, rows),
+    "1d": (),
+    "one-row": (1,),
+    "3d": (2, 5),
+    "chunks": (2 * CHUNK_ROWS + 4,),
+    "3d-chunks": (3, 50),
+    "empty": (0,),
 }
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("outputs", [384, 500, 40], ids=["blocks", "ragged", "one-block"])
 @pytest.mark.parametrize("case", list(SHAPES))
-def test_dense_equals_the_product_on_both_paths(bias, case):
+def test_dense_equals_the_product(bias, outputs, case):
     torch.manual_seed(0)
-    k, n = 256, 384
-    lead = SHAPES[case](onednn_rows(k, n))
+    k = 256
+    lead = SHAPES[case]
     x = torch.randn(*lead, k)
-    w = torch.randn(k, n)
-    b = torch.randn(n) if bias else None
+    w = torch.randn(k, outputs)
+    b = torch.randn(outputs) if bias else None
     y = dense(x, w, b)
-    assert y.shape == (*lead, n)
+    assert y.shape == (*lead, outputs)
     assert_rounding_close(y, x, w, b)
-    assert packed(w) == case.endswith("onednn")  # the path the size asked for ran
+    # the panels ran: always within a chunk of rows; beyond one, only where padding the
+    # outputs to whole blocks adds at most a quarter (40 outputs pad to 64: ATen)
+    rows = x.numel() // k
+    assert packed(w) == (rows <= CHUNK_ROWS or outputs != 40)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_dense_does_not_depend_on_the_thread_count(threads):
+    torch.manual_seed(4)
+    x, w, b = torch.randn(2 * CHUNK_ROWS + 7, 320), torch.randn(320, 700), torch.randn(700)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = dense(x, w, b)
+        torch.set_num_threads(threads)
+        shared = dense(x, w, b)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(alone, shared)  # a tile is computed alike whichever thread runs it
+    assert_rounding_close(shared, x, w, b)
 
 
 def test_a_strided_input_and_a_transposed_weight():
     torch.manual_seed(1)
     k, n = 256, 512
-    rows = onednn_rows(k, n)
-    x = torch.randn(rows, 2 * k)[:, ::2]  # every other column
+    x = torch.randn(CHUNK_ROWS + 3, 2 * k)[:, ::2]  # every other column
     w = torch.randn(n, k).t()  # nn.Linear's weight as torch.compile folds its transpose
     b = torch.randn(n)
     assert_rounding_close(dense(x, w, b), x, w, b)
     assert packed(w)
 
 
-def test_the_reordered_weight_follows_in_place_writes_and_rebinding():
+def test_the_packed_weight_follows_in_place_writes_and_rebinding():
     torch.manual_seed(2)
     k, n = 256, 512
-    x = torch.randn(onednn_rows(k, n), k)
+    x = torch.randn(7, k)
     layer = torch.nn.Parameter(torch.randn(k, n), requires_grad=False)
     first = dense(x, layer, None)
     assert packed(layer)
@@ -103,10 +120,10 @@ def test_an_inference_tensor_weight_takes_aten_and_stays_exact():
     torch.manual_seed(3)
     k, n = 256, 512
     with torch.inference_mode():
-        x, w = torch.randn(onednn_rows(k, n), k), torch.randn(k, n)
+        x, w = torch.randn(7, k), torch.randn(k, n)
         y = dense(x, w, None)
     assert_rounding_close(y, x, w, None)
-    assert not packed(w)  # nothing to key a cached reordering on
+    assert not packed(w)  # nothing to key a cached packing on
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Fake (shape-only) kernels of chrion::dense and chrion::conv2d, products against a constant
-weight that the CPU kernels run in oneDNN with the weight reordered once (csrc/kernels/dense.cpp,
-convolution.cpp).
+weight that the CPU kernels run against the weight packed once (dense: the recurrent kernels'
+panels, csrc/kernels/dense.cpp; conv2d: oneDNN's reordered layout, convolution.cpp).
 
 Schemas:
 
