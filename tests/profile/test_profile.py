@@ -14,6 +14,7 @@ from torch_chrion.errors import ChrionError, OptionError, PlanError
 from torch_chrion.graph import capture, graph_hash
 from torch_chrion.graph.nodes import schedulable_nodes
 from torch_chrion.profile import Profile, profile_graph
+from torch_chrion.profile import cache as cache_module
 from torch_chrion.profile import cpu as cpu_module
 from torch_chrion.profile import profiler as profiler_module
 from torch_chrion.profile import progress as progress_module
@@ -89,6 +90,21 @@ def test_second_profile_of_same_graph_and_shapes_measures_nothing(
     longer = model.example_inputs(seq=12)
     profile_graph(capture(model, longer), longer, ["cpu"], settings=FAST, cache_dir=tmp_path)
     assert len(count_timed_calls) > measured
+
+
+def test_a_profile_cached_with_other_kernels_is_measured_again(
+    captured, tmp_path, count_timed_calls, monkeypatch
+):
+    """A profile costs the code that ran: after an upgrade or an edited kernel (other sources
+    of the compiled extensions) the cached one is not reused, and both stay on disk."""
+    gm, inputs = captured
+    monkeypatch.setattr(cpu_module, "stale_nodes", lambda cached, now: [])
+    profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    count_timed_calls.clear()
+    monkeypatch.setattr(cache_module, "built_from", lambda: ["t_other_kernels", "t_executor"])
+    profile_graph(gm, inputs, ["cpu"], settings=FAST, cache_dir=tmp_path)
+    assert [repeats for _, repeats in count_timed_calls] == [FAST.profile_repeats]
+    assert len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_a_cached_profile_measured_under_load_is_measured_again(

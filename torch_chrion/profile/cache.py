@@ -1,9 +1,9 @@
 """On-disk cache of per-device profiles.
 
-One JSON file per (graph hash, input shapes and dtypes, device name, torch version): the
-measurements of one physical device (all CPU lanes of one thread count share one), so a graph
-profiled once on CPU reuses that CPU profile when a GPU lane is added, and a second load of the
-same model and shapes measures nothing.
+One JSON file per (graph hash, input shapes and dtypes, device name, torch version, the
+kernels' and executor's sources): the measurements of one physical device (all CPU lanes of one
+thread count share one), so a graph profiled once on CPU reuses that CPU profile when a GPU lane
+is added, and a second load of the same model and shapes measures nothing.
 
 An entry is used only when it is fully valid for what it is looked up for (schema and types,
 every node of the graph, a finite cost on a CPU, the device's name, graph hash, shapes and torch
@@ -14,12 +14,14 @@ treated as missing: measured again and overwritten. A cache can slow a start, ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 from pathlib import Path
 
+from .._extension import load
 from ..errors import PlanError
 from .profile import Profile
 
@@ -32,8 +34,18 @@ METHOD_VERSION = 5  # 5: wide costs timed on the second of two back-to-back runs
 
 def cache_key(graph_hash: str, input_signature: list, device_name: str, torch_version: str) -> str:
     """File name of a device profile in the cache."""
-    text = json.dumps([graph_hash, input_signature, device_name, torch_version, METHOD_VERSION])
+    text = json.dumps(
+        [graph_hash, input_signature, device_name, torch_version, METHOD_VERSION, built_from()]
+    )
     return f"{graph_hash}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+
+@functools.cache
+def built_from() -> list[str]:
+    """The source hashes of the kernels and the executor that run the nodes: a profile measured
+    with other code (an upgraded torch_chrion, an edited kernel) costs other code, so it is
+    another cache entry, not reused."""
+    return [load(name).build_info()["source_hash"] for name in ("kernels", "executor")]
 
 
 @dataclasses.dataclass(frozen=True)
