@@ -22,6 +22,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -117,8 +118,9 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
   p.steps = rows;                      // a row per step, batch 1
   p.batch = 1;
   // chunks of equal rows (100 rows: 34, 34, 32), each at most kChunkRows, so tiles cost alike
-  const int64_t chunks = (rows + recurrent::kChunkRows - 1) / recurrent::kChunkRows;
-  p.chunk = (rows + chunks - 1) / chunks;
+  const int64_t passes = (rows + recurrent::kChunkRows - 1) / recurrent::kChunkRows;
+  p.chunk = (rows + passes - 1) / passes;
+  const int64_t chunks = (rows + p.chunk - 1) / p.chunk;
   p.features = features;
   p.hidden = outputs;
   p.x = x.const_data_ptr<float>();
@@ -136,7 +138,7 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
       std::max(features * units * int64_t{4}, 2 * p.chunk * features * units);
   const int64_t grain = std::max<int64_t>(1, kBytesPerThread / tile_cost);
   float* gates = out.data_ptr<float>();
-  at::parallel_for(0, chunks * blocks, grain, [&](int64_t begin, int64_t end) {
+  const auto run = [&](int64_t begin, int64_t end) {
     recurrent::Projection part = p;
     for (int64_t tile = begin; tile < end;) {
       const int64_t chunk = tile / blocks;
@@ -146,7 +148,26 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
       kernels.project(part, chunk * p.chunk, first, last);
       tile += last - first;
     }
-  });
+  };
+  const int64_t tiles = chunks * blocks;
+  const int threads = static_cast<int>(
+      std::min<int64_t>(at::get_num_threads(), (tiles + grain - 1) / grain));
+  if (threads <= 1) {
+    run(0, tiles);
+  } else {
+    // The caller's OpenMP team, as the recurrent kernels use it (Note [Recurrent threads are the
+    // caller's team] in recurrent_schedule.cpp); not at::parallel_for, whose first call on a
+    // thread in this library resets that thread's count to the process default (its lazy
+    // initialisation keeps a flag per library): a lane of one thread ran its dense products on
+    // two, beside the other lane. A team smaller than asked (a nested region) splits the same
+    // tiles.
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t team = omp_get_num_threads();
+      const int64_t rank = omp_get_thread_num();
+      run(tiles * rank / team, tiles * (rank + 1) / team);
+    }
+  }
   return out.view(output_shape(input, weight));
 }
 

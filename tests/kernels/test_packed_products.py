@@ -7,6 +7,8 @@ the argument."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -86,6 +88,38 @@ def test_dense_does_not_depend_on_the_thread_count(threads):
         torch.set_num_threads(before)
     assert torch.equal(alone, shared)  # a tile is computed alike whichever thread runs it
     assert_rounding_close(shared, x, w, b)
+
+
+def test_dense_keeps_a_thread_of_one_intra_op_thread_at_one():
+    """A lane thread sets one intra-op thread, then its creator puts the process default back
+    (csrc/executor/lane.cpp): the product stays on one thread, and the count is still one
+    afterwards (at::parallel_for, called from this extension, once reset a thread's count to
+    the process default on its first call, and the lane's next products ran on two)."""
+    torch.manual_seed(5)
+    x, w = torch.randn(CHUNK_ROWS + 1, 512), torch.randn(512, 1024)
+    counts: list[int] = []
+    lane_set, default_back = threading.Event(), threading.Event()
+
+    def lane() -> None:
+        torch.get_num_threads()  # ATen's lazy start-up first, as Lane::main does
+        torch.set_num_threads(1)
+        lane_set.set()
+        default_back.wait()
+        for _ in range(2):
+            dense(x, w, None)
+            counts.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=lane)
+    thread.start()
+    try:
+        lane_set.wait()
+        torch.set_num_threads(2)  # the process default, as the lane's creator restores it
+        default_back.set()
+        thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert counts == [1, 1]
 
 
 def test_a_strided_input_and_a_transposed_weight():
