@@ -8,17 +8,18 @@
 // the recurrent kernels' input projection (Note [CPU recurrent kernel] in recurrent_cpu.h): the
 // weight packed once into panels of one-gate blocks (cached per weight tensor and following
 // in-place writes, Note [Packed weights follow the model] in packed_weights.h), each panel
-// streamed once per chunk of up to 48 input rows, the bias added on the way out. Microseconds
-// on this VM, two threads, MxKxN: addmm / oneDNN against a once-reordered weight (this kernel
-// before) / panels: 1x512x500 23 / 25 / 11; 8x512x500 70 / 54 / 29; 1x1024x1024 73 / 53 / 29;
-// 64x1024x1024 1295 / 643 / 612; 128x512x10000 (a vocabulary projection) 10857 / 6509 / 6354;
-// 1024x512x500 2608 / 2428 / 2442. One thread: 1x512x10000 1675 / 651 / 345; 256x512x10000
-// 29166 / 23748 / 25936 (oneDNN's one win, 9%). Tiles (a chunk of rows times a block of
-// outputs) are shared out over the threads, so a narrow weight of many rows uses every thread
-// too; a tile is computed alike by any thread, so results do not depend on the thread count.
-// They differ from ATen's by rounding only (each sum in another order). An inference-tensor
-// weight (no version counter to key the cache on) would be packed on every call, so it stays
-// with ATen, as does every other device and dtype (cuBLAS on CUDA).
+// streamed once per chunk of up to 48 input rows, the bias added on the way out.
+// bench/dense.py, two threads, MxKxN, microseconds, addmm / oneDNN against a once-reordered
+// weight (what this kernel ran before for large products) / panels: 1x512x500 23 / 27 / 11;
+// 8x512x500 69 / 57 / 30; 1x1024x1024 87 / 52 / 30; 64x1024x1024 872 / 614 / 613;
+// 128x512x10000 (a vocabulary projection) 9891 / 6633 / 6822 (onnxruntime 6783); scratch runs
+// on one thread: 1x512x10000 1675 / 651 / 345, 256x512x10000 29166 / 23748 / 25936 (oneDNN's
+// one clear win, 9%). Tiles (a chunk of rows times a block of outputs) are shared out over the
+// threads by work, so a narrow weight of many rows uses every thread too; a tile is computed
+// alike by any thread, so results do not depend on the thread count. They differ from ATen's
+// by rounding only (each sum in another order). An inference-tensor weight (no version counter
+// to key the cache on) would be packed on every call, so it stays with ATen, as does every
+// other device and dtype (cuBLAS on CUDA).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -117,9 +118,9 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
   p.cell = recurrent::Cell::rnn_tanh;  // one gate; the projection applies no activation
   p.steps = rows;                      // a row per step, batch 1
   p.batch = 1;
-  // chunks of equal rows (100 rows: 34, 34, 32), each at most kChunkRows, so tiles cost alike
-  const int64_t passes = (rows + recurrent::kChunkRows - 1) / recurrent::kChunkRows;
-  p.chunk = (rows + passes - 1) / passes;
+  // chunks of kChunkRows (a multiple of the rows one panel pass takes: 43-row chunks, each
+  // ending in a one-row pass, ran a 128x512x10000 product 6-25% slower), the last one shorter
+  p.chunk = std::min(rows, recurrent::kChunkRows);
   const int64_t chunks = (rows + p.chunk - 1) / p.chunk;
   p.features = features;
   p.hidden = outputs;
@@ -150,6 +151,16 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
     }
   };
   const int64_t tiles = chunks * blocks;
+  // Threads get equal work, not equal tiles: a tile's work is its chunk's rows (100 rows as 48,
+  // 48 and 4 over two threads by tiles: 576 rows' worth against 224). `work` counts a row of a
+  // block as one; tile_at(u) is the first tile that starts at or after u of it.
+  const int64_t work = rows * blocks;
+  const auto tile_at = [&](int64_t u) {
+    const int64_t chunk = std::min(u / (p.chunk * blocks), chunks - 1);
+    const int64_t chunk_rows = std::min(p.chunk, rows - chunk * p.chunk);
+    const int64_t into = u - chunk * p.chunk * blocks;
+    return std::min(tiles, chunk * blocks + (into + chunk_rows - 1) / chunk_rows);
+  };
   const int threads = static_cast<int>(
       std::min<int64_t>(at::get_num_threads(), (tiles + grain - 1) / grain));
   if (threads <= 1) {
@@ -165,7 +176,7 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
     {
       const int64_t team = omp_get_num_threads();
       const int64_t rank = omp_get_thread_num();
-      run(tiles * rank / team, tiles * (rank + 1) / team);
+      run(tile_at(work * rank / team), tile_at(work * (rank + 1) / team));
     }
   }
   return out.view(output_shape(input, weight));
