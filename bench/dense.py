@@ -25,7 +25,6 @@ a narrow 96-output layer over many rows.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cpu_rnn import cpu_name  # noqa: E402
+from cpu_rnn import cpu_name, load_average  # noqa: E402
 
 from torch_chrion.bench_peers import Engine, time_engines  # noqa: E402
 from torch_chrion.ops import ensure_loaded  # noqa: E402
@@ -125,7 +124,6 @@ def main() -> None:
             lines.append(line)
             print(line, flush=True)
     if args.write:
-        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         text = [
             "# chrion::dense on CPU",
             "",
@@ -134,7 +132,7 @@ def main() -> None:
             f"{args.threads} intra-op threads (onnxruntime: its best of 1 and 2). Command: "
             f"`python bench/dense.py {' '.join(sys.argv[1:])}`; median microseconds of "
             f"{args.repeats} interleaved rounds of settled blocks; ratios are chrion dense / "
-            f"peer (< 1: chrion faster). Load average {load} at the end (a shared machine).",
+            f"peer (< 1: chrion faster). Load average {load_average()} at the end (a shared machine).",
             "",
             *lines,
             "",
