@@ -8,11 +8,12 @@
 // benchmark VM (AMD EPYC, Zen 4), the CRNN's convolutions took 8-25% less (64->128 channels on
 // 16x64: 780 -> 661 us; 256->256 on 4x32: 821 -> 610 us), its one-channel first layer half
 // (150 -> 71 us); an activation fused into the convolution saves its own pass over the output
-// (33-70 us for each ReLU there). So the CPU kernel takes oneDNN's pointwise convolution with the weight reordered
-// once per weight tensor (Note [Packed weights follow the model] in packed_weights.h) for a
-// float32 channels-last input, which channels_last_convolutions gives every constant-weight 2-D
-// convolution; any other input, dtype or device runs aten.convolution (and the activation), as does an
-// inference-tensor weight (no version counter to key the cache on). Results differ by rounding
+// (33-70 us for each ReLU there). So the CPU kernel takes oneDNN's pointwise convolution with
+// the weight reordered once per weight tensor (Note [Packed weights follow the model] in
+// packed_weights.h) for a float32 channels-last input, which channels_last_convolutions gives
+// every constant-weight 2-D convolution; any other input, dtype or device runs
+// aten.convolution (and the activation), as does an inference-tensor weight (no version
+// counter to key the cache on). Results differ by rounding
 // only (each sum in oneDNN's order for the layout); the output is channels-last, as ATen's is
 // for a channels-last input.
 
@@ -47,7 +48,8 @@ void check_activation(c10::string_view activation, at::ArrayRef<double> args) {
                      (activation == "leaky_relu" && args.size() == 1) ||
                      (activation == "hardtanh" && args.size() == 2);
   TORCH_CHECK_VALUE(known, "chrion::conv2d: unknown activation '", activation, "' with ",
-                    args.size(), " arguments (none, relu, leaky_relu [slope], hardtanh [min, max])");
+                    args.size(),
+                    " arguments (none, relu, leaky_relu [slope], hardtanh [min, max])");
 }
 
 // the activation (check_activation) applied in place to a convolution's fresh output

@@ -73,8 +73,7 @@ at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
 
 bool panels_take(const at::Tensor& input, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias) {
-  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
-  if (!f32(input) || !f32(weight) || (bias && !f32(*bias)) || weight.is_inference()) return false;
+  if (!packable_float32(input, weight, bias)) return false;
   // Panels pad the outputs to whole blocks (64 floats with AVX-512): 96 outputs compute 128.
   // Beyond one chunk of rows that work shows (1024x1024x96: 1327 us, addmm 1093); within one,
   // streaming the weight is the cost and panels still win (8x1024x96: 15 us, addmm 38).

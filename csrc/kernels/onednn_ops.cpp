@@ -2,6 +2,8 @@
 
 #include <ATen/Config.h>
 
+#include "packed_weights.h"
+
 namespace chrion::onednn {
 
 bool usable() {
@@ -14,8 +16,7 @@ bool usable() {
 
 bool takes(const at::Tensor& input, const at::Tensor& weight,
            const std::optional<at::Tensor>& bias) {
-  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
-  return usable() && f32(input) && f32(weight) && (!bias || f32(*bias)) && !weight.is_inference();
+  return usable() && packable_float32(input, weight, bias);
 }
 
 c10::OperatorHandle op(const char* name) {
@@ -26,7 +27,5 @@ at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack arguments) {
   op.callBoxed(arguments);
   return arguments.at(0).toTensor();
 }
-
-c10::IValue no_scalars() { return c10::List<std::optional<at::Scalar>>(); }
 
 }  // namespace chrion::onednn

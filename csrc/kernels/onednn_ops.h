@@ -1,6 +1,6 @@
-// ATen's oneDNN operators (mkldnn::_linear_pointwise, _convolution_pointwise and the weight
-// reorders they read), called through the dispatcher: torch's installed headers do not declare
-// them, and a boxed call needs no signature of ours to match theirs.
+// ATen's oneDNN operators (mkldnn::_convolution_pointwise and the weight reorder it reads),
+// called through the dispatcher: torch's installed headers do not declare them, and a boxed
+// call needs no signature of ours to match theirs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,19 +15,14 @@ namespace chrion::onednn {
 bool usable();
 
 /// Whether a product of these operands can take oneDNN against a cached reordered weight:
-/// oneDNN usable, every operand float32, and a weight that is no inference tensor (it has a
-/// version counter for the cache to key on, Note [Packed weights follow the model]).
+/// oneDNN usable, and `packable_float32` (packed_weights.h).
 bool takes(const at::Tensor& input, const at::Tensor& weight,
            const std::optional<at::Tensor>& bias);
 
-/// The operator `name` ("mkldnn::_linear_pointwise"); throws if ATen lacks it.
+/// The operator `name` ("mkldnn::_convolution_pointwise"); throws if ATen lacks it.
 c10::OperatorHandle op(const char* name);
 
 /// `op` called with `arguments`: its (first) returned tensor.
 at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack arguments);
-
-/// The empty `Scalar?[] scalars` argument of a pointwise op without a fused activation's
-/// parameters.
-c10::IValue no_scalars();
 
 }  // namespace chrion::onednn

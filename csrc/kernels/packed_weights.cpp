@@ -59,6 +59,12 @@ at::Tensor packed_weight(const at::Tensor& weight, PackingKey key,
   return packed;
 }
 
+bool packable_float32(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias) {
+  const auto f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
+  return f32(input) && f32(weight) && (!bias || f32(*bias)) && !weight.is_inference();
+}
+
 bool packed_weights_hold(const at::Tensor& weight) {
   if (weight.is_inference()) return false;
   std::lock_guard<std::mutex> lock(cache_mutex);

@@ -18,6 +18,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/FunctionRef.h>
 
+#include <optional>
+
 namespace chrion {
 
 /// What made a packed form: a packer (any address naming it) and its parameter (the gate count,
@@ -34,6 +36,12 @@ struct PackingKey {
 /// cached, unless `weight` is an inference tensor).
 at::Tensor packed_weight(const at::Tensor& weight, PackingKey key,
                          c10::function_ref<at::Tensor(const at::Tensor&)> pack);
+
+/// Whether a float32 product of these operands can run against a cached packed weight: every
+/// operand float32, and a weight that is no inference tensor (one has no version counter for
+/// the cache to key on, so it would be packed on every call).
+bool packable_float32(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias);
 
 /// Whether the cache holds a current packed form of `weight` (tests: chrion's kernel ran).
 bool packed_weights_hold(const at::Tensor& weight);

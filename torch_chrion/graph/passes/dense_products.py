@@ -59,7 +59,7 @@ def _weight(gm: fx.GraphModule, arg: object) -> torch.Tensor | None:
 
 def _weight_node(gm: fx.GraphModule, arg: fx.Node, value: torch.Tensor) -> fx.Node:
     """A get_attr node reading ``value``: ``arg`` itself, or a new attribute holding the
-    transposed view (one per weight: the CPU kernel caches its reordering per tensor)."""
+    transposed view (one per weight: the CPU kernel caches its packing per tensor)."""
     if arg.op == "get_attr":
         return arg
     target = PREFIX + str(arg.args[0].target).lstrip("_").replace(".", "_")
