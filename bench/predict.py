@@ -112,7 +112,7 @@ def replays(
     prof = next(iter(compiled._profiles.values()), None) or profile.profile_graph(
         gm, model_inputs, list(compiled.devices), settings=settings
     )
-    graph, names = schedule.task_graph_from(gm, prof, list(compiled.devices))
+    graph, names = schedule.task_graph_from(gm, prof, list(compiled.devices), every_wide_cost=True)
     plan = compiled.plan
     index = {name: k for k, name in enumerate(names)}
     placed = plan.schedule(graph, names)
@@ -194,6 +194,7 @@ def main() -> None:
         f" {costs.call_ms * 1e3:.2f} us per call, {costs.wake_ms * 1e3:.2f} us to wake a thread"
         f" parked after {costs.spin_ms * 1e3:.0f} us of polling,"
         f" {costs.caller_wake_ms * 1e3:.2f} us for a call that outlasts that polling,"
+        f" {costs.team_spin_ms:.2f} ms of polling by the caller's OpenMP team after a region,"
         f" {cores} for the lanes' threads;"
         " load average"
         f" {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.",

@@ -18,7 +18,6 @@ from torch_chrion.profile import cache as cache_module
 from torch_chrion.profile import cpu as cpu_module
 from torch_chrion.profile import profiler as profiler_module
 from torch_chrion.profile import progress as progress_module
-from torch_chrion.profile.assemble import WIDE_MIN_MS
 from torch_chrion.profile.cpu import RETIME_REPEATS, lowest_chunk_median, stale_nodes
 from torch_chrion.profile.transfer import fit_line
 from torch_chrion.settings import ChrionSettings
@@ -154,8 +153,8 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls, 
     # burst during the first measurement made it measure again: [6, 3])
     monkeypatch.setattr(cpu_module, "stale_nodes", lambda cached, now: [])
     profile = profile_graph(gm, inputs, ["cpu:0", "cpu:1"], settings=FAST, cache_dir=tmp_path)
-    # one measurement of 3 repeats for both lanes, its runs alternating with runs of the nodes
-    # worth it placed wide over both lanes
+    # one measurement of 3 repeats for both lanes, its runs alternating with runs of the
+    # nodes placed wide over both lanes
     assert [repeats for _, repeats in count_timed_calls] == [3]
     for costs in profile.node_ms.values():
         assert costs["cpu:0"] == costs["cpu:1"]
@@ -163,9 +162,9 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls, 
     assert profile.transfer_ms("cpu:0", "cpu:1", 10**9) == 0.0
     assert any("thread" in note for note in profile.notes)
     assert profile.wide_lanes == ["cpu:0", "cpu:1"]
-    # wide costs are kept for the nodes that cost enough on one lane, and only for them
-    worth = {n for n, c in profile.node_ms.items() if c["cpu:0"] >= WIDE_MIN_MS}
-    assert set(profile.wide_ms) == worth
+    # every node has a wide cost: the plan may place the whole graph wide (plan.wide_if_faster)
+    assert set(profile.wide_ms) == set(profile.node_ms)
+    assert all(math.isfinite(ms) and ms > 0 for ms in profile.wide_ms.values())
     # and every node paired (beside a copy of the graph on the other lane), in the same runs
     assert set(profile.paired_ms) == set(profile.node_ms)
     assert all(math.isfinite(ms) and ms > 0 for ms in profile.paired_ms.values())
@@ -175,7 +174,7 @@ def test_cpu_lanes_share_one_measurement(captured, tmp_path, count_timed_calls, 
     assert again == profile
 
 
-def test_only_nodes_worth_it_are_measured_wide_and_with_the_one_lane_runs(captured):
+def test_the_nodes_asked_for_are_measured_wide_with_the_one_lane_runs(captured):
     gm, inputs = captured
     nodes = schedulable_nodes(gm)
     lstm = [n.name for n in nodes if "lstm" in n.name]
@@ -188,11 +187,11 @@ def test_only_nodes_worth_it_are_measured_wide_and_with_the_one_lane_runs(captur
     assert set(wide.node_ms) == {n.name for n in nodes} and set(wide.wide_ms) == set(lstm)
     assert set(wide.paired_ms) == set(wide.node_ms)
     assert all(math.isfinite(ms) and ms > 0 for ms in wide.wide_ms.values())
-    # left to itself, it measures wide only what its warm-up finds worth it
-    chosen = cpu_module.measure_on_cpu_lane(
+    # left to itself, it measures every node wide
+    every = cpu_module.measure_on_cpu_lane(
         gm, inputs, nodes, 1, 1, 3, 3.0, "test", None, ["cpu:0", "cpu:1"]
     )
-    assert all(chosen.node_ms[name] >= WIDE_MIN_MS for name in chosen.wide_ms)
+    assert set(every.wide_ms) == {n.name for n in nodes}
 
 
 def test_a_cached_wide_cost_measured_under_load_is_measured_again(

@@ -9,7 +9,7 @@ import operator
 import numpy as np
 import pytest
 import torch
-from models import BatchFirstLSTM
+from models import BatchFirstLSTM, BiGRUWithState
 from schedule_checks import all_schedules, assert_valid
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -28,7 +28,9 @@ from torch_chrion.schedule import (
     solve,
     task_graph_from,
 )
+from torch_chrion.schedule.plan import WHOLE_WIDE_MAX_RATIO
 from torch_chrion.schedule.simulate import ExecutorCosts
+from torch_chrion.schedule.solve import schedule_placement, wide_everywhere
 from torch_chrion.settings import ChrionSettings
 
 LANES = ["cpu:0", "cpu:1"]
@@ -75,6 +77,31 @@ def test_the_simulator_charges_the_executor_costs_of_a_hold_as_worked_out_by_han
     assert sim.start == pytest.approx([t + 0.25 for t in expected_start])
     assert sim.finish == pytest.approx([t + 0.25 for t in expected_finish])
     assert sim.makespan == pytest.approx(10.3 + 0.25)
+
+
+def test_the_callers_team_polling_after_its_wide_task_slows_the_lanes_as_worked_out_by_hand():
+    # W (wide, 1 ms) feeds f on cpu:0 and r on cpu:1 (2 ms each); the caller runs W in its
+    # team, whose other thread polls for 1 ms after it, holding one of the two cores
+    graph = TaskGraph(
+        [[4, 4], [2, 2], [2, 2]],
+        {(0, 1): 0.0, (0, 2): 0.0},
+        devices=LANES,
+        wide_cost=[1.0, INF, INF],
+        wide_lanes=LANES,
+        names=["W", "f", "r"],
+    )
+    wide = graph.wide_option
+    schedule = Schedule([wide, 0, 1], [0.0] * 3, [0.0] * 3, [[0, 1], [0, 2]], 0.0)
+    polling = ExecutorCosts(inline_lanes=2, team_spin_ms=1.0)
+    # from 1 to 2 f and r share the one core left (half speed each: 0.5 ms of work done),
+    # then run at full speed for their last 1.5 ms
+    sim = simulate(graph, schedule, polling)
+    assert sim.start == [0.0, 1.0, 1.0]
+    assert sim.finish == pytest.approx([1.0, 3.5, 3.5])
+    # a team that sleeps at once leaves both cores to the lanes
+    assert simulate(graph, schedule, ExecutorCosts(inline_lanes=2)).finish == [1.0, 3.0, 3.0]
+    # nor does a wide task the caller does not run (its thread count is not the caller's)
+    assert simulate(graph, schedule, ExecutorCosts(team_spin_ms=1.0)).makespan == 3.0
 
 
 def test_a_wide_task_missing_from_a_lane_it_holds_is_refused():
@@ -251,9 +278,45 @@ def test_the_default_plan_places_each_layer_of_a_batch_1_recurrent_model_wide():
     # the prediction counts the hold's hand-offs and still gains most of the layers' saving
     saved = 2 * (0.44 - 0.30)
     assert narrow.predicted_ms - saved <= plan.predicted_ms < narrow.predicted_ms - saved / 2
-    # a wide cost within the profile's noise of the one-lane cost leaves the layers on a lane
-    close = make_plan(gm, RecurrentProfile(gm, 0.44, 0.40), settings, costs=CALIBRATED)
-    assert close.wide is None
+    # a wide cost within the profile's noise of the one-lane cost gives the search no wide
+    # option; with the executor's costs, the whole graph placed wide is weighed against the
+    # search's plan, and the plan is the faster replay of the two
+    close_profile = RecurrentProfile(gm, 0.44, 0.40)
+    searched = make_plan(gm, close_profile, settings)
+    assert searched.wide is None
+    every, _ = task_graph_from(gm, close_profile, every_wide_cost=True)
+    replays = [
+        simulate(every, searched.schedule(every, names), CALIBRATED).makespan,
+        simulate(every, schedule_placement(every, wide_everywhere(every)), CALIBRATED).makespan,
+    ]
+    close = make_plan(gm, close_profile, settings, costs=CALIBRATED)
+    whole = replays[1] <= WHOLE_WIDE_MAX_RATIO * replays[0]
+    assert (close.wide is not None) == whole
+    assert close.predicted_ms == pytest.approx(replays[1] if whole else replays[0])
+
+
+def test_the_whole_graph_runs_wide_where_its_lanes_would_slow_each_other_more():
+    torch.manual_seed(0)
+    model = BiGRUWithState(layers=1).eval()
+    gm = capture(model, model.example_inputs(seq=32, batch=1))
+    profile = RecurrentProfile(gm, layer_ms=0.1, wide_ms=0.06)
+    assert len(profile.layers) == 2  # the two directions, independent of each other
+    settings = ChrionSettings(devices=tuple(LANES))
+    # without the executor's costs, one direction per lane: 0.1 ms side by side, not 0.12 wide
+    ideal = make_plan(gm, profile, settings)
+    assert {ideal.placement[layer] for layer in profile.layers} == set(LANES)
+    assert ideal.wide is None
+    # side by side, each direction runs 1.5x its one-lane time (shared caches and memory):
+    # 0.15 ms on the lanes, where the whole graph wide takes 0.12 and no hand-off
+    profile.paired_ms = {name: 1.5 * ms["cpu:0"] for name, ms in profile.node_ms.items()}
+    plan = make_plan(gm, profile, settings, costs=CALIBRATED)
+    assert plan.wide == {name: LANES for name in plan.order}
+    graph, names = task_graph_from(gm, profile, every_wide_cost=True)
+    on_lanes = simulate(graph, ideal.schedule(graph, names), CALIBRATED).makespan
+    assert plan.predicted_ms <= WHOLE_WIDE_MAX_RATIO * on_lanes
+    assert plan.predicted_ms == pytest.approx(
+        simulate(graph, plan.schedule(graph, names), CALIBRATED).makespan
+    )
 
 
 def test_paired_costs_give_each_task_its_slowdown_over_its_one_lane_cost():

@@ -14,10 +14,6 @@ from .profile import Profile
 # the key of the wide CPU measurement among the per-device profiles (its profile is of "cpu";
 # inf for the nodes not measured wide)
 WIDE_GROUP = "cpu@wide"
-# a node costs at least this on one lane for its wide cost to be kept: below it, what threads
-# could save is within the noise of a shared machine's profile, and handing the step to the wide
-# lane and holding the others (tens of microseconds under load) eats it
-WIDE_MIN_MS = 0.25
 
 
 def device_of(group: str) -> str:
@@ -59,18 +55,15 @@ def assemble(
     profile = Profile(lanes, device_names, node_ms, transfer, ghash, shapes, version, notes)
     if WIDE_GROUP in device_profiles:
         cpu_lanes = [lane for lane in lanes if parsed[lane][0] == "cpu"]
-        narrow, wide = device_profiles["cpu"].node_ms, device_profiles[WIDE_GROUP].node_ms
+        wide = device_profiles[WIDE_GROUP].node_ms
         profile.wide_lanes = cpu_lanes
         profile.wide_ms = {
-            name: wide[name]["cpu"]
-            for name in names
-            if narrow[name]["cpu"] >= WIDE_MIN_MS and math.isfinite(wide[name]["cpu"])
+            name: wide[name]["cpu"] for name in names if math.isfinite(wide[name]["cpu"])
         }
         profile.paired_ms = dict(device_profiles["cpu"].paired_ms)
         profile.notes.append(
             f"wide ({'+'.join(cpu_lanes)}): {threads * len(cpu_lanes)} intra-op threads, measured "
-            f"placed wide between one-lane runs, kept for the {len(profile.wide_ms)} node(s) of "
-            f"{WIDE_MIN_MS} ms or more"
+            f"placed wide between one-lane runs, for {len(profile.wide_ms)} node(s)"
         )
     profile.validate("assembled profile")
     return profile

@@ -17,8 +17,7 @@ import torch
 from torch import fx
 
 from ..errors import ChrionError
-from ..schedule.from_graph import WIDE_MAX_RATIO
-from .assemble import WIDE_MIN_MS
+from ..schedule.from_graph import WIDE_MAX_RATIO, WIDE_MIN_MS
 from .budget import MIN_REPEATS, warmup_seconds
 from .progress import progress
 
@@ -95,13 +94,16 @@ def measure_on_cpu_lane(
     ``warmup`` runs (and at least a warm-up period). The notes record the load average and
     whether the load changed while measuring.
 
-    With two or more ``wide_lanes``, the nodes ``wide_nodes`` (default: those the warm-up finds
-    costing WIDE_MIN_MS or more, the only ones a wide cost is kept for) are also measured placed
-    wide over them (Note [Chrion wide placement] in schedule/task_graph.py), as the executor
-    will run them: a second graph, the rest of its nodes on the first of those lanes, whose runs
-    alternate with the one-lane runs. Interleaved, both costs are taken under the same load (a
-    wide cost measured seconds after the one-lane cost compared one burst of a shared
-    machine's load with another), and one warm-up period serves both.
+    With two or more ``wide_lanes``, the nodes ``wide_nodes`` (default: every node) are also
+    measured placed wide over them (Note [Chrion wide placement] in schedule/task_graph.py), as
+    the executor will run them: a second graph, the rest of its nodes on the first of those
+    lanes, whose runs alternate with the one-lane runs. Every node, not only those worth a wide
+    option in the search (schedule/from_graph.py): the whole graph placed wide runs on its
+    caller's thread with no hand-off, and plan.make_plan costs that placement from these (a
+    seq2seq decoder whose one-step GRUs took 20-45 us each ran 0.73 ms so, 1.03 on two lanes).
+    Interleaved, both costs are taken under the same load (a wide cost measured seconds after
+    the one-lane cost compared one burst of a shared machine's load with another), and one
+    warm-up period serves both.
 
     Why not time the ops from Python: a lane is a worker thread with its own intra-op pool, and
     the same operator costs measurably more there than on the main thread (an LSTM layer here:
@@ -140,19 +142,14 @@ def measure_on_cpu_lane(
         with torch.no_grad(), progress(repeats, desc, " graph run") as bar:
             stop = time.monotonic() + budget_s
             deadline = time.monotonic() + warmup_seconds(budget_s)
-            warm: dict[str, float] = {}  # the fastest warm-up run of each node
             for run in itertools.count():
                 if run >= warmup and time.monotonic() >= deadline:
                     break
                 if lull is not None:
                     lull.wait()
                 narrow(*inputs)
-                for node, ms in _step_ms(narrow, durations):
-                    warm[node] = min(ms, warm.get(node, math.inf))
             if len(wide_lanes) > 1:
-                if wide_nodes is None:
-                    wide_nodes = [name for name in names if warm.get(name, 0.0) >= WIDE_MIN_MS]
-                chosen = set(wide_nodes)
+                chosen = set(names if wide_nodes is None else wide_nodes)
                 wide_durations = {name: [] for name in names if name in chosen}
             if wide_durations:
                 wide = PlacedGraph(
@@ -348,13 +345,14 @@ def cached_profile_holds(
     )
     stale = stale_nodes(cached, now.node_ms)
     stale_wide = stale_nodes(wide, now.wide_ms) if wide else []
-    # too slow wide to be placed wide in the cache, fast enough now: its wide runs lost a core
-    # to a load burst (the one-lane runs beside them need only one), which stale_nodes misses
-    # when the burst cost it less than twice its time
+    # too slow wide for the search's wide option in the cache (from_graph), fast enough now:
+    # its wide runs lost a core to a load burst (the one-lane runs beside them need only one),
+    # which stale_nodes misses when the burst cost it less than twice its time
     stale_wide += [
         name
         for name, ms in wide.items()
         if name not in stale_wide
+        and cached[name] >= WIDE_MIN_MS
         and ms > WIDE_MAX_RATIO * cached[name]
         and now.wide_ms[name] <= WIDE_MAX_RATIO * now.node_ms[name]
     ]

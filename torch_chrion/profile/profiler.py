@@ -1,8 +1,8 @@
 """profile_graph: the cost of every schedulable node of an aten graph on every lane.
 
 How: each physical device is measured once. All CPU lanes of one intra-op thread count share one
-CPU measurement, taken by the executor on a traced lane (cpu.py); with two or more CPU lanes the
-nodes worth it are also measured placed wide over all of them (Note [Chrion wide placement] in
+CPU measurement, taken by the executor on a traced lane (cpu.py); with two or more CPU lanes
+every node is also measured placed wide over all of them (Note [Chrion wide placement] in
 schedule/task_graph.py), in runs interleaved with the one-lane runs; each CUDA lane gets its own,
 each node called alone on its recorded inputs and timed by CUDA events (cuda.py), plus the pinned
 host<->device copy costs (transfer.py), within the time budget (budget.py). Each device's
@@ -178,7 +178,7 @@ def profile_graph(
             measured["cpu"] = (cpu.node_ms, cpu.notes, {})
             paired_ms = cpu.paired_ms
             if wide_lanes:
-                # inf: not worth measuring wide (assemble keeps no wide cost for it)
+                # inf: not measured wide (assemble keeps no wide cost for it)
                 wide_ms = {name: cpu.wide_ms.get(name, math.inf) for name in names}
                 measured[WIDE_GROUP] = (wide_ms, [], {})
         for group in to_measure:

@@ -27,6 +27,12 @@ neither the hand-off to a lane nor the caller's wait: its call cost is measured 
 chain on a lane with the caller's thread count, which the caller then runs itself:
 ``T_inline = inline_call + d + step``.
 
+The caller runs the wide steps of a plan in its own OpenMP team (Note [Chrion caller lane] in
+csrc/executor/executor.cpp), whose other threads poll for the next parallel region after each
+(libgomp's spin-wait), holding cores the lanes' threads may need. How long they poll is the CPU
+time the process burns while its thread sleeps right after a region, per thread of the team
+(the least of a few tries: other threads only add to it); libgomp's default polled ~8 ms here.
+
 The lanes' threads get the cores that other processes leave free, which on a shared machine
 may be fewer than the lanes: two chains of ``tanh`` steps of some tens of us each, side by side
 on two lanes, against one of them alone, give the cores they had between them (two chains of
@@ -58,6 +64,11 @@ _REPEATS = 151
 _BUSY_STEPS = 16
 _BUSY_ELEMENTS = 1 << 14  # tanh of this many floats: tens of us, compute-bound, one grain
 _BUSY_REPEATS = 41
+# the sleep after a parallel region that shows its team's polling, the tries, and the elements of
+# a tanh that ATen splits over the team
+_TEAM_SLEEP_S = 0.02
+_TEAM_TRIES = 5
+_TEAM_ELEMENTS = 1 << 18
 # fewer cores than this for two lanes is a shortage; above it, the pair's quietest round still
 # varied between quiet runs (1.86-2.0 cores here), which is noise, not a shortage
 _SHORT_OF_CORES = 1.75
@@ -138,8 +149,26 @@ def executor_costs(
     threads = cpu_threads or DEFAULT_CPU_THREADS
     caller = torch.get_num_threads()
     return dataclasses.replace(
-        _measure(cpu or ("cpu",)), inline_lanes=caller // threads if caller % threads == 0 else 0
+        _measure(cpu or ("cpu",)),
+        inline_lanes=caller // threads if caller % threads == 0 else 0,
+        team_spin_ms=team_spin_ms(caller),
     )
+
+
+@functools.cache
+def team_spin_ms(threads: int) -> float:
+    """How long, in ms, the other threads of the calling thread's OpenMP team of ``threads``
+    poll after a parallel region (module docstring); at most the sleep that shows it."""
+    if threads < 2:
+        return 0.0
+    x = torch.rand(_TEAM_ELEMENTS)
+    burnt = math.inf
+    for _ in range(_TEAM_TRIES):
+        torch.tanh(x)
+        start = time.process_time()
+        time.sleep(_TEAM_SLEEP_S)
+        burnt = min(burnt, time.process_time() - start)
+    return min(burnt / (threads - 1), _TEAM_SLEEP_S) * 1e3
 
 
 @functools.cache

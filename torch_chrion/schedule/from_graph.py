@@ -17,8 +17,11 @@ when those lanes are scheduled; the simulator slows a task by it while another h
 beside it.
 
 Wide costs (``.wide_ms`` over ``.wide_lanes``, Note [Chrion wide placement] in task_graph.py)
-give a node a wide option when every lane they hold is scheduled and the wide cost is at most
-WIDE_MAX_RATIO of the node's cost on one of those lanes. Where any node has one, so does every
+give a node a wide option when every lane they hold is scheduled, the node costs WIDE_MIN_MS or
+more on one of those lanes and its wide cost is at most WIDE_MAX_RATIO of that: the options the
+search gains from. With ``every_wide_cost``, every node with a wide cost has the option (the
+graph on which plan.make_plan costs placing the whole graph wide). Where any node has one, so
+does every
 view or node too small for ATen to split (``graph.nodes.runs_alike_on_any_thread``), at its
 one-lane cost: it costs the same on any thread, and those around a wide node may then run on its
 thread rather than hand its output to a lane that parked while it ran (plan.join_wide_neighbours).
@@ -39,10 +42,17 @@ from ..errors import PlanError
 from ..graph.nodes import is_schedulable, runs_alike_on_any_thread, schedulable_nodes
 from .task_graph import SharesMemory, TaskGraph, cpu_lanes_share_memory
 
-# A node gets a wide option only where its wide cost is at most this fraction of its one-lane
-# cost: run-to-run noise of a profile is a few percent, and the hold itself (the lanes meet
-# before the step, the held ones are woken after) costs what the ideal model does not count.
+# A node gets a wide option for the search only where its wide cost is at most this fraction of
+# its one-lane cost: run-to-run noise of a profile is a few percent, and the hold itself (the
+# lanes meet before the step, the held ones are woken after) costs what the ideal model does not
+# count.
 WIDE_MAX_RATIO = 0.8
+# ... and only where it costs at least this on one lane: below it, what threads could save is
+# within the noise of a shared machine's profile, and handing the step to the wide lane and
+# holding the others (tens of microseconds under load) eats it. A whole graph placed wide pays
+# no hand-off (its caller runs every step), so plan.make_plan weighs that apart, with the
+# executor's costs.
+WIDE_MIN_MS = 0.25
 
 
 def producer_of(node: fx.Node) -> fx.Node | None:
@@ -72,6 +82,7 @@ def task_graph_from(
     profile: Any,
     devices: Sequence[str] | None = None,
     shares_memory: SharesMemory | None = None,
+    every_wide_cost: bool = False,
 ) -> tuple[TaskGraph, list[str]]:
     """Build the TaskGraph of ``gm`` with the costs of ``profile``.
 
@@ -80,6 +91,8 @@ def task_graph_from(
         profile: a Profile (or anything with ``devices``, ``node_ms``, ``transfer``).
         devices: lanes to schedule on; default the profile's lanes.
         shares_memory: which lane pairs share memory; default CPU lanes share.
+        every_wide_cost: give every node the profile has a wide cost for a wide option, not
+            only those the search gains from (WIDE_MIN_MS, WIDE_MAX_RATIO).
 
     Returns:
         (task graph, node name of each task).
@@ -137,7 +150,12 @@ def task_graph_from(
         first = lanes.index(wide_lanes[0])
         wide_cost = [
             float(wide_ms[n.name])
-            if n.name in wide_ms and wide_ms[n.name] <= WIDE_MAX_RATIO * cost[k][first]
+            if n.name in wide_ms
+            and (
+                every_wide_cost
+                or WIDE_MIN_MS <= cost[k][first]
+                and wide_ms[n.name] <= WIDE_MAX_RATIO * cost[k][first]
+            )
             else math.inf
             for k, n in enumerate(nodes)
         ]

@@ -26,7 +26,7 @@ from ..settings import GRANULARITIES, OBJECTIVES
 from .from_graph import producer_of, task_graph_from
 from .memory import resident_timeline
 from .simulate import ExecutorCosts, rescore, simulate
-from .solve import schedule_placement, solve
+from .solve import schedule_placement, solve, wide_everywhere
 from .task_graph import Schedule, TaskGraph
 
 log = logging.getLogger(__name__)
@@ -393,6 +393,9 @@ def make_plan(
             ) from exc
         alike = [runs_alike_on_any_thread(n) for n in schedulable_nodes(gm)]
         schedule = join_wide_neighbours(graph, schedule, alike, costs)
+        if costs is not None and settings.objective == "latency":
+            graph, _ = task_graph_from(gm, profile, devices, every_wide_cost=True)
+            schedule = wide_if_faster(graph, schedule, costs)
     sim = simulate(graph, schedule, costs)
     if settings.slo_ms is not None and sim.makespan > settings.slo_ms:
         log.warning(
@@ -438,6 +441,35 @@ def make_plan(
         memory={d: [list(p) for p in points] for d, points in zip(devices, timeline, strict=True)},
         wide=wide or None,
     )
+
+
+# the whole graph placed wide replaces the search's plan only where its replay takes at most this
+# share of the plan's: a wide cost is the quicker of two modes (the kernels' helpers engaged or
+# not, Note [Warm runs] in profile/cpu.py), and plans of batch-1 bidirectional models placed
+# whole wide on such costs ran 10-20% over their predictions
+WHOLE_WIDE_MAX_RATIO = 0.85
+
+
+def wide_if_faster(graph: TaskGraph, schedule: Schedule, costs: ExecutorCosts) -> Schedule:
+    """The whole graph placed wide (solve.wide_everywhere), where it replays faster than
+    ``schedule`` with the executor's ``costs`` by WHOLE_WIDE_MAX_RATIO; else ``schedule``.
+    ``graph`` gives every node with a wide cost its wide option (from_graph's
+    ``every_wide_cost``).
+
+    The search sees the wide options of the nodes that threads speed up by enough to pay for
+    holding the lanes, and costs no hand-off. Placed wide whole, the graph holds the lanes once
+    and its caller runs every step (Note [Chrion inline requests] in
+    csrc/executor/executor.cpp), so even a 44 us step saves what its second thread does (a
+    single-step GRU of a seq2seq decoder: 21 us wide), and the hand-offs between lanes are gone:
+    the decoder's two-lane plan predicted 0.83 ms with the executor's costs, the whole graph
+    wide 0.57 ms, which it ran in 0.64 ms. Only the replay with those costs sees both."""
+    if graph.wide_option is None:
+        return schedule
+    whole = schedule_placement(graph, wide_everywhere(graph))
+    searched = simulate(graph, schedule, costs).makespan
+    if simulate(graph, whole, costs).makespan <= WHOLE_WIDE_MAX_RATIO * searched:
+        return rescore(graph, whole)
+    return schedule
 
 
 # the most a task may cost to be joined to a wide neighbour: what joining saves is a hand-off or

@@ -39,6 +39,14 @@ time-slices them), so on a machine whose other core is busy, two tasks placed si
 as long as one after the other. An accelerator lane's task is the device's time and shares no
 core.
 
+The caller runs its wide tasks in its own OpenMP team, whose other threads poll for the next
+parallel region for ``team_spin_ms`` after each one (libgomp's spin-wait) unless the caller opens
+another first. Meanwhile they hold cores: each takes one from the lanes' threads until the
+caller's next wide task, or the end of its spin. After a wide layer, the two directions of the
+next bidirectional layer, one per lane, then shared the one core left (in a trace of a
+DeepSpeech2-like model, one direction started 1.2 ms late, when the other had finished, on a plan
+that predicted 6.3 ms).
+
 A task on one host lane may also run slower while another host lane runs a task beside it, by
 its graph's ``paired_slowdown`` (measured in the profile: the node's time beside a copy of its
 graph running on another lane at once, over its time alone): what the cores share besides
@@ -61,7 +69,7 @@ from ..errors import PlanError
 from .memory import resident_bytes
 from .task_graph import Schedule, TaskGraph
 
-_FINISH, _ARRIVAL, _LANE_FREE = 0, 1, 2
+_FINISH, _ARRIVAL, _LANE_FREE, _TEAM_SLEEPS = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,9 @@ class ExecutorCosts:
         inline_call_ms: per call of a plan that runs inline (every task on one host runner
             that holds ``inline_lanes`` CPU lanes, hence the caller's thread count).
         inline_lanes: the CPU lanes of a runner whose plans run inline (0: none do).
+        team_spin_ms: how long the other threads of the caller's OpenMP team poll for the next
+            parallel region after a wide task the caller ran, each holding a core (0: they
+            sleep at once).
     """
 
     step_ms: float = 0.0
@@ -94,6 +105,7 @@ class ExecutorCosts:
     cores: float = math.inf
     inline_call_ms: float = 0.0
     inline_lanes: int = 0
+    team_spin_ms: float = 0.0
 
 
 def runs_inline(graph: TaskGraph, schedule: Schedule, costs: ExecutorCosts) -> bool:
@@ -200,7 +212,21 @@ def simulate(
     # else every host lane's thread has a core and runs at its own speed: finish times are
     # fixed at start (an accelerator lane's task is the device's time, not its thread's, and
     # shares no core)
-    sharing = cores < m - int(graph.is_accelerator.sum()) or any(f > 1.0 for f in slowdown)
+    host_lanes = m - int(graph.is_accelerator.sum())
+    # the wide tasks the caller runs in its team, and how long that team's other threads poll
+    # after each
+    in_team = [
+        costs is not None
+        and costs.inline_lanes > 1
+        and len(lanes_of[i]) == costs.inline_lanes
+        and not graph.option_is_accelerator[device[i]]
+        for i in range(n)
+    ]
+    team_spin = costs.team_spin_ms if costs is not None and not all(in_team) else 0.0
+    team_polls_until = -math.inf  # the team's other threads hold a core each until then
+    sharing = (
+        cores < host_lanes or any(f > 1.0 for f in slowdown) or (team_spin > 0.0 and any(in_team))
+    )
     remaining = [0.0] * n  # work left of a running task (sharing only)
     running: dict[int, int] = {}  # running task -> its threads (sharing only)
     live = [-1] * n  # the seq of a running task's current finish event (sharing only)
@@ -226,7 +252,7 @@ def simulate(
     now = 0.0
 
     def start_ready_tasks() -> None:
-        nonlocal seq
+        nonlocal seq, team_polls_until
         for d in range(m):
             if idle[d] and next_pos[d] < len(order[d]):
                 i = order[d][next_pos[d]]
@@ -241,6 +267,8 @@ def simulate(
                 for e in lanes:
                     idle[e] = False
                     next_pos[e] += 1
+                if in_team[i]:
+                    team_polls_until = -math.inf  # the team's threads run this one
                 start[i] = now
                 if shares[i]:  # its finish follows from the shares (reshare)
                     remaining[i] = cost[i][device[i]] + step
@@ -267,7 +295,10 @@ def simulate(
         the two one after the other)."""
         nonlocal seq
         threads = sum(running.values())
-        share = min(1.0, cores / threads) if threads else 1.0
+        free = min(cores, host_lanes)
+        if now < team_polls_until:
+            free = max(free - (costs.inline_lanes - 1), 1.0)  # type: ignore[union-attr]
+        share = min(1.0, free / threads) if threads else 1.0
         for j in running:
             rate[j] = min(share, 1.0 / slowdown[j]) if len(running) > 1 else share
             heapq.heappush(events, (now + max(remaining[j], 0.0) / rate[j], _FINISH, seq, j))
@@ -302,6 +333,7 @@ def simulate(
         if sharing:
             advance()
             shared_by = set(running)
+        team_slept = False
         while events and events[0][0] == now:
             _, kind, at_seq, i = heapq.heappop(events)
             if kind == _FINISH and shares[i]:
@@ -316,6 +348,13 @@ def simulate(
                 idle[i] = True
                 idle_since[i] = now
                 continue
+            if kind == _TEAM_SLEEPS:
+                team_slept = True  # the cores it held are free again: the shares change
+                continue
+            if in_team[i] and team_spin > 0.0:
+                team_polls_until = now + team_spin
+                heapq.heappush(events, (team_polls_until, _TEAM_SLEEPS, seq, i))
+                seq += 1
             done += 1
             if runner[i] >= m:
                 wide_idle_since[runner[i]] = now
@@ -355,7 +394,7 @@ def simulate(
                     heapq.heappush(events, (at, _ARRIVAL, seq, v))
                     seq += 1
         start_ready_tasks()
-        if sharing and set(running) != shared_by:
+        if sharing and (set(running) != shared_by or team_slept):
             reshare()
     if done != n:
         stuck = [

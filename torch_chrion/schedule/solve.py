@@ -5,7 +5,8 @@ Latency objective:
 1. candidates: HEFT; HEFT's order with the CPOP priority (rank_u + rank_d); every task on one
    device (HEFT's greed splits independent entry tasks across devices and then pays the
    transfers back, which at high communication-to-computation ratios loses several times the
-   makespan); HEFT with no task wide (one lane each); each candidate's placement re-scheduled
+   makespan); HEFT with no task wide (one lane each); every task wide where it can be; each
+   candidate's placement re-scheduled
    with a placement-aware priority;
 2. iterated local search over placements: move one task to another device, re-run insertion
    list scheduling with the critical-path priority of the new placement, keep the move when
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import InfeasiblePlanError, OptionError
+from ..errors import InfeasiblePlanError, OptionError, PlanError
 from .heft import downward_rank, heft, order_by, ready_list_order, upward_rank
 from .list_scheduling import list_schedule
 from .memory import accelerator_bytes
@@ -83,6 +84,26 @@ def _single_device(graph: TaskGraph, d: int) -> list[int]:
     """Everything on device d, except tasks that cannot run there (their cheapest device)."""
     cheapest = np.argmin(graph.cost, axis=1)
     return [d if np.isfinite(graph.cost[i, d]) else int(cheapest[i]) for i in range(graph.n)]
+
+
+def wide_everywhere(graph: TaskGraph) -> list[int]:
+    """Every task on the wide option where it has one, the rest on the wide option's leader
+    lane where they can run there (else their cheapest device): with every task wide, the
+    caller runs the whole graph itself (Note [Chrion inline requests] in
+    csrc/executor/executor.cpp)."""
+    wide = graph.wide_option
+    if wide is None:
+        raise PlanError("the graph has no wide option")
+    leader = graph.wide_lanes[0]
+    cheapest = np.argmin(graph.cost, axis=1)
+    return [
+        wide
+        if wide in graph.runnable_on[i]
+        else leader
+        if np.isfinite(graph.cost[i, leader])
+        else int(cheapest[i])
+        for i in range(graph.n)
+    ]
 
 
 class _Search:
@@ -278,7 +299,14 @@ def _latency_candidates(graph: TaskGraph, deadline: float) -> list[Schedule]:
     cands = [plain]
     more = [
         *(lambda d=d: schedule_placement(graph, _single_device(graph, d)) for d in range(graph.m)),
-        *([lambda: _one_lane_each(graph)] if graph.wide_option is not None else []),
+        *(
+            [
+                lambda: _one_lane_each(graph),
+                lambda: schedule_placement(graph, wide_everywhere(graph)),
+            ]
+            if graph.wide_option is not None
+            else []
+        ),
         lambda: schedule_placement(graph, plain.device),
         lambda: list_schedule(
             graph,
