@@ -1,8 +1,11 @@
 """The executor's fixed costs from chain timings (torch_chrion.runtime.calibrate), against times
-built by hand from known costs with the model the module docstring states."""
+built by hand from known costs with the model the module docstring states; the OpenMP team's
+polling against what libgomp's wait policies say it is."""
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +124,21 @@ def test_the_cross_core_round_trip_pins_only_for_its_duration_and_names_bad_cpus
             extension.cross_core_round_trip_ns(*bad, 10)
     with pytest.raises(ValueError, match="iterations"):
         extension.cross_core_round_trip_ns(a, b, 0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores for a team of two")
+@pytest.mark.parametrize(("policy", "low", "high"), [("passive", 0.0, 2.0), ("active", 5.0, 20.0)])
+def test_the_openmp_teams_polling_is_what_its_wait_policy_says(policy, low, high):
+    # libgomp's documented policies: passive workers sleep at once, active ones poll without
+    # end (through the whole 20 ms sleep the calibration watches, on a core that other
+    # processes may share)
+    probe = (
+        "import torch; torch.set_num_threads(2); "
+        "from torch_chrion.runtime.calibrate import team_spin_ms; print(team_spin_ms(2))"
+    )
+    env = dict(os.environ, OMP_WAIT_POLICY=policy)
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert low <= float(ran.stdout.split()[-1]) <= high
