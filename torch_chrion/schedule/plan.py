@@ -459,10 +459,11 @@ def wide_if_faster(graph: TaskGraph, schedule: Schedule, costs: ExecutorCosts) -
     The search sees the wide options of the nodes that threads speed up by enough to pay for
     holding the lanes, and costs no hand-off. Placed wide whole, the graph holds the lanes once
     and its caller runs every step (Note [Chrion inline requests] in
-    csrc/executor/executor.cpp), so even a 44 us step saves what its second thread does (a
-    single-step GRU of a seq2seq decoder: 21 us wide), and the hand-offs between lanes are gone:
-    the decoder's two-lane plan predicted 0.83 ms with the executor's costs, the whole graph
-    wide 0.57 ms, which it ran in 0.64 ms. Only the replay with those costs sees both."""
+    csrc/executor/executor.cpp), so even a step of some tens of us saves what its second thread
+    does (a seq2seq decoder's one-step GRUs), and the hand-offs between lanes are gone: the
+    decoder's two-lane plan predicted 0.82 ms with the executor's costs and ran 1.03 ms, the
+    whole graph wide 0.57 and 0.73 (interleaved in one process; onnxruntime 0.72). Only the
+    replay with those costs sees both."""
     if graph.wide_option is None:
         return schedule
     whole = schedule_placement(graph, wide_everywhere(graph))

@@ -213,8 +213,8 @@ def simulate(
     # fixed at start (an accelerator lane's task is the device's time, not its thread's, and
     # shares no core)
     host_lanes = m - int(graph.is_accelerator.sum())
-    # the wide tasks the caller runs in its team, and how long that team's other threads poll
-    # after each
+    # the wide tasks the caller runs itself, in its team (those of a runner with its thread
+    # count), and how long that team's other threads poll after each
     in_team = [
         costs is not None
         and costs.inline_lanes > 1
@@ -417,16 +417,7 @@ def simulate(
     makespan = max(finish) if n else (costs.call_ms if costs else 0.0)
     if costs is not None and not inline:
         # the caller runs the wide tasks of a runner with its thread count itself
-        busy_until = max(
-            (
-                finish[i]
-                for i in range(n)
-                if costs.inline_lanes > 1
-                and len(lanes_of[i]) == costs.inline_lanes
-                and not graph.option_is_accelerator[device[i]]
-            ),
-            default=0.0,
-        )
+        busy_until = max((finish[i] for i in range(n) if in_team[i]), default=0.0)
         if makespan - busy_until > spin:
             makespan += costs.caller_wake_ms or wake  # it parked before the last step ended
     return Simulation(

@@ -94,16 +94,8 @@ def wide_everywhere(graph: TaskGraph) -> list[int]:
     wide = graph.wide_option
     if wide is None:
         raise PlanError("the graph has no wide option")
-    leader = graph.wide_lanes[0]
-    cheapest = np.argmin(graph.cost, axis=1)
-    return [
-        wide
-        if wide in graph.runnable_on[i]
-        else leader
-        if np.isfinite(graph.cost[i, leader])
-        else int(cheapest[i])
-        for i in range(graph.n)
-    ]
+    on_leader = _single_device(graph, graph.wide_lanes[0])
+    return [wide if wide in graph.runnable_on[i] else on_leader[i] for i in range(graph.n)]
 
 
 class _Search:
