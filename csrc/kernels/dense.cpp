@@ -23,6 +23,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
 #include <omp.h>
 #include <torch/library.h>
 
@@ -57,10 +58,17 @@ std::vector<int64_t> output_shape(const at::Tensor& input, const at::Tensor& wei
   return shape;
 }
 
+// `input` [..., K] as a matrix [rows, K]; not reshape({-1, K}), which cannot infer the rows of
+// an empty input (K = 0)
+at::Tensor as_rows(const at::Tensor& input) {
+  const int64_t rows = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
+  return input.reshape({rows, input.size(-1)});
+}
+
 // ATen's product (arguments checked)
 at::Tensor aten_product(const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
-  const at::Tensor rows = input.reshape({-1, weight.size(0)});
+  const at::Tensor rows = as_rows(input);
   const at::Tensor out = bias ? at::addmm(*bias, rows, weight) : at::mm(rows, weight);
   return out.view(output_shape(input, weight));
 }
@@ -73,14 +81,15 @@ at::Tensor aten_dense(const at::Tensor& input, const at::Tensor& weight,
 
 bool panels_take(const at::Tensor& input, const at::Tensor& weight,
                  const std::optional<at::Tensor>& bias) {
-  if (!packable_float32(input, weight, bias)) return false;
+  // no features: the product is empty sums (the bias, or zeros), ATen's
+  if (!packable_float32(input, weight, bias) || weight.size(0) == 0) return false;
   // Panels pad the outputs to whole blocks (64 floats with AVX-512): 96 outputs compute 128.
   // Beyond one chunk of rows that work shows (1024x1024x96: 1327 us, addmm 1093); within one,
   // streaming the weight is the cost and panels still win (8x1024x96: 15 us, addmm 38).
   const int64_t units = recurrent::cpu_kernels().block_units(1);
   const int64_t outputs = weight.size(1);
   const int64_t padded = (outputs + units - 1) / units * units;
-  const int64_t rows = weight.size(0) == 0 ? 0 : input.numel() / weight.size(0);
+  const int64_t rows = input.numel() / weight.size(0);
   return 4 * padded <= 5 * outputs || rows <= recurrent::kChunkRows;
 }
 
@@ -107,7 +116,7 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor packed = packed_weight(weight, PackingKey{&kernels, -1}, panel_weight);
   const int64_t features = weight.size(0);
   const int64_t outputs = weight.size(1);
-  const at::Tensor x = input.reshape({-1, features}).contiguous();
+  const at::Tensor x = as_rows(input).contiguous();
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   at::Tensor out = at::empty({x.size(0), outputs}, x.options());
   const int64_t rows = x.size(0);

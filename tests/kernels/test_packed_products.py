@@ -160,6 +160,17 @@ def test_an_inference_tensor_weight_takes_aten_and_stays_exact():
     assert not packed(w)  # nothing to key a cached packing on
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("lead", [(3,), (2, 3), (0,)], ids=["rows", "3d", "no-rows"])
+def test_no_features_give_the_bias_or_zeros(lead, bias):
+    """K = 0: every output is an empty sum, as in ``x @ w + b``."""
+    x, w = torch.randn(*lead, 0), torch.randn(0, 4)
+    b = torch.randn(4) if bias else None
+    y = dense(x, w, b)
+    assert y.shape == (*lead, 4)
+    torch.testing.assert_close(y, reference(x, w, b), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "x,w,b,message",
     [
