@@ -81,7 +81,8 @@ def test_cores_come_from_one_round_and_long_call_wake_from_the_quietest():
         "chain": [0.020, 0.090, 0.021],
     }
     t = calibrate.timings_from_rounds(rounds)
-    assert t["busy"] == 0.50 and t["busy, side by side"] == 0.51 and t["busy, gap"] == 0.03
+    # the pair's shares: 1.961, 1.960, 1.05 cores; the upper quartile's round is the first
+    assert t["busy"] == 0.51 and t["busy, side by side"] == 0.52 and t["busy, gap"] == 0.03
     assert t["one"] == 0.010 and t["chain"] == 0.021  # the others keep their medians
 
 
@@ -104,6 +105,29 @@ def test_a_fast_minute_for_one_chain_is_not_a_shortage_of_cores():
     # the same pair short of cores in every round is a shortage, whatever the host's speed
     rounds["busy, side by side"] = [one + 2 * (b - one) / 1.3 for b in rounds["busy"]]
     cores = costs_from_timings(calibrate.timings_from_rounds(rounds), 0.002, 48, 0.05).cores
+    assert cores == pytest.approx(1.3)
+
+
+def test_a_burst_over_most_rounds_is_not_a_shortage_where_the_quiet_rounds_had_two_cores():
+    # rounds 0, 2 and 4 met a burst of other work (their pair read 1.4 cores), rounds 1 and 3
+    # found two full cores: a profile keeps its quickest chunk, the cores their quiet rounds
+    one, work = 0.010, 0.40
+    rounds = {
+        "one": [one] * 5,
+        "busy": [one + work] * 5,
+        "busy, side by side": [one + 2 * work / c for c in (1.4, 2.0, 1.4, 2.0, 1.4)],
+        "busy, gap": [0.03] * 5,
+        "one, gap": [0.005] * 5,
+        "chain": [0.02] * 5,
+    }
+    t = calibrate.timings_from_rounds(rounds)
+    assert costs_from_timings(t, 0.002, 48, 0.05).cores == math.inf
+    # a lone chain slowed by a burst in one round reads more than two cores: not that round
+    rounds["busy"][2] = one + 3 * work
+    rounds["busy, side by side"] = [one + 2 * work / 1.3] * 5
+    t = calibrate.timings_from_rounds(rounds)
+    assert (t["busy"], t["busy, side by side"]) == (one + work, one + 2 * work / 1.3)
+    cores = costs_from_timings(t, 0.002, 48, 0.05).cores
     assert cores == pytest.approx(1.3)
 
 
