@@ -24,13 +24,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/accumulate.h>
-#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
 #include <vector>
 
+#include "callers_team.h"
 #include "packed_weights.h"
 #include "recurrent_cpu.h"
 
@@ -171,22 +171,9 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
   };
   const int threads = static_cast<int>(
       std::min<int64_t>(at::get_num_threads(), (tiles + grain - 1) / grain));
-  if (threads <= 1) {
-    run(0, tiles);
-  } else {
-    // The caller's OpenMP team, as the recurrent kernels use it (Note [Recurrent threads are the
-    // caller's team] in recurrent_schedule.cpp); not at::parallel_for, whose first call on a
-    // thread in this library resets that thread's count to the process default (its lazy
-    // initialisation keeps a flag per library): a lane of one thread ran its dense products on
-    // two, beside the other lane. A team smaller than asked (a nested region) splits the same
-    // tiles.
-#pragma omp parallel num_threads(threads)
-    {
-      const int64_t team = omp_get_num_threads();
-      const int64_t rank = omp_get_thread_num();
-      run(tile_at(work * rank / team), tile_at(work * (rank + 1) / team));
-    }
-  }
+  split_over_callers_team(work, threads, [&](int64_t begin, int64_t end) {
+    run(tile_at(begin), tile_at(end));
+  });
   return out.view(output_shape(input, weight));
 }
 

@@ -39,3 +39,15 @@ def test_chrion_conv2d_on_cuda_matches_the_convolution():
     expected = torch.relu(torch.conv2d(x, w, b, 1, 1))
     got = torch.ops.chrion.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", [])
     torch.testing.assert_close(got, expected)
+
+
+def test_chrion_max_pool_tiles_on_cuda_matches_max_pool2d():
+    ensure_loaded()
+    torch.manual_seed(0)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(2, 8, 9, 16, device="cuda").contiguous(memory_format=layout)
+        x.as_strided((x.numel(),), (1,))[::7] = float("nan")
+        expected = torch.nn.functional.max_pool2d(x, (2, 2))
+        got = torch.ops.chrion.max_pool_tiles(x, [2, 2])
+        torch.testing.assert_close(got, expected, equal_nan=True, rtol=0, atol=0)
+        assert got.stride() == expected.stride()

@@ -1,13 +1,13 @@
 """The ``torch.ops.chrion`` operator library: recurrent layers as single operators, ``dense``
 and ``conv2d`` (products against constant weights, packed once on CPU: packed_products.py),
-``python_call``, one node running a Python callable (ONNX If / Loop / Scan), and
-``lstm_packed_cell_state`` (packed sequences under torch.compile).
+``max_pool_tiles`` (a max pool whose windows tile its input: pooling.py), ``python_call``, one
+node running a Python callable (ONNX If / Loop / Scan), and ``lstm_packed_cell_state`` (packed sequences under torch.compile).
 
 ``ensure_loaded()`` loads the C++ kernels (building them once if need be), registers the fake
 kernels that shape propagation, make_fx and torch.export use, and defines ``python_call``.
 """
 
-from . import packed_products, packed_state, python_call, recurrent
+from . import packed_products, packed_state, pooling, python_call, recurrent
 
 
 def ensure_loaded() -> None:
@@ -15,6 +15,7 @@ def ensure_loaded() -> None:
     chrion::lstm_packed_cell_state (once per process)."""
     recurrent.ensure_loaded()
     packed_products.ensure_loaded()
+    pooling.ensure_loaded()
     python_call.register_operator()
     packed_state.register_operator()
 

@@ -11,7 +11,7 @@ A convolution whose weight is channels-last computes in, and returns, channels-l
 convolution's weight (a constant) gets a channels-last copy here, and the layout is changed only
 inside regions where no node can tell: a region starts with a channels-last ``clone`` of a
 convolution's input, and takes in the ops that compute the same values in any layout and keep
-it (pointwise ops, batch norm, pools, and the views ``max_pool_windows`` makes). Every other
+it (pointwise ops, batch norm, pools, and the tiling pools ``max_pool_windows`` makes). Every other
 reader of a region's value (a ``view`` traced for NCHW strides, a recurrent layer, the graph's
 output) gets it back contiguous through a ``clone``, so the rest of the graph, and the caller,
 see the strides the graph was traced with. Each output element is the same sum, in the order
@@ -28,6 +28,7 @@ import operator
 import torch
 from torch import fx
 
+from ...ops import ensure_loaded
 from ..nodes import drop_unread_constants, fetch_attr, reads_only_first_output
 
 aten = torch.ops.aten
@@ -39,8 +40,6 @@ _KEEPS_LAYOUT = {
     aten.native_batch_norm.default,
     aten._native_batch_norm_legit_no_training.default,
     aten.avg_pool2d.default,
-    aten.unfold.default,  # with select: the windows of max_pool_windows
-    aten.select.int,
 }
 _KEEPING_FORMATS = (None, torch.preserve_format, torch.channels_last)
 
@@ -67,7 +66,7 @@ def _keeps_layout(node: fx.Node, region: set[fx.Node]) -> bool:
     if node.target is aten.max_pool2d_with_indices.default:
         # its indices keep the layout too, where a reader could tell
         return first in region and reads_only_first_output(node)
-    if node.target in _KEEPS_LAYOUT:
+    if node.target in _KEEPS_LAYOUT or node.target is torch.ops.chrion.max_pool_tiles.default:
         return first in region
     if torch.Tag.pointwise in getattr(node.target, "tags", ()):
         # every computed tensor operand in the region (constants broadcast per channel)
@@ -78,6 +77,7 @@ def _keeps_layout(node: fx.Node, region: set[fx.Node]) -> bool:
 
 def channels_last_convolutions(gm: fx.GraphModule) -> fx.GraphModule:
     """Run ``gm``'s 2-D convolutions with constant weights channels-last (in place)."""
+    ensure_loaded()  # chrion::max_pool_tiles joins regions
     graph = gm.graph
     region: set[fx.Node] = set()  # nodes whose value is channels-last
     restrided: dict[str, str] = {}  # weight target -> its channels-last copy's

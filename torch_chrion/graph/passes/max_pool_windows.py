@@ -1,18 +1,17 @@
-"""Max pooling whose windows tile the input, as elementwise maxima of strided views.
+"""Max pooling whose windows tile the input, as one ``chrion::max_pool_tiles`` node.
 
 ATen's CPU ``max_pool2d_with_indices`` computes each output's argmax with scalar code, also when
 nothing reads the indices (``F.max_pool2d``, ``nn.MaxPool2d``, ONNX MaxPool): ~15 ns an output
 on the benchmark VM, 7.6 ms for a (1, 2) pool of 4x64x100x40 floats on one thread, the two pools
 of the CRDNN speech model a fifth of its convolutions' time. Where the windows tile the input
 (stride equal to the kernel, no padding, no dilation, floor mode), each output is the maximum of
-its window's kh*kw elements, and element (i, j) of every window is one strided view of the input
-(``Tensor.unfold`` on the last two dimensions, which also drops the partial windows at the
-edges as floor mode does). So the node becomes kh*kw - 1 ``aten.maximum`` of such views: the
-same values, NaN propagating as in max_pool2d, at elementwise speed (~0.9 ms above). (Between a
-+0.0 and a -0.0 either may come out, as between max_pool2d's tied elements.)
+its window's kh*kw elements, which ``chrion::max_pool_tiles`` computes at the speed of a pass
+over the input, NaN propagating as in max_pool2d (Note [Max pool tiles] in
+csrc/kernels/pooling.cpp). (Between a +0.0 and a -0.0 either may come out, as between
+max_pool2d's tied elements.)
 
 A pool whose indices are read, or with overlapping, padded or dilated windows, stays as it is;
-so does a window of more than four elements (each element one more kernel on a GPU lane).
+so does a window of more than four elements (on a GPU lane, each element is one more kernel).
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import fx
 
+from ...ops import ensure_loaded
 from ..nodes import reads_only_first_output, replace_first_output
 
 aten = torch.ops.aten
 
-MAX_WINDOW = 4  # elements: a 2x2 window becomes three maxima
+MAX_WINDOW = 4  # elements: a 2x2 window is three maxima
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -58,6 +58,7 @@ def _tiling_window(node: fx.Node) -> tuple[int, int] | None:
 
 def max_pool_windows(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite ``gm``'s tiling max pools whose indices nobody reads (in place)."""
+    ensure_loaded()
     graph = gm.graph
     changed = False
     for node in list(graph.nodes):
@@ -66,20 +67,10 @@ def max_pool_windows(gm: fx.GraphModule) -> fx.GraphModule:
         window = _tiling_window(node)
         if window is None:
             continue
-        kh, kw = window
         with graph.inserting_before(node):
-            rows = graph.call_function(aten.unfold.default, (node.args[0], -1, kw, kw))
-            windows = graph.call_function(aten.unfold.default, (rows, -3, kh, kh))
-            result = None
-            for j in range(kw):
-                column = graph.call_function(aten.select.int, (windows, -2, j))
-                for i in range(kh):
-                    element = graph.call_function(aten.select.int, (column, -1, i))
-                    result = (
-                        element
-                        if result is None
-                        else graph.call_function(aten.maximum.default, (result, element))
-                    )
+            result = graph.call_function(
+                torch.ops.chrion.max_pool_tiles.default, (node.args[0], list(window))
+            )
         replace_first_output(graph, node, result)
         changed = True
     if changed:
