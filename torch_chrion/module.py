@@ -675,11 +675,36 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         costs = runtime.executor_costs(self.devices, settings.cpu_threads)  # measured once
         if background:
             _TRAFFIC.wait()  # the scheduler's search holds a core (and the GIL) for a while
-        plan = schedule.make_plan(planning, prof, settings, costs=costs)
+        plans = schedule.make_plans(planning, prof, settings, costs=costs)
+        plan = plans[0] if background or len(plans) == 1 else self._trial(planning, plans, tensors)
         _share_plan(self._shared_key(gm, bucket), plan)
         with self._lock:
             self._profiles[bucket] = prof
         return plan
+
+    def _trial(self, gm: torch.fx.GraphModule, plans: list[Any], inputs: tuple) -> Any:
+        """The quicker of ``plans`` timed on ``inputs`` (Note [Plan trials] in
+        runtime/trial.py)."""
+        from .runtime import trial
+
+        runners = [self._executable(gm, plan, register=False) for plan in plans]
+        try:
+            with torch.no_grad():
+                chosen, ms = trial.quickest(runners, inputs)
+        finally:
+            for runner in runners:
+                runner.stop()
+        self.stats["plan_trials"] += 1
+        log.info(
+            "timed the plans the replay put close: %s; keeping the %s one",
+            ", ".join(
+                f"{'whole graph wide' if _wide_whole(p) else 'search'} {m:.3f} ms"
+                f" (predicted {p.predicted_ms:.3f})"
+                for p, m in zip(plans, ms, strict=True)
+            ),
+            "first" if chosen == 0 else "second",
+        )
+        return plans[chosen]
 
     def _install_plan(self, bucket: tuple, plan: Any) -> None:
         self.plans[bucket] = plan
@@ -948,6 +973,10 @@ def _integers_like(example: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 def _shapes_of(signature: tuple) -> list:
     return [shape if isinstance(shape, tuple) else value for shape, value in signature]
+
+
+def _wide_whole(plan: Any) -> bool:
+    return bool(plan.wide) and len(plan.wide) == len(plan.placement)
 
 
 def _plan_identity(plan: Any) -> tuple:

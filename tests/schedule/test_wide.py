@@ -22,13 +22,14 @@ from torch_chrion.schedule import (
     TaskGraph,
     heft,
     make_plan,
+    make_plans,
     milp_schedule,
     random_task_graph,
     simulate,
     solve,
     task_graph_from,
 )
-from torch_chrion.schedule.plan import WHOLE_WIDE_MAX_RATIO
+from torch_chrion.schedule.plan import TRIAL_RATIO, WHOLE_WIDE_MAX_RATIO
 from torch_chrion.schedule.simulate import ExecutorCosts
 from torch_chrion.schedule.solve import schedule_placement, wide_everywhere
 from torch_chrion.settings import ChrionSettings
@@ -317,6 +318,29 @@ def test_the_whole_graph_runs_wide_where_its_lanes_would_slow_each_other_more():
     assert plan.predicted_ms == pytest.approx(
         simulate(graph, plan.schedule(graph, names), CALIBRATED).makespan
     )
+
+
+def test_make_plans_offers_the_other_of_two_plans_that_replay_close_for_a_trial():
+    torch.manual_seed(0)
+    model = BiGRUWithState(layers=1).eval()
+    gm = capture(model, model.example_inputs(seq=32, batch=1))
+    settings = ChrionSettings(devices=tuple(LANES))
+    # one direction per lane (0.1 ms side by side) against the whole graph wide (0.12 ms)
+    profile = RecurrentProfile(gm, layer_ms=0.1, wide_ms=0.06)
+    plans = make_plans(gm, profile, settings, costs=CALIBRATED)
+    assert len(plans) == 2
+    chosen = make_plan(gm, profile, settings, costs=CALIBRATED)
+    assert (plans[0].placement, plans[0].wide) == (chosen.placement, chosen.wide)
+    assert [plan.wide is not None for plan in plans].count(True) == 1  # one is the whole wide
+    graph, names = task_graph_from(gm, profile, every_wide_cost=True)
+    for plan in plans:
+        replay = simulate(graph, plan.schedule(graph, names), CALIBRATED).makespan
+        assert plan.predicted_ms == pytest.approx(replay)
+    assert plans[1].predicted_ms <= TRIAL_RATIO * plans[0].predicted_ms
+    # the whole graph wide replaying far slower is not worth a trial
+    assert len(make_plans(gm, RecurrentProfile(gm, 0.1, 0.3), settings, costs=CALIBRATED)) == 1
+    # nor is anything without the executor's costs (no replay to put them close)
+    assert len(make_plans(gm, profile, settings)) == 1
 
 
 def test_paired_costs_give_each_task_its_slowdown_over_its_one_lane_cost():

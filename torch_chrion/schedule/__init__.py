@@ -10,7 +10,7 @@ from .from_graph import task_graph_from
 from .heft import heft, upward_rank
 from .memory import accelerator_bytes, working_set_bound
 from .milp import MilpResult, milp_schedule
-from .plan import SCHEMA_VERSION, Plan, make_plan
+from .plan import SCHEMA_VERSION, Plan, make_plan, make_plans
 from .random_dag import random_task_graph
 from .simulate import Simulation, simulate
 from .solve import solve
@@ -27,6 +27,7 @@ __all__ = [
     "cpu_lanes_share_memory",
     "heft",
     "make_plan",
+    "make_plans",
     "milp_schedule",
     "random_task_graph",
     "simulate",
