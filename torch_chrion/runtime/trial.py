@@ -9,9 +9,12 @@ convolution wide and predicted 9.7 ms where the next one's plan ran 6.2 ms. The 
 sways most is between the search's plan and the whole graph placed wide (plan.wide_if_faster),
 whose replays differ by less than that noise for most recurrent models. So where both replay
 within plan.TRIAL_RATIO of each other, both are built and timed here, in interleaved rounds on
-the example inputs (a burst then slows both alike), and the quicker one is kept. The
-DeepSpeech2-like model's three fresh loads in one process gave the whole graph wide once and a
-mix of wide layers and a layer on two lanes twice, which ran 5.8 against 5.9-10.2 ms.
+the example inputs (a burst then slows both alike), and the quicker one is kept. Three fresh
+loads of the DeepSpeech2-like model in one process gave the whole graph wide once and a mix of
+wide layers and a layer on two lanes twice; timed interleaved in two rounds, the mixes ran 6.1
+and 5.9 ms, then 6.3 and 10.2 ms, the whole graph wide 5.8, then 6.4. With the trial, its three
+fresh loads all kept the whole graph wide (6.5 against 6.8, 6.1 against 6.2, 5.8 against 7.7
+ms in the trials).
 
 The trial takes a few rounds, at most TRIAL_BUDGET_S after the first two (a 15 ms language
 model: 9 rounds of 3 calls each, about 1 s); it runs where the plan is made in the caller's
