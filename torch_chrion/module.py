@@ -687,7 +687,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         runtime/trial.py)."""
         from .runtime import trial
 
-        runners = [self._executable(gm, plan, register=False) for plan in plans]
+        runners = [self._build(gm, plan) for plan in plans]  # not the module's: not counted
         try:
             with torch.no_grad():
                 chosen, ms = trial.quickest(runners, inputs)
@@ -867,13 +867,21 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         )
 
     def _executable(self, graph: torch.fx.GraphModule, plan: Any, *, register: bool = True) -> Any:
-        from . import runtime
-
         key = _plan_identity(plan)
         shared = graph is self._shared
         if shared and key in self._by_plan:  # the same placement and order: nothing to build
             return self._by_plan[key]
-        executable = runtime.PlacedGraph(
+        executable = self._build(graph, plan)
+        executable.enable_trace(self._trace)
+        self.stats["executables_built"] += 1
+        if shared and register:
+            self._by_plan[key] = executable
+        return executable
+
+    def _build(self, graph: torch.fx.GraphModule, plan: Any) -> Any:
+        from . import runtime
+
+        return runtime.PlacedGraph(
             graph,
             plan.placement,
             plan.order,
@@ -882,11 +890,6 @@ class ChrionModule(SessionMixin, torch.nn.Module):
             wide=plan.wide,
             device_graphs=self.settings.cuda_graphs,
         )
-        executable.enable_trace(self._trace)
-        self.stats["executables_built"] += 1
-        if shared and register:
-            self._by_plan[key] = executable
-        return executable
 
     def _add_entry(self, signature: tuple, graph: torch.fx.GraphModule, bucket: tuple) -> _Entry:
         entry = _Entry(graph, self._executable(graph, self.plans[bucket]), bucket)
