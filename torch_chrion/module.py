@@ -676,21 +676,27 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         if background:
             _TRAFFIC.wait()  # the scheduler's search holds a core (and the GIL) for a while
         plans = schedule.make_plans(planning, prof, settings, costs=costs)
-        plan = plans[0] if background or len(plans) == 1 else self._trial(planning, plans, tensors)
+        plan = (
+            plans[0]
+            if background or len(plans) == 1
+            else self._trial(planning, plans, tensors, costs.team_spin_ms)
+        )
         _share_plan(self._shared_key(gm, bucket), plan)
         with self._lock:
             self._profiles[bucket] = prof
         return plan
 
-    def _trial(self, gm: torch.fx.GraphModule, plans: list[Any], inputs: tuple) -> Any:
-        """The quicker of ``plans`` timed on ``inputs`` (Note [Plan trials] in
-        runtime/trial.py)."""
+    def _trial(
+        self, gm: torch.fx.GraphModule, plans: list[Any], inputs: tuple, team_spin_ms: float
+    ) -> Any:
+        """The quicker of ``plans`` timed on ``inputs``, each block after the caller's OpenMP
+        team has stopped polling (Note [Plan trials] in runtime/trial.py)."""
         from .runtime import trial
 
         runners = [self._build(gm, plan) for plan in plans]  # not the module's: not counted
         try:
             with torch.no_grad():
-                chosen, ms = trial.quickest(runners, inputs)
+                chosen, ms = trial.quickest(runners, inputs, settle_s=2e-3 * team_spin_ms)
         finally:
             for runner in runners:
                 runner.stop()

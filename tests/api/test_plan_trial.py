@@ -43,7 +43,7 @@ def test_the_module_keeps_the_plan_its_trial_timed_quicker(monkeypatch, cache_di
     made = offer_a_second_plan(monkeypatch, "cpu:1")
     timed: list[int] = []
 
-    def second_is_quicker(runners, inputs):
+    def second_is_quicker(runners, inputs, settle_s):
         timed.append(len(runners))
         for run in runners:
             run(*inputs)  # each plan built and runnable on the example inputs

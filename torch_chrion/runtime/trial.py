@@ -16,6 +16,15 @@ and 5.9 ms, then 6.3 and 10.2 ms, the whole graph wide 5.8, then 6.4. With the t
 fresh loads all kept the whole graph wide (6.5 against 6.8, 6.1 against 6.2, 5.8 against 7.7
 ms in the trials).
 
+Each plan's block of calls starts after ``settle_s`` of sleep and one untimed call. A plan that
+runs wide steps leaves its caller's OpenMP team polling for milliseconds after its last call
+(the simulator's team_spin_ms), holding a core: timed right after it, another plan ran on a
+core fewer. Alternating blocks with no pause, the two-lane plan of a batch-1 bi-LSTM 2x128 was
+timed at 0.70-0.88 ms after the whole graph wide (0.43-0.50) and lost to it; with the pause it
+took 0.43-0.45 against 0.44-0.45 (a speech model's conv + bi-GRU: 1.83 against 0.75-0.87). The
+untimed call wakes the plan's own parked threads, so the block times calls in a stream, as
+requests make them.
+
 The trial takes a few rounds, at most TRIAL_BUDGET_S after the first two (a 15 ms language
 model: 9 rounds of 3 calls each, about 1 s); it runs where the plan is made in the caller's
 thread (a model's first call, warmup), not in the background planner, which must not take the
@@ -38,12 +47,14 @@ _WARMUP_CALLS = 2
 def quickest(
     runners: Sequence[Callable[..., Any]],
     inputs: Sequence[Any],
+    settle_s: float = 0.0,
     rounds: int = TRIAL_ROUNDS,
     budget_s: float = TRIAL_BUDGET_S,
 ) -> tuple[int, list[float]]:
     """The index of the quickest of ``runners`` on ``inputs`` and each one's median ms per call:
-    each warmed up, then timed in rounds of TRIAL_CALLS calls each, the order rotating from
-    round to round; after two rounds, no new round starts once ``budget_s`` has passed."""
+    each warmed up, then timed in rounds of TRIAL_CALLS calls each, every block after
+    ``settle_s`` of sleep and one untimed call, the order rotating from round to round; after
+    two rounds, no new round starts once ``budget_s`` has passed."""
     for run in runners:
         for _ in range(_WARMUP_CALLS):
             run(*inputs)
@@ -54,6 +65,8 @@ def quickest(
             break
         for k in range(len(runners)):
             index = (k + r) % len(runners)
+            time.sleep(settle_s)
+            runners[index](*inputs)
             start = time.perf_counter()
             for _ in range(TRIAL_CALLS):
                 runners[index](*inputs)
