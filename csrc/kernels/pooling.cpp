@@ -60,10 +60,8 @@ at::Tensor new_output(const at::Tensor& input, Window w) {
                                             : at::MemoryFormat::Contiguous));
 }
 
-// Every device: the maxima of the window's strided views, into `out`
-at::Tensor window_maxima(const at::Tensor& input, at::IntArrayRef window) {
-  const Window w = checked_window(input, window);
-  at::Tensor out = new_output(input, w);
+// The maxima of the window's strided views, into `out` (new_output)
+at::Tensor fold_views(const at::Tensor& input, Window w, at::Tensor out) {
   const at::Tensor windows = input.unfold(-1, w.kw, w.kw).unfold(-3, w.kh, w.kh);
   bool first = true;
   for (int64_t j = 0; j < w.kw; ++j) {
@@ -79,6 +77,12 @@ at::Tensor window_maxima(const at::Tensor& input, at::IntArrayRef window) {
     }
   }
   return out;
+}
+
+// Every device
+at::Tensor window_maxima(const at::Tensor& input, at::IntArrayRef window) {
+  const Window w = checked_window(input, window);
+  return fold_views(input, w, new_output(input, w));
 }
 
 // aten.maximum's float: NaN wins, else the larger; a tie keeps the running value
@@ -150,7 +154,7 @@ at::Tensor cpu_max_pool_tiles(const at::Tensor& input, at::IntArrayRef window) {
   at::Tensor out = new_output(input, w);
   if (input.scalar_type() != at::kFloat || !out.is_contiguous(at::MemoryFormat::ChannelsLast) ||
       input.dim() != 4 || out.numel() == 0) {
-    return window_maxima(input, window);
+    return fold_views(input, w, out);
   }
   const int64_t rows = out.size(0) * out.size(2);
   const float* in = input.const_data_ptr<float>();

@@ -1,7 +1,8 @@
 """The ``torch.ops.chrion`` operator library: recurrent layers as single operators, ``dense``
 and ``conv2d`` (products against constant weights, packed once on CPU: packed_products.py),
 ``max_pool_tiles`` (a max pool whose windows tile its input: pooling.py), ``python_call``, one
-node running a Python callable (ONNX If / Loop / Scan), and ``lstm_packed_cell_state`` (packed sequences under torch.compile).
+node running a Python callable (ONNX If / Loop / Scan), and ``lstm_packed_cell_state`` (packed
+sequences under torch.compile).
 
 ``ensure_loaded()`` loads the C++ kernels (building them once if need be), registers the fake
 kernels that shape propagation, make_fx and torch.export use, and defines ``python_call``.

@@ -21,10 +21,10 @@ give a node a wide option when every lane they hold is scheduled, the node costs
 more on one of those lanes and its wide cost is at most WIDE_MAX_RATIO of that: the options the
 search gains from. With ``every_wide_cost``, every node with a wide cost has the option (the
 graph on which plan.make_plan costs placing the whole graph wide). Where any node has one, so
-does every
-view or node too small for ATen to split (``graph.nodes.runs_alike_on_any_thread``), at its
-one-lane cost: it costs the same on any thread, and those around a wide node may then run on its
-thread rather than hand its output to a lane that parked while it ran (plan.join_wide_neighbours).
+does every view or node too small for ATen to split (``graph.nodes.runs_alike_on_any_thread``),
+at its one-lane cost: it costs the same on any thread, and those around a wide node may then run
+on its thread rather than hand its output to a lane that parked while it ran
+(plan.join_wide_neighbours).
 """
 
 from __future__ import annotations

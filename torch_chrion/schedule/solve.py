@@ -6,8 +6,7 @@ Latency objective:
    device (HEFT's greed splits independent entry tasks across devices and then pays the
    transfers back, which at high communication-to-computation ratios loses several times the
    makespan); HEFT with no task wide (one lane each); every task wide where it can be; each
-   candidate's placement re-scheduled
-   with a placement-aware priority;
+   candidate's placement re-scheduled with a placement-aware priority;
 2. iterated local search over placements: move one task to another device, re-run insertion
    list scheduling with the critical-path priority of the new placement, keep the move when
    the makespan drops; when no move helps, re-place a few random tasks and search again.
