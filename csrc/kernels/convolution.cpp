@@ -13,9 +13,10 @@
 // packed_weights.h) for a float32 channels-last input, which channels_last_convolutions gives
 // every constant-weight 2-D convolution; any other input, dtype or device runs
 // aten.convolution (and the activation), as does an inference-tensor weight (no version
-// counter to key the cache on). Results differ by rounding
-// only (each sum in oneDNN's order for the layout); the output is channels-last, as ATen's is
-// for a channels-last input.
+// counter to key the cache on). A convolution of few taps (a first layer over one or three
+// channels) takes chrion's direct kernel instead, on AVX-512 (Note [Direct convolution of few
+// channels] in convolution_direct.cpp). Results differ by rounding only (each sum in oneDNN's
+// order for the layout); the output is channels-last, as ATen's is for a channels-last input.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -24,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "convolution_direct.h"
 #include "onednn_ops.h"
 #include "packed_weights.h"
 
@@ -58,6 +60,16 @@ at::Tensor activate(at::Tensor out, c10::string_view activation, at::ArrayRef<do
   if (activation == "leaky_relu") return at::leaky_relu_(out, args[0]);
   if (activation == "hardtanh") return at::hardtanh_(out, args[0], args[1]);
   return out;
+}
+
+// the activation (check_activation) as the direct kernel applies it
+direct::Activation direct_activation(c10::string_view activation, at::ArrayRef<double> args) {
+  if (activation == "relu") return {direct::Activation::relu};
+  if (activation == "leaky_relu") return {direct::Activation::leaky_relu, float(args[0])};
+  if (activation == "hardtanh") {
+    return {direct::Activation::hardtanh, float(args[0]), float(args[1])};
+  }
+  return {};
 }
 
 // ATen's convolution and the activation (arguments checked)
@@ -98,8 +110,12 @@ at::Tensor cpu_conv2d(const at::Tensor& input, const at::Tensor& weight,
                       c10::string_view activation, at::ArrayRef<double> args) {
   check_arguments(input, weight, stride, padding, dilation, groups);
   check_activation(activation, args);
-  if (!onednn::takes(input, weight, bias) ||
-      input.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
+  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  if (channels_last && direct::takes(input, weight, bias, stride, padding, dilation, groups)) {
+    const direct::Activation fused = direct_activation(activation, args);
+    return direct::conv2d(input, weight, bias, stride, padding, fused);
+  }
+  if (!channels_last || !onednn::takes(input, weight, bias)) {
     return aten_convolution(input, weight, bias, stride, padding, dilation, groups, activation,
                             args);
   }

@@ -20,6 +20,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "widened to float32.");
   m.def("packed_weights_hold", &chrion::packed_weights_hold,
         "Whether the CPU kernels' cache holds a current packed form of this weight.");
+  m.def("packed_weight_sizes", &chrion::packed_weight_sizes,
+        "The sizes of the cached packed form of this weight, or None: which packing ran.");
   m.def("packed_weights_cached", &chrion::packed_weights_cached,
         "How many packed weights the CPU kernels' cache holds.");
   m.def(

@@ -71,6 +71,14 @@ bool packed_weights_hold(const at::Tensor& weight) {
   return current_entry(weight) != nullptr;
 }
 
+std::optional<std::vector<int64_t>> packed_weight_sizes(const at::Tensor& weight) {
+  if (weight.is_inference()) return std::nullopt;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  const Entry* entry = current_entry(weight);
+  if (entry == nullptr) return std::nullopt;
+  return entry->packed.sizes().vec();
+}
+
 int64_t packed_weights_cached() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   return static_cast<int64_t>(cache().size());

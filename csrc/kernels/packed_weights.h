@@ -19,6 +19,7 @@
 #include <c10/util/FunctionRef.h>
 
 #include <optional>
+#include <vector>
 
 namespace chrion {
 
@@ -45,6 +46,10 @@ bool packable_float32(const at::Tensor& input, const at::Tensor& weight,
 
 /// Whether the cache holds a current packed form of `weight` (tests: chrion's kernel ran).
 bool packed_weights_hold(const at::Tensor& weight);
+
+/// The sizes of the current packed form of `weight`, if the cache holds one (tests: which
+/// packing, so which kernel, ran).
+std::optional<std::vector<int64_t>> packed_weight_sizes(const at::Tensor& weight);
 
 /// How many packed weights the cache holds (entries of freed weights included until swept).
 int64_t packed_weights_cached();

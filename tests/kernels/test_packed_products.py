@@ -1,9 +1,9 @@
 """chrion::dense and chrion::conv2d (csrc/kernels/dense.cpp, convolution.cpp): equal to aten's
 product / convolution in float64 to float32 rounding, on each of their CPU paths (dense: the
 recurrent kernels' panels, the weight packed once, with rows and output blocks split over the
-threads, or ATen; conv2d: oneDNN with the weight reordered once for channels-last input, or
-ATen); the packed weight follows in-place writes and rebinding; bad shapes are errors naming
-the argument."""
+threads, or ATen; conv2d: the direct kernel for few taps on AVX-512, oneDNN with the weight
+reordered once for channels-last input, or ATen); the packed weight follows in-place writes and
+rebinding; bad shapes are errors naming the argument."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def assert_rounding_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b) 
 
 def packed(w: torch.Tensor) -> bool:
     return load("kernels").packed_weights_hold(w)
+
+
+def packed_sizes(w: torch.Tensor) -> list[int] | None:
+    return load("kernels").packed_weight_sizes(w)
 
 
 # the input's leading shape: one row, a few, several passes over the panels in chunks of equal
@@ -199,6 +203,9 @@ ACTIVATIONS = {
 }
 
 
+ACTIVATION_CASES = [("none", []), ("relu", []), ("leaky_relu", [0.2]), ("hardtanh", [-0.5, 1.5])]
+
+
 def conv2d_reference(x, w, b, stride, padding, dilation, groups, activation) -> torch.Tensor:
     bias = None if b is None else b.double()
     y = torch.conv2d(x.double(), w.double(), bias, stride, padding, dilation, groups)
@@ -215,11 +222,7 @@ GEOMETRIES = {  # (in, out, kernel, stride, padding, dilation, groups)
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["onednn", "aten"])
-@pytest.mark.parametrize(
-    "activation",
-    [("none", []), ("relu", []), ("leaky_relu", [0.2]), ("hardtanh", [-0.5, 1.5])],
-    ids=lambda a: a[0],
-)
+@pytest.mark.parametrize("activation", ACTIVATION_CASES, ids=lambda a: a[0])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 def test_conv2d_equals_the_convolution_on_both_paths(geometry, bias, activation, channels_last):
@@ -269,3 +272,85 @@ def test_conv2d_errors_name_the_argument(x, w, activation, message, channels_las
     x = x.clone(memory_format=torch.channels_last) if channels_last else x
     with pytest.raises(ValueError, match=message):
         conv2d(x, torch.randn(w), None, [1, 1], [0, 0], [1, 1], 1, activation)
+
+
+# the direct kernel (csrc/kernels/convolution_direct.cpp): AVX-512 only, up to 32 taps
+DIRECT = torch.backends.cpu.get_cpu_capability() == "AVX512"
+DIRECT_MAX_TAPS = 32
+DIRECT_GEOMETRIES = {  # (in, out, kernel, stride, padding): out channels in groups of 64
+    "one-channel-3x3": (1, 64, (3, 3), [1, 1], [1, 1]),
+    "rgb-ragged-out": (3, 37, (3, 3), [1, 1], [1, 1]),
+    "two-groups-strided": (1, 70, (5, 5), [2, 2], [2, 2]),
+    "tall-kernel": (2, 16, (3, 1), [2, 1], [1, 0]),
+    "32-taps-three-groups": (4, 130, (2, 4), [1, 3], [0, 1]),
+    "one-by-one": (1, 8, (1, 1), [1, 1], [0, 0]),
+    "wide-rows-unpadded": (1, 5, (3, 3), [1, 1], [0, 0]),
+}
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_CASES, ids=lambda a: a[0])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("geometry", list(DIRECT_GEOMETRIES))
+def test_few_taps_take_the_direct_kernel(geometry, bias, activation):
+    torch.manual_seed(6)
+    c_in, c_out, kernel, stride, padding = DIRECT_GEOMETRIES[geometry]
+    # 61 columns: output rows longer than a block of pixels, and a partial last block
+    x = torch.randn(3, c_in, 9, 61).clone(memory_format=torch.channels_last)
+    w = torch.randn(c_out, c_in, *kernel)
+    b = torch.randn(c_out) if bias else None
+    args = (stride, padding, [1, 1], 1, activation)
+    y = conv2d(x, w, b, *args)
+    torch.testing.assert_close(y, conv2d_reference(x, w, b, *args), rtol=1e-5, atol=1e-5)
+    assert y.stride() == torch.conv2d(x, w, b, stride, padding).stride()
+    taps = c_in * kernel[0] * kernel[1]
+    direct = [-(-c_out // 64), taps, 64]
+    assert (packed_sizes(w) == direct) == DIRECT  # the direct kernel packed the weight
+
+
+def test_many_taps_take_onednn():
+    torch.manual_seed(7)
+    x = torch.randn(1, 1, 30, 40).clone(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 11, 3)  # 33 taps
+    assert w[0].numel() > DIRECT_MAX_TAPS
+    y = conv2d(x, w, None, [1, 1], [5, 1], [1, 1], 1, ("relu", []))
+    expected = conv2d_reference(x, w, None, [1, 1], [5, 1], [1, 1], 1, ("relu", []))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+    assert packed_sizes(w) == list(w.shape)  # oneDNN's reordered weight keeps its sizes
+
+
+def test_the_direct_kernel_propagates_nan_and_infinity():
+    torch.manual_seed(8)
+    x = torch.randn(2, 1, 8, 30).clone(memory_format=torch.channels_last)
+    x[0, 0, 3, 4], x[1, 0, 5, 20], x[1, 0, 0, 0] = float("nan"), float("inf"), -float("inf")
+    w, b = torch.randn(20, 1, 3, 3), torch.randn(20)
+    for activation in [("none", []), ("relu", []), ("leaky_relu", [0.1]), ("hardtanh", [-1, 1])]:
+        args = ([1, 1], [1, 1], [1, 1], 1, activation)
+        y = conv2d(x, w, b, *args)
+        expected = conv2d_reference(x, w, b, *args)
+        assert y.isnan().sum() > 0
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_direct_kernel_does_not_depend_on_the_thread_count(threads):
+    torch.manual_seed(9)
+    # 4 images of 100 x 40 (bench/crdnn.py's first convolution): rows split over the threads
+    x = torch.randn(4, 1, 100, 40).clone(memory_format=torch.channels_last)
+    w, b = torch.randn(64, 1, 3, 3), torch.randn(64)
+    args = ([1, 1], [1, 1], [1, 1], 1, ("leaky_relu", [0.01]))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = conv2d(x, w, b, *args)
+        torch.set_num_threads(threads)
+        many = conv2d(x, w, b, *args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many)
+    torch.testing.assert_close(many, conv2d_reference(x, w, b, *args), rtol=1e-5, atol=1e-5)
+
+
+def test_a_kernel_larger_than_the_padded_input_is_atens_error():
+    x = torch.randn(1, 1, 2, 8).clone(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="[Kk]ernel size|too small"):
+        conv2d(x, torch.randn(4, 1, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, ("none", []))
