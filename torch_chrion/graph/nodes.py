@@ -104,6 +104,17 @@ def replace_first_output(graph: fx.Graph, node: fx.Node, value: fx.Node) -> None
     graph.erase_node(node)
 
 
+def replace_with_call(graph: fx.Graph, node: fx.Node, target: Any, args: tuple) -> fx.Node:
+    """``target(*args)`` in ``node``'s place: inserted before it, with its meta and its readers;
+    ``node`` is erased."""
+    with graph.inserting_before(node):
+        call = graph.call_function(target, args)
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    return call
+
+
 def drop_unread_constants(gm: fx.GraphModule, targets: set[str]) -> None:
     """After a pass replaced constants: drop the nodes nothing reads, then the attributes among
     ``targets`` that no get_attr node reads any more (their tensors are not held twice)."""

@@ -8,6 +8,7 @@ from .dense_products import dense_products
 from .fold_batch_norm import fold_batch_norm
 from .fold_input_free import fold_input_free
 from .functionalize import functionalize_mutations
+from .gather_rows import gather_rows
 from .max_pool_windows import max_pool_windows
 from .packed_convolutions import packed_convolutions
 from .split_recurrent import split_recurrent
@@ -23,6 +24,7 @@ __all__ = [
     "fold_batch_norm",
     "fold_input_free",
     "functionalize_mutations",
+    "gather_rows",
     "max_pool_windows",
     "packed_convolutions",
     "split_recurrent",
@@ -39,4 +41,5 @@ SPEED_REWRITES = (
     channels_last_convolutions,
     packed_convolutions,
     dense_products,
+    gather_rows,
 )

@@ -19,7 +19,7 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
-from ..nodes import constant_tensor
+from ..nodes import constant_tensor, replace_with_call
 
 aten = torch.ops.aten
 
@@ -72,14 +72,12 @@ def packed_convolutions(gm: fx.GraphModule) -> fx.GraphModule:
         reader = readers[0] if len(readers) == 1 else None
         activation = _activation(reader) if reader is not None else None
         name, args = activation or ("none", [])
-        with graph.inserting_before(node):
-            conv = graph.call_function(
-                torch.ops.chrion.conv2d.default,
-                (source, weight, bias, stride, padding, dilation, groups, name, args),
-            )
-        conv.meta.update(node.meta)
-        node.replace_all_uses_with(conv)
-        graph.erase_node(node)
+        conv = replace_with_call(
+            graph,
+            node,
+            torch.ops.chrion.conv2d.default,
+            (source, weight, bias, stride, padding, dilation, groups, name, args),
+        )
         if activation is not None:
             reader.replace_all_uses_with(conv)
             graph.erase_node(reader)
