@@ -40,6 +40,13 @@ void check_arguments(const at::Tensor& input, const at::Tensor& weight, at::IntA
                     input.sizes());
   TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
                     "chrion::conv2d: stride, padding and dilation need two values each");
+  // checked here, not left to the kernels: oneDNN divides by a zero stride (SIGFPE)
+  TORCH_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, "chrion::conv2d: stride must be positive, "
+                    "got ", stride);
+  TORCH_CHECK_VALUE(dilation[0] >= 1 && dilation[1] >= 1,
+                    "chrion::conv2d: dilation must be positive, got ", dilation);
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0,
+                    "chrion::conv2d: padding must not be negative, got ", padding);
   TORCH_CHECK_VALUE(groups >= 1 && input.size(1) == weight.size(1) * groups,
                     "chrion::conv2d: input has ", input.size(1), " channels, the weight takes ",
                     weight.size(1) * groups, " (", weight.size(1), " x ", groups, " groups)");

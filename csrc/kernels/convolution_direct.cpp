@@ -95,8 +95,8 @@ struct Geometry {
   int64_t out_h, out_w, cout;
 };
 
-// P output pixels from `ow0` of one output row, CV vectors of a channel group: taps, bias,
-// activation, store of `pixels` pixels and `channels` channels
+// P output pixels of one output row (`in` at the first one's first tap), CV vectors of a
+// channel group: taps, bias, activation, store of `pixels` pixels and `channels` channels
 template <int CV, int P>
 CHRION_AVX512 void pixel_block(const float* in, const float* w, const float* bias,
                                const Geometry& g, float* out, int64_t pixels, int64_t channels,
@@ -189,7 +189,7 @@ bool takes(const at::Tensor& input, const at::Tensor& weight,
   if (input.dim() != 4 || dilation[0] != 1 || dilation[1] != 1 || taps > kMaxTaps) return false;
   // at least one output pixel: ATen's own error names a kernel larger than the padded input
   return input.size(2) + 2 * padding[0] >= weight.size(2) &&
-         input.size(3) + 2 * padding[1] >= weight.size(3) && stride[0] >= 1 && stride[1] >= 1;
+         input.size(3) + 2 * padding[1] >= weight.size(3);
 #endif
 }
 

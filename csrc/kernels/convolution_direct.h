@@ -23,7 +23,8 @@ bool takes(const at::Tensor& input, const at::Tensor& weight,
            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
-/// The convolution (arguments checked by chrion::conv2d, `takes` true), written channels-last.
+/// The convolution (arguments checked by chrion::conv2d: positive strides, padding not
+/// negative; `takes` true), written channels-last.
 at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                   at::IntArrayRef padding, Activation activation);

@@ -354,3 +354,20 @@ def test_a_kernel_larger_than_the_padded_input_is_atens_error():
     x = torch.randn(1, 1, 2, 8).clone(memory_format=torch.channels_last)
     with pytest.raises(RuntimeError, match="[Kk]ernel size|too small"):
         conv2d(x, torch.randn(4, 1, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, ("none", []))
+
+
+@pytest.mark.parametrize(
+    "stride, padding, dilation, message",
+    [
+        ([0, 1], [0, 0], [1, 1], r"stride must be positive, got \[0, 1\]"),
+        ([1, 1], [-1, 0], [1, 1], r"padding must not be negative, got \[-1, 0\]"),
+        ([1, 1], [0, 0], [1, 0], r"dilation must be positive, got \[1, 0\]"),
+    ],
+)
+@pytest.mark.parametrize("channels", [1, 16], ids=["direct", "onednn"])
+def test_bad_geometry_is_an_error_naming_it(stride, padding, dilation, message, channels):
+    # a zero stride crashed the process in oneDNN (SIGFPE) before it was checked
+    x = torch.randn(1, channels, 8, 8).clone(memory_format=torch.channels_last)
+    w = torch.randn(4, channels, 3, 3)
+    with pytest.raises(ValueError, match=message):
+        conv2d(x, w, None, stride, padding, dilation, 1, ("none", []))
