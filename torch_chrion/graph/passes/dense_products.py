@@ -22,7 +22,7 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
-from ..nodes import constant_tensor
+from ..nodes import constant_tensor, replace_with_call
 
 aten = torch.ops.aten
 
@@ -121,10 +121,7 @@ def dense_products(gm: fx.GraphModule) -> fx.GraphModule:
             if bias is not None:  # a bias get_attr may come after the product: read it here
                 bias = graph.get_attr(str(bias.target))
             weight_node = _weight_node(gm, weight_arg, weight)
-            dense = graph.call_function(torch.ops.chrion.dense.default, (source, weight_node, bias))
-        dense.meta.update(node.meta)
-        node.replace_all_uses_with(dense)
-        graph.erase_node(node)
+        replace_with_call(graph, node, torch.ops.chrion.dense.default, (source, weight_node, bias))
         if add is not None:
             (product,) = [a for a in add.args if a.op != "get_attr"]
             add.replace_all_uses_with(product)
