@@ -95,3 +95,57 @@ def test_a_one_step_example_proves_nothing():
     model = Recurrent().eval()
     (x,) = inputs(model)
     assert causal_time_axes(capture(model, (x[:1],)), [0]) is None
+
+
+VOCABULARY = 50
+
+
+class Tokens(nn.Module):
+    """A language model: a row lookup per token, an LSTM, and an output layer large enough to
+    become one chrion::dense node."""
+
+    def __init__(self, lookup: str, bidirectional: bool = False):
+        super().__init__()
+        self.lookup = lookup
+        self.embedding = nn.Embedding(VOCABULARY, FEATURES)
+        self.rnn = nn.LSTM(FEATURES, 8, bidirectional=bidirectional)
+        self.head = nn.Linear(16 if bidirectional else 8, 8192)
+
+    def forward(self, tokens):
+        if self.lookup == "index":  # aten.index.Tensor: chrion::gather_rows
+            x = self.embedding.weight[tokens]
+        else:
+            x = self.embedding(tokens)
+        y, _ = self.rnn(x)
+        return self.head(y).log_softmax(-1)
+
+
+def tokens_causal_by_brute_force(model, tokens) -> bool:
+    """causal_by_brute_force for token inputs [T, B]."""
+    with torch.no_grad():
+        base = model(tokens)
+        for k in (1, STEPS // 2, STEPS - 1):
+            changed = tokens.clone()
+            changed[k:] = (changed[k:] + 1) % VOCABULARY  # every token from step k on
+            if not torch.equal(base[:k], model(changed)[:k]):
+                return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "lookup, bidirectional, expected",
+    [("embedding", False, [0]), ("index", False, [0]), ("embedding", True, None)],
+)
+def test_row_lookups_and_dense_products_keep_time(lookup, bidirectional, expected):
+    model = Tokens(lookup, bidirectional).eval()
+    tokens = torch.randint(0, VOCABULARY, (STEPS, 2), generator=torch.Generator().manual_seed(0))
+    gm = capture(model, (tokens,))
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    lookup_op = (
+        torch.ops.aten.embedding.default
+        if lookup == "embedding"
+        else (torch.ops.chrion.gather_rows.default)
+    )
+    assert {lookup_op, torch.ops.chrion.dense.default} <= targets
+    assert causal_time_axes(gm, [0]) == expected
+    assert tokens_causal_by_brute_force(model, tokens) == (expected is not None)

@@ -10,8 +10,9 @@ The analysis follows where the time axis of each value lies, in the row-major fl
 shape: step ``t`` of a value is ``(flat // stride) % length``. Reshapes keep the flat index, so
 they keep the time axis wherever the dims it merges or splits go (a [T, N, F] -> [T*N, F] view
 before a Linear, say); a permute moves the dim that holds it; an op that works per position
-along other dims (pointwise ops, a matmul whose rows hold time, a softmax over features, a
-unidirectional forward recurrent layer along its own time dim) keeps it. It reads only node
+along other dims (pointwise ops, a matmul or ``chrion::dense`` whose rows hold time, a softmax
+over features, a row lookup per token, a unidirectional forward recurrent layer along its own
+time dim) keeps it. It reads only node
 targets, arguments and ``meta["val"]`` shapes (graph/annotate.py).
 """
 
@@ -89,6 +90,8 @@ _VIEWS = {
 _SOFTMAX = {aten._log_softmax.default, aten._softmax.default}
 _MATMUL = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.matmul.default}
 _RECURRENT = {"chrion::lstm", "chrion::gru", "chrion::rnn"}
+# row lookups: (table, index) -> one row per index element
+_LOOKUPS = {"aten::embedding": ("weight", "indices"), "chrion::gather_rows": ("table", "index")}
 
 
 def _bound(node: fx.Node) -> dict[str, Any]:
@@ -121,6 +124,8 @@ def _transfer(node: fx.Node, states: dict[fx.Node, State]) -> State:
     out = _shape(node)
     if target.name() in _RECURRENT:
         return _recurrent(node, states)
+    if target.name() in _LOOKUPS:
+        return _looked_up(node, states, *_LOOKUPS[target.name()])
     if out is None:
         return MIXED
     args = _bound(node)
@@ -141,7 +146,7 @@ def _transfer(node: fx.Node, states: dict[fx.Node, State]) -> State:
         return _sliced(node, given, _shape(first), args["dim"], out)
     if target == aten.cat.default:
         return _concatenated(node, states, args["dim"], out)
-    if target in _MATMUL:
+    if target in _MATMUL or target.name() == "chrion::dense":
         return _matmul(node, states, out)
     if torch.Tag.pointwise in target.tags:
         return _pointwise(node, states, out)
@@ -243,13 +248,14 @@ def _concatenated(
 
 def _matmul(node: fx.Node, states: dict[fx.Node, State], out: tuple[int, ...]) -> State:
     """Rows (or batch dims) of the left operand may hold time; the right operand and a bias
-    must not depend on time."""
+    must not depend on time. ``chrion::dense(input, weight, bias)`` is ``input @ weight + bias``."""
     if node.target == aten.addmm.default:
         bias, left, right = node.args[:3]
-        if states[bias] is not None:
-            return MIXED
     else:
         left, right = node.args[:2]
+        bias = _bound(node).get("bias")
+    if any(s is not None for s in _states_of(bias, states)):
+        return MIXED
     state, shape = states[left], _shape(left)
     if states[right] is not None or not isinstance(state, _Time) or shape is None:
         return MIXED
@@ -257,6 +263,16 @@ def _matmul(node: fx.Node, states: dict[fx.Node, State], out: tuple[int, ...]) -
     if where is None or where[0] == len(shape) - 1:  # time in the contracted dim
         return MIXED
     return _at(out, where[0] + len(out) - len(shape), where[1], state.length)
+
+
+def _looked_up(node: fx.Node, states: dict[fx.Node, State], table: str, index: str) -> State:
+    """A row of a table that does not depend on time per index element: the index's time axis,
+    each of its steps now a row of the table long."""
+    args = _bound(node)
+    state, shape = states[args[index]], _shape(args[table])
+    if states[args[table]] is not None or not isinstance(state, _Time) or shape is None:
+        return MIXED
+    return _Time(state.stride * math.prod(shape[1:]), state.length)
 
 
 def _recurrent(node: fx.Node, states: dict[fx.Node, State]) -> State:
