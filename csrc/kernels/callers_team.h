@@ -2,8 +2,10 @@
 // (Note [Recurrent threads are the caller's team] in recurrent_schedule.cpp).
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace chrion {
@@ -26,6 +28,17 @@ void split_over_callers_team(int64_t work, int threads, const Part& part) {
     const int64_t rank = omp_get_thread_num();
     part(work * rank / team, work * (rank + 1) / team);
   }
+}
+
+// A thread's share of a split op reads at least this many bytes, so that a small op is not cut
+// into parts that cost less than waking a thread.
+constexpr int64_t kBytesPerThread = int64_t{256} << 10;
+
+// Threads for an op of `parts` parts reading `bytes` in all: the caller's intra-op threads, at
+// most one per part and one per kBytesPerThread.
+inline int threads_for_bytes(int64_t parts, int64_t bytes) {
+  return static_cast<int>(std::min<int64_t>(
+      {at::get_num_threads(), parts, std::max<int64_t>(1, bytes / kBytesPerThread)}));
 }
 
 }  // namespace chrion

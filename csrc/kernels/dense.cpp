@@ -104,11 +104,6 @@ at::Tensor panel_weight(const at::Tensor& weight) {
   return packed;
 }
 
-// A thread's tiles cost at least this many bytes of weight streamed (a multiply-add counted as
-// 2 bytes: about this CPU's ratio of cache bandwidth to multiply-add rate), so that a small
-// product is not cut into parts that cost less than waking a thread.
-constexpr int64_t kBytesPerThread = int64_t{256} << 10;
-
 at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias) {
   const CpuKernels& kernels = recurrent::cpu_kernels();
@@ -145,6 +140,8 @@ at::Tensor panel_product(const at::Tensor& input, const at::Tensor& weight,
   const int64_t blocks = (outputs + units - 1) / units;
   const int64_t tile_cost =
       std::max(features * units * int64_t{4}, 2 * p.chunk * features * units);
+  // a thread's tiles cost at least kBytesPerThread of weight streamed (a multiply-add counted
+  // as 2 bytes: about this CPU's ratio of cache bandwidth to multiply-add rate)
   const int64_t grain = std::max<int64_t>(1, kBytesPerThread / tile_cost);
   float* gates = out.data_ptr<float>();
   const auto run = [&](int64_t begin, int64_t end) {

@@ -55,10 +55,6 @@ std::vector<int64_t> row_numbers(const at::Tensor& index, int64_t rows) {
   return out;
 }
 
-// Rows copied per thread at least this many bytes, so that a small gather is not cut into
-// parts that cost less than waking a thread (as chrion::dense, csrc/kernels/dense.cpp)
-constexpr int64_t kBytesPerThread = int64_t{256} << 10;
-
 at::Tensor cpu_gather_rows(const at::Tensor& table, const at::Tensor& index) {
   check_arguments(table, index);
   if (!table.is_contiguous()) return at::index(table, {index});
@@ -74,8 +70,7 @@ at::Tensor cpu_gather_rows(const at::Tensor& table, const at::Tensor& index) {
   if (count == 0 || row_bytes == 0) return out;
   const char* src = static_cast<const char*>(table.const_data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
-  const int threads = static_cast<int>(std::min<int64_t>(
-      {at::get_num_threads(), count, std::max<int64_t>(1, count * row_bytes / kBytesPerThread)}));
+  const int threads = threads_for_bytes(count, count * row_bytes);
   split_over_callers_team(count, threads, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       std::memcpy(dst + i * row_bytes, src + picked[i] * row_bytes, row_bytes);

@@ -145,10 +145,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void pool_rows(
   }
 }
 
-// A thread's rows read at least this many bytes, so that a small pool is not cut into parts
-// that cost less than waking a thread (as chrion::dense, csrc/kernels/dense.cpp)
-constexpr int64_t kBytesPerThread = int64_t{256} << 10;
-
 at::Tensor cpu_max_pool_tiles(const at::Tensor& input, at::IntArrayRef window) {
   const Window w = checked_window(input, window);
   at::Tensor out = new_output(input, w);
@@ -160,8 +156,7 @@ at::Tensor cpu_max_pool_tiles(const at::Tensor& input, at::IntArrayRef window) {
   const float* in = input.const_data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t bytes = input.numel() * static_cast<int64_t>(sizeof(float));
-  const int threads = static_cast<int>(std::min<int64_t>(
-      {at::get_num_threads(), rows, std::max<int64_t>(1, bytes / kBytesPerThread)}));
+  const int threads = threads_for_bytes(rows, bytes);
   split_over_callers_team(rows, threads, [&](int64_t begin, int64_t end) {
     pool_rows(in, dst, begin, end, input.size(2), input.size(3), out.size(2), out.size(3),
               input.size(1), w);

@@ -130,6 +130,11 @@ struct CpuKernels {
   /// whether bfloat16 W_hh is multiplied with vdpbf16ps (else widened to float32), Note [bf16
   /// dot products] in recurrent_cpu_impl.h
   bool (*bf16_dot)();
+  /// softmax (log_softmax where `log`) of the rows [first, end) of `in`, each `columns`
+  /// contiguous floats, into the same rows of `out` (Note [Softmax rows] in
+  /// softmax_cpu_impl.h)
+  void (*softmax_rows)(const float* in, float* out, int64_t columns, int64_t first, int64_t end,
+                       bool log);
 };
 
 /// Kernels compiled for each instruction set; null where this build or compiler has none.

@@ -663,6 +663,12 @@ void project(const Projection& p, int64_t first_step, int64_t j0, int64_t j1) {
   }
 }
 
+}  // namespace chrion::recurrent::CPU_CAPABILITY
+
+#include "softmax_cpu_impl.h"
+
+namespace chrion::recurrent::CPU_CAPABILITY {
+
 const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY),
                           &block_units,
                           &step_rows,
@@ -671,6 +677,7 @@ const CpuKernels kKernels{CHRION_STRINGIZE_ISA(CPU_CAPABILITY),
                           &pack_pairs,
                           &project,
                           &step,
-                          &has_bf16_dot};
+                          &has_bf16_dot,
+                          &softmax_rows};
 
 }  // namespace chrion::recurrent::CPU_CAPABILITY

@@ -17,7 +17,7 @@ The steps, each a pass of its own (after tracing, in the order of ``PASSES``):
 2. ``unpin_copies`` and ``fold_input_free``: no node stays pinned to the tracing device;
 3. dead-code elimination; ``SPEED_REWRITES``, CPU-speed rewrites that keep the values
    (``fold_batch_norm``, ``max_pool_windows``, ``channels_last_convolutions``,
-   ``packed_convolutions``, ``dense_products``, ``gather_rows``); then
+   ``packed_convolutions``, ``dense_products``, ``gather_rows``, ``softmax_rows``); then
    ``check_portable``: no backend-only kernel is left;
 4. ``split_recurrent`` to the requested granularity, ``bf16_recurrent_weights`` when asked,
    ``fold_input_free`` again, then ``annotate`` (fake-tensor propagation).

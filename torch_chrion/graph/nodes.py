@@ -115,6 +115,22 @@ def replace_with_call(graph: fx.Graph, node: fx.Node, target: Any, args: tuple) 
     return call
 
 
+def replace_matches(
+    gm: fx.GraphModule, match: Callable[[fx.Node], tuple | None], target: Any
+) -> fx.GraphModule:
+    """Every node for which ``match`` gives arguments becomes ``target(*arguments)`` (in place;
+    ``gm`` recompiled if any did)."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        args = match(node)
+        if args is not None:
+            replace_with_call(gm.graph, node, target, args)
+            changed = True
+    if changed:
+        gm.recompile()
+    return gm
+
+
 def drop_unread_constants(gm: fx.GraphModule, targets: set[str]) -> None:
     """After a pass replaced constants: drop the nodes nothing reads, then the attributes among
     ``targets`` that no get_attr node reads any more (their tensors are not held twice)."""

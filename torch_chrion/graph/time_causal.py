@@ -138,7 +138,7 @@ def _transfer(node: fx.Node, states: dict[fx.Node, State]) -> State:
         return given
     if target in (aten.permute.default, aten.transpose.int, aten.t.default):
         return _permuted(node, given, out)
-    if target in _SOFTMAX:
+    if target in _SOFTMAX or target.name() == "chrion::softmax":
         return _keeps_unless(given, _shape(first), {args["dim"]}, out)
     if target in (aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin.default):
         return _reduced(given, _shape(first), args.get("dim"), bool(args.get("keepdim")), out)

@@ -11,6 +11,7 @@ from .functionalize import functionalize_mutations
 from .gather_rows import gather_rows
 from .max_pool_windows import max_pool_windows
 from .packed_convolutions import packed_convolutions
+from .softmax_rows import softmax_rows
 from .split_recurrent import split_recurrent
 from .unpin_copies import unpin_copies
 
@@ -27,6 +28,7 @@ __all__ = [
     "gather_rows",
     "max_pool_windows",
     "packed_convolutions",
+    "softmax_rows",
     "split_recurrent",
     "unpin_copies",
 ]
@@ -42,4 +44,5 @@ SPEED_REWRITES = (
     packed_convolutions,
     dense_products,
     gather_rows,
+    softmax_rows,
 )

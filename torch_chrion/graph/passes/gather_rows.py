@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
-from ..nodes import replace_with_call
+from ..nodes import replace_matches
 
 aten = torch.ops.aten
 
@@ -41,14 +41,4 @@ def _row_lookup(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
 def gather_rows(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite ``gm``'s row lookups (in place)."""
     ensure_loaded()
-    graph = gm.graph
-    changed = False
-    for node in list(graph.nodes):
-        lookup = _row_lookup(node)
-        if lookup is None:
-            continue
-        replace_with_call(graph, node, torch.ops.chrion.gather_rows.default, lookup)
-        changed = True
-    if changed:
-        gm.recompile()
-    return gm
+    return replace_matches(gm, _row_lookup, torch.ops.chrion.gather_rows.default)
