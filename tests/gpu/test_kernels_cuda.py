@@ -51,3 +51,20 @@ def test_chrion_max_pool_tiles_on_cuda_matches_max_pool2d():
         got = torch.ops.chrion.max_pool_tiles(x, [2, 2])
         torch.testing.assert_close(got, expected, equal_nan=True, rtol=0, atol=0)
         assert got.stride() == expected.stride()
+
+
+def test_chrion_gather_rows_on_cuda_matches_indexing():
+    ensure_loaded()
+    torch.manual_seed(0)
+    table = torch.randn(50, 8, device="cuda")
+    index = torch.randint(-50, 50, (7, 3), device="cuda")
+    assert torch.equal(torch.ops.chrion.gather_rows(table, index), table[index])
+
+
+def test_chrion_softmax_on_cuda_matches_atens():
+    ensure_loaded()
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 1000, device="cuda")
+    x[0, 0, ::3] = float("-inf")
+    for log, op in ((True, torch.log_softmax), (False, torch.softmax)):
+        assert torch.equal(torch.ops.chrion.softmax(x, -1, log), op(x, -1))
