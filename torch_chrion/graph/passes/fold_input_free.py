@@ -15,6 +15,16 @@ Two kinds of input-free node must never fold, and are refused instead of folded 
   bernoulli, ...): folding freezes one sample for every call, and keeping the node pins it to
   the tracing device. The model should draw from an input (``torch.randn_like(x)``, which stays a
   per-call node on whichever lane runs it) or take the noise as an input.
+
+A view of a constant weight (an ONNX initializer: an ``expand`` of an initial state to the batch,
+the ``slice`` of it that split_recurrent gives each layer, a ``t`` of a matrix) is folded too,
+but as a view: the attribute (``_chrion_weight_view_*``) shares the weight's storage and version
+counter, so it follows in-place writes as the node did, and saving the graph keeps the sharing
+(torch.save stores a storage once). Each such node was a step of its own per call: an ``expand``
+traced at 3-8 us in the plans of the LSTM language model and the stacked LSTM. Views of an
+``nn.Parameter`` stay nodes, as before: a parameter is what a user may rebind (``param.data =
+other``), which a view taken once would never see (the captured graphs do not follow a rebound
+parameter today either, but a view would make that permanent).
 """
 
 from __future__ import annotations
@@ -25,12 +35,13 @@ import torch
 from torch import fx
 
 from ...errors import ModelError, UnsupportedOperatorError
-from ..nodes import drop_unread_constants
+from ..nodes import drop_unread_constants, fetch_attr
 from .functionalize import written_arguments
 
 log = logging.getLogger(__name__)
 
 PREFIX = "_chrion_const_"
+VIEW_PREFIX = "_chrion_weight_view_"
 
 
 def _is_data(node: fx.Node) -> bool:
@@ -39,11 +50,27 @@ def _is_data(node: fx.Node) -> bool:
     )
 
 
-def _fresh_name(gm: fx.GraphModule) -> str:
+def _fresh_name(gm: fx.GraphModule, prefix: str) -> str:
     index = 0
-    while hasattr(gm, f"{PREFIX}{index}"):
+    while hasattr(gm, f"{prefix}{index}"):
         index += 1
-    return f"{PREFIX}{index}"
+    return f"{prefix}{index}"
+
+
+def _is_view(node: fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and target.is_view
+
+
+def _shares_storage(value: object, args: object) -> bool:
+    """Whether ``value`` is a tensor viewing the storage of one of the tensors in ``args``."""
+    if not isinstance(value, torch.Tensor):
+        return False
+    storage = value.untyped_storage().data_ptr()
+    return any(
+        isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == storage
+        for a in torch.utils._pytree.tree_leaves(args)
+    )
 
 
 def _is_random(node: fx.Node) -> bool:
@@ -71,6 +98,33 @@ def _refuse_unfoldable(node: fx.Node, depends: dict[fx.Node, bool]) -> None:
             )
 
 
+def _weight_view(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    values: dict[fx.Node, object],
+    views: dict[fx.Node, torch.Tensor],
+) -> torch.Tensor | None:
+    """The value of view op ``node`` when every node it reads is a weight, a constant or a
+    weight's view: a view of the weight (detached: a view of a parameter that requires grad is
+    no leaf, which the profiler's copy of the graph refuses), else None."""
+    inputs: dict[fx.Node, object] = {}
+    for arg in node.all_input_nodes:
+        if arg in views:
+            inputs[arg] = views[arg]
+        elif arg in values:
+            inputs[arg] = values[arg]
+        elif arg.op == "get_attr":
+            weight = fetch_attr(gm, arg.target)
+            if isinstance(weight, torch.nn.Parameter):  # see the module's docstring
+                return None
+            inputs[arg] = weight.detach() if isinstance(weight, torch.Tensor) else weight
+        else:
+            return None
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: inputs[n])
+    value = node.target(*args, **kwargs)
+    return value if _shares_storage(value, args) else None
+
+
 def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
     """Replace each input- and weight-free call_function chain by one get_attr constant.
 
@@ -87,6 +141,8 @@ def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
     """
     depends: dict[fx.Node, bool] = {}
     values: dict[fx.Node, object] = {}
+    # views of weights (no input): node -> its value, a view sharing the weight's storage
+    views: dict[fx.Node, torch.Tensor] = {}
     for node in gm.graph.nodes:
         depends[node] = (
             node.op == "output"
@@ -94,6 +150,10 @@ def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
             or any(depends[arg] for arg in node.all_input_nodes)
         )
         _refuse_unfoldable(node, depends)
+        if node.op == "call_function" and depends[node] and _is_view(node):
+            view = _weight_view(gm, node, values, views)
+            if view is not None:
+                views[node] = view
         if depends[node]:
             continue
         if node.op == "get_attr":
@@ -102,19 +162,21 @@ def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
             args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
             values[node] = node.target(*args, **kwargs)
     folded = 0
-    for node, value in values.items():
-        # Only a chain's last nodes (those read by data-dependent nodes) become constants.
+    for node, value in [*values.items(), *views.items()]:
+        # Only a chain's last nodes (those read by nodes that stay) become constants.
         if node.op != "call_function" or not isinstance(value, torch.Tensor):
             continue
-        if not any(depends[user] for user in node.users):
+        if not any(depends[user] and user not in views for user in node.users):
             continue
-        name = _fresh_name(gm)
+        view = node in views
+        name = _fresh_name(gm, VIEW_PREFIX if view else PREFIX)
         folded += 1
-        gm.register_buffer(name, value.clone())
+        gm.register_buffer(name, value if view else value.clone())
         with gm.graph.inserting_before(node):
             constant = gm.graph.get_attr(name)
         node.replace_all_uses_with(constant)
-    drop_unread_constants(gm, {b for b in gm._buffers if b.startswith(PREFIX)})
+    prefixes = (PREFIX, VIEW_PREFIX)
+    drop_unread_constants(gm, {b for b in gm._buffers if b.startswith(prefixes)})
     gm.recompile()
     log.debug("fold_input_free: %d constants", folded)
     return gm
