@@ -320,6 +320,9 @@ class _Entry:
     graph: torch.fx.GraphModule
     executable: Any
     bucket: tuple
+    # recomputes the graph's derived weights whose sources the caller changed (Note [Derived
+    # weights follow the model] in graph/derived_weights.py)
+    refresh_weights: Callable[[], None]
 
 
 class ChrionModule(SessionMixin, torch.nn.Module):
@@ -443,6 +446,7 @@ class ChrionModule(SessionMixin, torch.nn.Module):
                     self._entries.move_to_end(signature)
                 except KeyError:  # evicted by another thread meanwhile; entry is still usable
                     pass
+            entry.refresh_weights()
             executable = entry.executable
             # not a child module: nn.Module's __setattr__ would register it on every call
             object.__setattr__(self, "_last", executable)
@@ -898,7 +902,10 @@ class ChrionModule(SessionMixin, torch.nn.Module):
         )
 
     def _add_entry(self, signature: tuple, graph: torch.fx.GraphModule, bucket: tuple) -> _Entry:
-        entry = _Entry(graph, self._executable(graph, self.plans[bucket]), bucket)
+        from .graph.derived_weights import refresher_for
+
+        executable = self._executable(graph, self.plans[bucket])
+        entry = _Entry(graph, executable, bucket, refresher_for(graph))
         self._entries[signature] = entry
         self._entries.move_to_end(signature)
         while len(self._entries) > _MAX_SHAPES:  # least recently used, never the example's

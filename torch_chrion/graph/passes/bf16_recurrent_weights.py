@@ -13,10 +13,15 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..nodes import drop_unread_constants
+from ..derived_weights import derived_weight
+from ..nodes import drop_unread_constants, fetch_attr
 from .split_recurrent import _recurrent_ops
 
 PREFIX = "_chrion_bf16_"
+
+
+def _bfloat16_copy(weight: torch.Tensor) -> torch.Tensor:
+    return weight.to(torch.bfloat16)
 
 
 def _bfloat16(gm: fx.GraphModule, weight: fx.Node, before: fx.Node) -> fx.Node:
@@ -27,7 +32,8 @@ def _bfloat16(gm: fx.GraphModule, weight: fx.Node, before: fx.Node) -> fx.Node:
             )
         name = PREFIX + str(weight.target).replace(".", "_")
         if not hasattr(gm, name):
-            gm.register_buffer(name, getattr(gm, weight.target).detach().to(torch.bfloat16))
+            source = fetch_attr(gm, str(weight.target))
+            gm.register_buffer(name, derived_weight(_bfloat16_copy, [source]))
         return gm.graph.get_attr(name)
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import fx
 
 from ...ops import ensure_loaded
+from ..derived_weights import derived_weight
 from ..nodes import drop_unread_constants, fetch_attr, reads_only_first_output
 
 aten = torch.ops.aten
@@ -75,6 +76,10 @@ def _keeps_layout(node: fx.Node, region: set[fx.Node]) -> bool:
     return False
 
 
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
 def channels_last_convolutions(gm: fx.GraphModule) -> fx.GraphModule:
     """Run ``gm``'s 2-D convolutions with constant weights channels-last (in place)."""
     ensure_loaded()  # chrion::max_pool_tiles joins regions
@@ -91,9 +96,7 @@ def channels_last_convolutions(gm: fx.GraphModule) -> fx.GraphModule:
         if target not in restrided:
             restrided[target] = PREFIX + target.lstrip("_").replace(".", "_")
             value = fetch_attr(gm, target)
-            gm.register_buffer(
-                restrided[target], value.detach().contiguous(memory_format=torch.channels_last)
-            )
+            gm.register_buffer(restrided[target], derived_weight(_channels_last, [value]))
         with graph.inserting_before(node):
             cl_weight = graph.get_attr(restrided[target])
             if source not in region:

@@ -9,15 +9,20 @@ unfolded graph by rounding only (a few ulp of the activations).
 
 Folded when: the batch norm is in inference mode, reads the convolution's output, which nothing
 else reads, and every weight, bias and running statistic of both is a constant of the graph. The
-folded weight and bias are new tensors: the model's own are never written.
+folded weight and bias are new tensors: the model's own are never written. They are derived
+weights (graph/derived_weights.py): written into again when the model's weights change after
+capture (load_state_dict), before the next call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..derived_weights import derived_weight
 from ..nodes import (
     drop_unread_constants,
     fetch_attr,
@@ -62,6 +67,20 @@ def _folded_constants(gm: fx.GraphModule, norm: fx.Node) -> list | None:
     return weights if all(w is None or w.is_floating_point() for w in weights) else None
 
 
+def _folded(constants: list, eps: float, part: int) -> Callable[..., torch.Tensor]:
+    """The function of the present constants (the absent, None, left out) that gives the folded
+    weight (part 0) or bias (part 1) in the convolution weight's dtype."""
+    present = [c is not None for c in constants]
+
+    def derive(*tensors: torch.Tensor) -> torch.Tensor:
+        given = iter(tensors)
+        conv_w, conv_b, gamma, beta, mean, var = (next(given) if p else None for p in present)
+        folded = fuse_conv_bn_weights(conv_w, conv_b, mean, var, eps, gamma, beta)[part]
+        return folded.detach().to(conv_w.dtype)
+
+    return derive
+
+
 def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
     """Fold every foldable inference batch norm of ``gm`` into its convolution (in place)."""
     graph = gm.graph
@@ -73,12 +92,12 @@ def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
         if constants is None:
             continue
         conv = norm.args[0]
-        conv_w, conv_b, gamma, beta, mean, var = constants
-        weight, bias = fuse_conv_bn_weights(conv_w, conv_b, mean, var, norm.args[-1], gamma, beta)
         folded = []
-        for part, tensor in (("weight", weight), ("bias", bias)):
-            name = f"{PREFIX}{conv.name}_{part}"
-            gm.register_buffer(name, tensor.detach().to(conv_w.dtype))
+        for part in (0, 1):  # the folded weight, then its bias
+            name = f"{PREFIX}{conv.name}_{('weight', 'bias')[part]}"
+            derive = _folded(constants, norm.args[-1], part)
+            sources = [c for c in constants if c is not None]
+            gm.register_buffer(name, derived_weight(derive, sources))
             with graph.inserting_before(conv):
                 folded.append(graph.get_attr(name))
         originals = (conv.args[1], conv.args[2], *norm.args[1:5])
