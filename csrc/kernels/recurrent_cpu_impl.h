@@ -152,10 +152,14 @@ inline void store(const Vec& v, float* p, int64_t n) {
 // reweighting by the denominator); evaluated in float32 its error is at most 4.9 ulp over
 // every 7th float32 in [2^-20, 12], and the clamp keeps |tanh| <= 1 where rounding would pass
 // it. The portable build keeps at::vec's exp and tanh.
+// exp_gate's input bounds: inside them 2^n is a normal float; outside, sigmoid and tanh are
+// flat anyway (and a softmax's exp below kExpLowest is 0, Note [Softmax rows])
+constexpr float kExpLowest = -87.0f;
+constexpr float kExpHighest = 88.0f;
+
 inline Vec exp_gate(const Vec& x_in) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  // inside these bounds 2^n is a normal float; outside, sigmoid and tanh are flat anyway
-  const Vec x = at::vec::clamp(x_in, Vec(-87.0f), Vec(88.0f));
+  const Vec x = at::vec::clamp(x_in, Vec(kExpLowest), Vec(kExpHighest));
   const Vec n = (x * Vec(1.44269504088896341f)).round();
   Vec r = at::vec::fmadd(n, Vec(-0.693359375f), x);  // ln2 = 0.693359375 - 2.12194440e-4
   r = at::vec::fmadd(n, Vec(2.12194440e-4f), r);

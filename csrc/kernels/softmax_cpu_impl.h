@@ -31,12 +31,10 @@ namespace chrion::recurrent::CPU_CAPABILITY {
 // log_softmax rows of more bytes than this (a core's L2) are written past the caches
 constexpr int64_t kStreamBytes = int64_t{1} << 20;
 
-// below this exp(x) is under float32's smallest normal (exp_gate clamps its input here)
-constexpr float kExpFloor = -87.0f;
-
-// exp(x) for x <= 0
+// exp(x) for x <= 0: 0 below exp_gate's lowest input, where exp(x) is under float32's smallest
+// normal
 inline Vec exp_nonpositive(const Vec& x) {
-  return Vec::blendv(exp_gate(x), Vec(0.0f), x < Vec(kExpFloor));
+  return Vec::blendv(exp_gate(x), Vec(0.0f), x < Vec(kExpLowest));
 }
 
 // x[i, i + count) as a vector, -inf past its end

@@ -32,7 +32,7 @@ import torch
 from torch import fx
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .nodes import fetch_attr
+from .nodes import fetch_attr, shares_storage
 
 
 @dataclass
@@ -55,11 +55,6 @@ def _stamps(sources: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return [(-1 if s.is_inference() else s._version, s.data_ptr()) for s in sources]
 
 
-def _shares_storage(value: torch.Tensor, sources: Sequence[torch.Tensor]) -> bool:
-    storage = value.untyped_storage().data_ptr()
-    return any(s.untyped_storage().data_ptr() == storage for s in sources)
-
-
 def derived_weight(
     derive: Callable[..., torch.Tensor], sources: Sequence[torch.Tensor]
 ) -> torch.Tensor:
@@ -69,7 +64,7 @@ def derived_weight(
     detached = tuple(s.detach() for s in sources)
     with torch.no_grad():
         value = derive(*detached).detach()
-    if _shares_storage(value, detached):
+    if shares_storage(value, detached):
         _VIEWS[value] = tuple(sources)
     else:
         _DERIVED[value] = _Derived(derive, tuple(sources), _stamps(sources), next(_ORDER))

@@ -104,6 +104,18 @@ def replace_first_output(graph: fx.Graph, node: fx.Node, value: fx.Node) -> None
     graph.erase_node(node)
 
 
+def shares_storage(value: object, tensors: object) -> bool:
+    """Whether ``value`` is a tensor viewing the storage of one of the tensors among the leaves
+    of ``tensors``."""
+    if not isinstance(value, torch.Tensor):
+        return False
+    storage = value.untyped_storage().data_ptr()
+    return any(
+        isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == storage
+        for t in torch.utils._pytree.tree_leaves(tensors)
+    )
+
+
 def replace_with_call(graph: fx.Graph, node: fx.Node, target: Any, args: tuple) -> fx.Node:
     """``target(*args)`` in ``node``'s place: inserted before it, with its meta and its readers;
     ``node`` is erased."""

@@ -35,7 +35,7 @@ import torch
 from torch import fx
 
 from ...errors import ModelError, UnsupportedOperatorError
-from ..nodes import drop_unread_constants, fetch_attr
+from ..nodes import drop_unread_constants, fetch_attr, shares_storage
 from .functionalize import written_arguments
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,6 @@ def _fresh_name(gm: fx.GraphModule, prefix: str) -> str:
 def _is_view(node: fx.Node) -> bool:
     target = node.target
     return isinstance(target, torch._ops.OpOverload) and target.is_view
-
-
-def _shares_storage(value: object, args: object) -> bool:
-    """Whether ``value`` is a tensor viewing the storage of one of the tensors in ``args``."""
-    if not isinstance(value, torch.Tensor):
-        return False
-    storage = value.untyped_storage().data_ptr()
-    return any(
-        isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == storage
-        for a in torch.utils._pytree.tree_leaves(args)
-    )
 
 
 def _is_random(node: fx.Node) -> bool:
@@ -122,7 +111,7 @@ def _weight_view(
             return None
     args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: inputs[n])
     value = node.target(*args, **kwargs)
-    return value if _shares_storage(value, args) else None
+    return value if shares_storage(value, args) else None
 
 
 def fold_input_free(gm: fx.GraphModule) -> fx.GraphModule:
