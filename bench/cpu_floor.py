@@ -19,6 +19,12 @@ synchronisation between the cores at each step, no call overhead), so no engine 
 the table shows each engine's time over the floor, and the time 0.8x onnxruntime's best would
 be (issue #15's target at batch 1).
 
+A second table times chrion's kernel alone on each row's first layer: microseconds per time
+step (calls of the row's steps against calls of one step, interleaved, so a call's fixed costs
+drop out; a step's share of the projection stays in), and the W_hh bytes each core streams per
+step over that time, against the probe's read bandwidth for a share of that size: how close the
+time loop comes to the cache it reads from.
+
     python bench/cpu_floor.py [--repeats 15] [--write]
 
 ``--write`` saves the table to bench/results/cpu_floor.md; nothing is written otherwise.
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -42,6 +50,7 @@ import cpu_rnn  # noqa: E402
 
 from torch_chrion.bench_peers import time_engines  # noqa: E402
 from torch_chrion.onnx.converters.rnn_weights import GATE_COUNT  # noqa: E402
+from torch_chrion.ops import ensure_loaded  # noqa: E402
 
 _PROBE = r"""
 #include <chrono>
@@ -162,6 +171,33 @@ def floor_ms(row: cpu_rnn.Row, probe_module, threads: int, fma_per_s: float) -> 
     return total * 1e3
 
 
+def kernel_step_us(row: cpu_rnn.Row, rounds: int, calls: int = 20) -> float:
+    """Microseconds per time step of ``row``'s first layer through chrion's CPU kernel alone:
+    the median over ``rounds`` of (a call of row.steps steps - a call of one) / (steps - 1),
+    each the median of ``calls`` calls, the two lengths alternating."""
+    ensure_loaded()
+    cell = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[row.kind]
+    layer = cell(cpu_rnn.FEATURES, row.hidden)
+    params = [p.detach() for p in layer.parameters()]  # w_ih, w_hh, b_ih, b_hh
+    h0 = torch.zeros(1, row.batch, row.hidden)
+    op = getattr(torch.ops.chrion, row.kind.lower())
+    states = (h0, h0) if row.kind == "LSTM" else (h0,)
+    extra = ("tanh",) if row.kind == "RNN" else ()
+
+    def median_us(x: torch.Tensor) -> float:
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            op(x, *states, params, True, 1, False, False, False, *extra)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    long, short = (torch.randn(t, row.batch, cpu_rnn.FEATURES) for t in (row.steps, 1))
+    median_us(long)  # packs the weights, warms the caches
+    per_step = [(median_us(long) - median_us(short)) / (row.steps - 1) for _ in range(rounds)]
+    return statistics.median(per_step)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -196,6 +232,26 @@ def main() -> None:
             )
             lines.append(line)
             print(line, flush=True)
+    lines += [
+        "",
+        "Kernel alone, first layer of each row, two lengths alternating (module docstring):",
+        "",
+        "| model (batch, seq) | W_hh per core | kernel us / step | W_hh per core / step "
+        "| probe, that size | kernel / probe |",
+        "|---" + "|---:" * 5 + "|",
+    ]
+    torch.set_num_threads(args.threads)
+    for row in [r for r in cpu_rnn.ROWS if r.batch == 1]:
+        share = GATE_COUNT[row.kind] * row.hidden * row.hidden * 4 / args.threads
+        step_us = kernel_step_us(row, args.repeats)
+        probe_gbs = module.read_bandwidth(int(share), args.threads, 200) / 1e9
+        kernel_gbs = share / step_us / 1e3
+        line = (
+            f"| {row.name} | {share / 1024:.0f} KiB | {step_us:.2f} | {kernel_gbs:.0f} GB/s "
+            f"| {probe_gbs:.0f} GB/s | {kernel_gbs / probe_gbs:.2f} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
     if args.write:
         text = [
             "# The floor under the batch-1 CPU rows",
