@@ -176,8 +176,7 @@ def kernel_step_us(row: cpu_rnn.Row, rounds: int, calls: int = 20) -> float:
     the median over ``rounds`` of (a call of row.steps steps - a call of one) / (steps - 1),
     each the median of ``calls`` calls, the two lengths alternating."""
     ensure_loaded()
-    cell = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[row.kind]
-    layer = cell(cpu_rnn.FEATURES, row.hidden)
+    layer = cpu_rnn.MODULES[row.kind](cpu_rnn.FEATURES, row.hidden)
     params = [p.detach() for p in layer.parameters()]  # w_ih, w_hh, b_ih, b_hh
     h0 = torch.zeros(1, row.batch, row.hidden)
     op = getattr(torch.ops.chrion, row.kind.lower())

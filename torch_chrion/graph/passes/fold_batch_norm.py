@@ -93,10 +93,10 @@ def fold_batch_norm(gm: fx.GraphModule) -> fx.GraphModule:
             continue
         conv = norm.args[0]
         folded = []
+        sources = [c for c in constants if c is not None]
         for part in (0, 1):  # the folded weight, then its bias
             name = f"{PREFIX}{conv.name}_{('weight', 'bias')[part]}"
             derive = _folded(constants, norm.args[-1], part)
-            sources = [c for c in constants if c is not None]
             gm.register_buffer(name, derived_weight(derive, sources))
             with graph.inserting_before(conv):
                 folded.append(graph.get_attr(name))
